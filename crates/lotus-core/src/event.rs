@@ -1,0 +1,112 @@
+//! The event: the one message type of the bus (DESIGN.md §3).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::topic::Topic;
+
+/// One event on the bus. Immutable once published; shared between subscribers as `Arc<Event>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Unique, time-ordered id (UUIDv7).
+    pub id: Uuid,
+    /// Where the event goes.
+    pub topic: Topic,
+    /// Who published it: a module name, `nucleus`, `api` or `cli`.
+    pub source: Arc<str>,
+    /// When it was published (RFC 3339 with microseconds on the wire).
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+    /// The content; any JSON value.
+    #[serde(default)]
+    pub payload: Value,
+    /// Links a reply to its request, or events of one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+}
+
+impl Event {
+    /// A new event stamped now, with a fresh UUIDv7.
+    pub fn new(topic: Topic, source: impl Into<Arc<str>>, payload: Value) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            topic,
+            source: source.into(),
+            time: SystemTime::now(),
+            payload,
+            correlation_id: None,
+        }
+    }
+
+    /// The same event with a correlation id.
+    pub fn with_correlation(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Microseconds since the Unix epoch (0 for times before it).
+    pub fn time_micros(&self) -> i64 {
+        micros(self.time)
+    }
+}
+
+/// Microseconds since the Unix epoch of `t` (0 before it, saturating far in the future).
+pub fn micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The `SystemTime` `m` microseconds after the Unix epoch.
+pub fn from_micros(m: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(m).unwrap_or(0))
+}
+
+/// Serde adapter: `SystemTime` as an RFC 3339 string with microseconds.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as `2026-01-02T03:04:05.123456Z`.
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    /// Parses any RFC 3339 timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(|e| {
+            serde::de::Error::custom(format_args!(
+                "`{s}` is not an RFC 3339 time ({e}); expected e.g. 2026-01-02T03:04:05Z"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let ev = Event::new(
+            Topic::new("system.heartbeat").expect("topic"),
+            "heartbeat",
+            serde_json::json!({"n": 1}),
+        )
+        .with_correlation(Uuid::now_v7());
+        let text = serde_json::to_string(&ev).expect("serialize");
+        let back: Event = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back.id, ev.id);
+        assert_eq!(back.topic, ev.topic);
+        assert_eq!(back.time_micros(), ev.time_micros());
+        assert_eq!(back.payload, ev.payload);
+        assert_eq!(back.correlation_id, ev.correlation_id);
+    }
+}

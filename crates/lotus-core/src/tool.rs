@@ -1,0 +1,18 @@
+//! Tool descriptions shared by the registry, the API and module authors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A callable tool as listed by the registry: `module.tool`, what it does, its argument schema.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Fully qualified name, `MODULE.TOOL` (e.g. `echo.echo`).
+    pub name: String,
+    /// The module that serves it.
+    pub module: String,
+    /// One-line description (from the doc comment of the tool function).
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub input_schema: Value,
+}

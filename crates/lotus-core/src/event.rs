@@ -28,6 +28,9 @@ pub struct Event {
     /// Links a reply to its request, or events of one trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
+    /// For requests: when the requester stops waiting for a reply.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
+    pub deadline: Option<SystemTime>,
 }
 
 impl Event {
@@ -40,6 +43,7 @@ impl Event {
             time: SystemTime::now(),
             payload,
             correlation_id: None,
+            deadline: None,
         }
     }
 
@@ -65,6 +69,25 @@ pub fn micros(t: SystemTime) -> i64 {
 /// The `SystemTime` `m` microseconds after the Unix epoch.
 pub fn from_micros(m: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(m).unwrap_or(0))
+}
+
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::rfc3339")] SystemTime);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
 }
 
 /// Serde adapter: `SystemTime` as an RFC 3339 string with microseconds.

@@ -1,0 +1,140 @@
+//! [`Context`]: what a module's code can do — publish, request, call tools, keep state, read its
+//! settings. Every call is checked against the module's manifest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lotus_bus::{BusError, Delivery, LocalBus};
+use lotus_core::{Event, Manifest, Topic, TopicError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::kernel::Shared;
+use crate::module::ToolError;
+use crate::state::StateError;
+
+/// Why a publish or request from a module failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The topic is not valid.
+    #[error(transparent)]
+    BadTopic(#[from] TopicError),
+    /// The manifest does not grant publishing on this topic.
+    #[error(
+        "module `{module}` may not publish on `{topic}`: add a matching pattern to `publications` in its manifest"
+    )]
+    Denied {
+        /// The module.
+        module: String,
+        /// The topic.
+        topic: String,
+    },
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The handle a module's code uses to reach the nucleus. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) name: Arc<str>,
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) settings: Arc<Value>,
+}
+
+impl Context {
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The module's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The module's settings: manifest `config.settings` overlaid with `[modules.NAME]`.
+    pub fn settings(&self) -> &Value {
+        &self.settings
+    }
+
+    /// One setting, deserialized; `None` when absent or of another type.
+    pub fn setting<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.settings
+            .get(key)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    async fn checked_topic(&self, topic: &str) -> Result<Topic, PublishError> {
+        let topic = Topic::new(topic)?;
+        if !self.manifest.may_publish(&topic) {
+            self.shared
+                .deny(
+                    &self.name,
+                    "publish",
+                    topic.as_str(),
+                    "not in `publications`",
+                )
+                .await;
+            return Err(PublishError::Denied {
+                module: self.name.to_string(),
+                topic: topic.to_string(),
+            });
+        }
+        Ok(topic)
+    }
+
+    /// Publishes `payload` on `topic`, if the manifest's `publications` allow it.
+    pub async fn publish(&self, topic: &str, payload: Value) -> Result<Delivery, PublishError> {
+        let topic = self.checked_topic(topic).await?;
+        let ev = Event::new(topic, self.name.clone(), payload);
+        Ok(self.shared.bus.publish(Arc::new(ev)).await)
+    }
+
+    /// Publishes a request and waits up to `timeout` for the reply.
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Arc<Event>, PublishError> {
+        let topic = self.checked_topic(topic).await?;
+        let ev = Event::new(topic, self.name.clone(), payload);
+        Ok(self.shared.bus.request(ev, timeout).await?)
+    }
+
+    /// Answers `request` on `topic` (the reply carries the request's correlation id).
+    pub async fn reply(
+        &self,
+        request: &Event,
+        topic: &str,
+        payload: Value,
+    ) -> Result<Delivery, PublishError> {
+        let topic = self.checked_topic(topic).await?;
+        let ev = LocalBus::reply_to(request, topic, &self.name, payload);
+        Ok(self.shared.bus.publish(Arc::new(ev)).await)
+    }
+
+    /// Calls another module's tool (`module.tool`), if `permissions.tools` grants it.
+    pub async fn call_tool(&self, tool: &str, args: Value) -> Result<Value, ToolError> {
+        self.shared
+            .call_tool(Some((&self.name, &self.manifest)), tool, args)
+            .await
+    }
+
+    /// This module's persisted value for `key`.
+    pub async fn state_get(&self, key: &str) -> Result<Option<Value>, StateError> {
+        self.shared.state.get(&self.name, key).await
+    }
+
+    /// Persists `value` under `key` for this module (survives restarts and reloads).
+    pub async fn state_set(&self, key: &str, value: &Value) -> Result<(), StateError> {
+        self.shared.state.set(&self.name, key, value).await
+    }
+
+    /// Removes `key` from this module's state.
+    pub async fn state_delete(&self, key: &str) -> Result<bool, StateError> {
+        self.shared.state.delete(&self.name, key).await
+    }
+}

@@ -27,7 +27,7 @@ use crate::state::StateStore;
 
 /// How the supervisor treats crashes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SupervisorPolicy {
     /// Crashes tolerated within `window`; one more marks the module `failed`.
     pub max_restarts: u32,
@@ -479,7 +479,7 @@ impl Shared {
         })
         .map_err(|_| unavailable(slot.state().to_string()))?;
         match tokio::time::timeout(self.settings.tool_timeout, rx).await {
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => r.map_err(|e| e.qualified(tool)),
             Ok(Err(_)) => Err(unavailable(slot.state().to_string())),
             Err(_) => Err(ToolError::Timeout {
                 tool: tool.to_owned(),

@@ -148,6 +148,20 @@ impl ToolError {
         )
     }
 
+    /// The same error naming the tool `qualified` (`module.tool`) instead of its local name.
+    pub fn qualified(mut self, qualified: &str) -> Self {
+        match &mut self {
+            ToolError::NotFound { tool }
+            | ToolError::PermissionDenied { tool, .. }
+            | ToolError::InvalidArguments { tool, .. }
+            | ToolError::Timeout { tool, .. }
+            | ToolError::Failed { tool, .. }
+            | ToolError::Crashed { tool, .. }
+            | ToolError::Unavailable { tool, .. } => *tool = qualified.to_owned(),
+        }
+        self
+    }
+
     /// A stable machine-readable code (`not_found`, `permission_denied`, …).
     pub fn code(&self) -> &'static str {
         match self {

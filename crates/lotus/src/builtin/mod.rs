@@ -1,0 +1,30 @@
+//! The modules compiled into the `lotus` binary.
+
+mod echo;
+mod heartbeat;
+
+pub use echo::Echo;
+pub use heartbeat::Heartbeat;
+
+use lotus_nucleus::{NativeHost, NativeModule};
+
+/// Every built-in module, with its embedded manifest.
+pub fn all() -> Vec<NativeModule> {
+    vec![
+        NativeModule {
+            manifest: include_str!("heartbeat.yaml"),
+            factory: || Box::new(Heartbeat::default()),
+        },
+        NativeModule {
+            manifest: include_str!("echo.yaml"),
+            factory: || Box::new(Echo),
+        },
+    ]
+}
+
+/// The native host with every built-in module.
+pub fn native_host() -> Result<NativeHost, lotus_core::ManifestError> {
+    all()
+        .into_iter()
+        .try_fold(NativeHost::new(), NativeHost::with)
+}

@@ -1,0 +1,178 @@
+//! The command line (clap derive). Names here are a contract: scripts rely on them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// LOTUS — a local-first AI operating system.
+#[derive(Debug, Parser)]
+#[command(name = "lotus", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The LOTUS home folder (configuration, data, modules, logs).
+    #[arg(long, global = true, env = "LOTUS_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the nucleus in the foreground (SIGINT/SIGTERM stop it cleanly).
+    Up(UpArgs),
+    /// Inspect and validate modules.
+    #[command(subcommand)]
+    Module(ModuleCmd),
+    /// List and call tools.
+    #[command(subcommand)]
+    Tool(ToolCmd),
+    /// Watch, publish and query events.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Check what runs, what is configured and what is missing.
+    Doctor(JsonFlag),
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lotus up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address of the control API (default from `[api] listen`, 127.0.0.1:7077).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `lotus module …`.
+#[derive(Debug, Subcommand)]
+pub enum ModuleCmd {
+    /// List modules: name, version, runtime, state, restarts, queue, events handled, last error.
+    List(JsonFlag),
+    /// Everything about one module.
+    Info {
+        /// The module.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a manifest (a file or a module folder) without running anything.
+    Validate {
+        /// `manifest.yaml` or the folder that holds it.
+        path: PathBuf,
+    },
+    /// Print the JSON Schema of manifest.yaml.
+    Schema,
+}
+
+/// `lotus tool …`.
+#[derive(Debug, Subcommand)]
+pub enum ToolCmd {
+    /// List tools with their descriptions (and schemas with --json).
+    List(JsonFlag),
+    /// Call a tool and print its JSON result.
+    Call {
+        /// `module.tool`.
+        name: String,
+        /// The arguments as a JSON object, e.g. '{"text":"hi"}' (default `{}`).
+        args: Option<String>,
+    },
+}
+
+/// `lotus events …`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCmd {
+    /// Print live events matching PATTERN (default `>`: everything).
+    Tail {
+        /// Topic pattern: `*` one token, `>` the rest; several separated by commas.
+        pattern: Option<String>,
+        /// Stop after N events.
+        #[arg(long, short = 'n', value_name = "N")]
+        count: Option<u64>,
+        /// One JSON event per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish an event.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The payload as JSON (default `null`).
+        payload: Option<String>,
+    },
+    /// Read a durable stream (works with or without a running nucleus).
+    Query {
+        /// conversation_stream, action_log, module_events or memory_updates.
+        stream: String,
+        /// Only events since this long ago (`10m`) or this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this long ago or this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only topics matching this pattern.
+        #[arg(long)]
+        topic: Option<String>,
+        /// At most N events (the newest N with --newest-first).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Newest first.
+        #[arg(long)]
+        newest_first: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lotus bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Routed events/s (1→1, 1→16) and publish→handler latency of the in-process bus.
+    Bus(BenchBusArgs),
+    /// Start-to-healthy time, idle RSS and stop time of `lotus up` on a fresh home.
+    Up(JsonFlag),
+}
+
+/// `lotus bench bus`.
+#[derive(Debug, Args)]
+pub struct BenchBusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also measure Redis pub/sub at this URL and print the ratios.
+    #[arg(long, value_name = "URL")]
+    pub compare: Option<String>,
+    /// Events per throughput run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Ping-pong samples for latency.
+    #[arg(long, default_value_t = 100_000)]
+    pub samples: u64,
+}
+
+/// `lotus config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the configuration in force (defaults + lotus.toml + LOTUS_* environment).
+    Show {
+        /// Print the built-in defaults only.
+        #[arg(long)]
+        defaults: bool,
+    },
+}

@@ -1,0 +1,137 @@
+//! The CLI's client of the control API.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::exit::{CliError, ExitCode};
+use crate::home::Home;
+
+/// A connection to the running nucleus of one home.
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    home: String,
+}
+
+impl Client {
+    /// Finds the running nucleus (its run file, else the configured address) and its token.
+    pub fn new(home: &Home, config: &Config) -> Result<Self> {
+        let listen = home.run_info().map_or(config.api.listen, |r| r.listen);
+        let not_running = || {
+            CliError::new(
+                ExitCode::NotRunning,
+                format!(
+                    "no nucleus is running for {} (nothing answers on http://{listen}); start one with `lotus up`",
+                    home.root().display()
+                ),
+            )
+        };
+        if home.run_info().is_none() && !home.token_file().exists() {
+            return Err(not_running().into());
+        }
+        let token = home.read_token().map_err(|_| not_running())?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        Ok(Self {
+            base: format!("http://{listen}"),
+            token,
+            http,
+            home: home.root().display().to_string(),
+        })
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+        if e.is_connect() || e.is_timeout() {
+            CliError::new(
+                ExitCode::NotRunning,
+                format!(
+                    "no nucleus is running for {} (nothing answers on {}); start one with `lotus up`",
+                    self.home, self.base
+                ),
+            )
+            .into()
+        } else {
+            anyhow!("request to {} failed: {e}", self.base)
+        }
+    }
+
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+        if !resp.status().is_success() {
+            return Err(Self::error_of(resp).await);
+        }
+        let body = resp.bytes().await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| anyhow!("unexpected answer from the nucleus: {e}"))
+    }
+
+    /// The API's JSON error as a CLI error with a fitting exit code.
+    async fn error_of(resp: reqwest::Response) -> anyhow::Error {
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let code = v["error"]["code"].as_str().unwrap_or("error");
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let exit = match code {
+            "invalid_json" | "invalid_arguments" | "invalid_topic" | "invalid_pattern"
+            | "invalid_time" => ExitCode::BadInput,
+            "not_found" => ExitCode::NotFound,
+            _ => ExitCode::Failure,
+        };
+        CliError::new(exit, message).into()
+    }
+
+    /// GET `path` (with query pairs).
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Self::decode(resp).await
+    }
+
+    /// POST a JSON body to `path`.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Self::decode(resp).await
+    }
+
+    /// Opens the live event stream (SSE) for `pattern`.
+    pub async fn stream(&self, pattern: &str) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/events/stream", self.base))
+            .bearer_auth(&self.token)
+            .query(&[("pattern", pattern)])
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(Self::error_of(resp).await)
+        }
+    }
+}

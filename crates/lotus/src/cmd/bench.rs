@@ -1,0 +1,466 @@
+//! `lotus bench bus` and `lotus bench up`: figures, not pass/fail.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use hdrhistogram::Histogram;
+use lotus_bus::LocalBus;
+use lotus_core::{Event, Overflow, Pattern, Topic};
+use serde_json::{Value, json};
+
+use crate::cli::{BenchBusArgs, BenchCmd};
+
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Bus(args) => bus(args).await,
+        BenchCmd::Up(f) => up(f.json).await,
+    }
+}
+
+fn p(s: &str) -> Pattern {
+    Pattern::new(s).expect("benchmark patterns are valid")
+}
+
+fn t(s: &str) -> Topic {
+    Topic::new(s).expect("benchmark topics are valid")
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    (h.value_at_quantile(q) as f64 / 1000.0 * 100.0).round() / 100.0
+}
+
+/// Subscriptions that do not match the benchmark topic, so routing walks a populated trie.
+fn distractors(bus: &LocalBus) -> Vec<lotus_bus::Subscription> {
+    let mut keep = Vec::new();
+    for i in 0..32 {
+        keep.push(bus.subscribe(
+            "noise",
+            vec![
+                p(&format!("other.{i}.x")),
+                p(&format!("other.*.y{i}")),
+                p(&format!("bench.load.n{i}")),
+            ],
+            16,
+            Overflow::DropOldest,
+        ));
+    }
+    keep.push(bus.subscribe(
+        "noise",
+        vec![p("system.>"), p("perception.*")],
+        16,
+        Overflow::DropOldest,
+    ));
+    keep
+}
+
+/// Publishes `n` events from this thread to `fanout` async subscribers on another thread.
+/// Returns (deliveries per second, publishes per second).
+fn throughput(fanout: usize, n: u64) -> Result<(f64, f64)> {
+    let bus = LocalBus::new();
+    let _noise = distractors(&bus);
+    // Half exact, half wildcard subscriptions, all matching `bench.load.data`.
+    let wild = [
+        "bench.*.data",
+        "bench.>",
+        "bench.load.*",
+        "*.load.data",
+        "*.*.data",
+        ">",
+    ];
+    let subs: Vec<_> = (0..fanout)
+        .map(|i| {
+            let pat = if fanout == 1 {
+                "bench.*.data".to_owned()
+            } else if i % 2 == 0 {
+                "bench.load.data".to_owned()
+            } else {
+                wild[(i / 2) % wild.len()].to_owned()
+            };
+            bus.subscribe(
+                &format!("consumer{i}"),
+                vec![p(&pat)],
+                65_536,
+                Overflow::Block,
+            )
+        })
+        .collect();
+    let consumers = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let tasks: Vec<_> = subs
+                .into_iter()
+                .map(|s| {
+                    tokio::spawn(async move {
+                        let mut got = 0u64;
+                        while got < n {
+                            if s.recv().await.is_none() {
+                                break;
+                            }
+                            got += 1;
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap_or(0);
+            }
+            Ok::<u64, std::io::Error>(total)
+        })
+    });
+    let topic = t("bench.load.data");
+    let start = Instant::now();
+    for _ in 0..n {
+        bus.publish_blocking(Arc::new(Event::new(topic.clone(), "bench", Value::Null)));
+    }
+    let delivered = consumers
+        .join()
+        .map_err(|_| anyhow!("consumer thread panicked"))??;
+    let secs = start.elapsed().as_secs_f64();
+    if delivered != n * fanout as u64 {
+        return Err(anyhow!(
+            "lost events: delivered {delivered} of {}",
+            n * fanout as u64
+        ));
+    }
+    Ok((delivered as f64 / secs, n as f64 / secs))
+}
+
+/// One-way publish→handler latency with the handler on another thread; `spin` selects a
+/// spin-then-park handler thread (true) or an async task on a current-thread runtime (false).
+fn latency(samples: u64, spin: bool) -> Result<Histogram<u64>> {
+    let bus = LocalBus::new();
+    let _noise = distractors(&bus);
+    let sub = bus.subscribe("handler", vec![p("bench.*.ping")], 1024, Overflow::Block);
+    let base = Instant::now();
+    let acked = Arc::new(AtomicU64::new(0));
+    let warmup = (samples / 10).max(100);
+    let total = samples + warmup;
+    let ack = acked.clone();
+    let handler = std::thread::spawn(move || -> Result<Histogram<u64>> {
+        let mut h = Histogram::<u64>::new(3)?;
+        let mut record = |ev: &Event, i: u64| {
+            let now = base.elapsed().as_nanos() as u64;
+            let sent = ev.payload.as_u64().unwrap_or(now);
+            if i >= warmup {
+                let _ = h.record(now.saturating_sub(sent).max(1));
+            }
+            ack.fetch_add(1, Ordering::Release);
+        };
+        if spin {
+            for i in 0..total {
+                let ev = sub
+                    .recv_blocking(Duration::from_millis(5), Some(Duration::from_secs(10)))
+                    .ok_or_else(|| anyhow!("handler starved"))?;
+                record(&ev, i);
+            }
+        } else {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                for i in 0..total {
+                    let Some(ev) = sub.recv().await else { break };
+                    record(&ev, i);
+                }
+            });
+        }
+        Ok(h)
+    });
+    let topic = t("bench.lat.ping");
+    for i in 0..total {
+        let sent = base.elapsed().as_nanos() as u64;
+        bus.publish_blocking(Arc::new(Event::new(topic.clone(), "bench", json!(sent))));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::Acquire) <= i {
+            std::hint::spin_loop();
+            if Instant::now() > deadline {
+                return Err(anyhow!("no acknowledgement from the handler"));
+            }
+        }
+    }
+    handler
+        .join()
+        .map_err(|_| anyhow!("handler thread panicked"))?
+}
+
+#[cfg(feature = "redis-bench")]
+async fn redis(url: &str, n: u64, samples: u64) -> Result<(f64, Histogram<u64>)> {
+    use futures_util::StreamExt;
+    use redis::AsyncCommands;
+
+    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL `{url}`"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("cannot reach Redis at {url}"))?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    let channel = format!("lotus-bench-{}", std::process::id());
+    pubsub.subscribe(&channel).await?;
+    let mut messages = pubsub.into_on_message();
+    let topic = t("bench.lat.ping");
+    // Latency: one event at a time, serialized as a Redis-backed bus must.
+    let base = Instant::now();
+    let mut h = Histogram::<u64>::new(3)?;
+    let warmup = (samples / 10).max(100);
+    for i in 0..samples + warmup {
+        let sent = base.elapsed().as_nanos() as u64;
+        let body = serde_json::to_vec(&Event::new(topic.clone(), "bench", json!(sent)))?;
+        let _: i64 = conn.publish(&channel, body).await?;
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| anyhow!("Redis did not deliver within 5 s"))?
+            .ok_or_else(|| anyhow!("Redis closed the subscription"))?;
+        let ev: Event = serde_json::from_slice(msg.get_payload_bytes())?;
+        let now = base.elapsed().as_nanos() as u64;
+        if i >= warmup {
+            let _ = h.record(
+                now.saturating_sub(ev.payload.as_u64().unwrap_or(now))
+                    .max(1),
+            );
+        }
+    }
+    // Throughput: pipelined publishes, one subscriber that decodes every event.
+    let receiver = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < n {
+            let Some(msg) = messages.next().await else {
+                break;
+            };
+            if serde_json::from_slice::<Event>(msg.get_payload_bytes()).is_ok() {
+                got += 1;
+            }
+        }
+        got
+    });
+    let start = Instant::now();
+    let topic = t("bench.load.data");
+    let mut sent = 0u64;
+    while sent < n {
+        let batch = (n - sent).min(512);
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            let body = serde_json::to_vec(&Event::new(topic.clone(), "bench", Value::Null))?;
+            pipe.cmd("PUBLISH").arg(&channel).arg(body).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+        sent += batch;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(120), receiver)
+        .await
+        .map_err(|_| anyhow!("Redis throughput run did not finish"))??;
+    let secs = start.elapsed().as_secs_f64();
+    Ok((got as f64 / secs, h))
+}
+
+#[cfg(not(feature = "redis-bench"))]
+async fn redis(_: &str, _: u64, _: u64) -> Result<(f64, Histogram<u64>)> {
+    Err(anyhow!(
+        "this lotus was built without the `redis-bench` feature"
+    ))
+}
+
+async fn bus(a: BenchBusArgs) -> Result<()> {
+    let (events, samples) = (a.events.max(1000), a.samples.max(1000));
+    if !a.json {
+        eprintln!(
+            "measuring the in-process bus ({events} events per run, {samples} latency samples)…"
+        );
+    }
+    let (one, one_pub) = tokio::task::spawn_blocking(move || throughput(1, events)).await??;
+    let fan_n = (events / 4).max(1000);
+    let (fan, fan_pub) = tokio::task::spawn_blocking(move || throughput(16, fan_n)).await??;
+    let spin = tokio::task::spawn_blocking(move || latency(samples, true)).await??;
+    let asynch =
+        tokio::task::spawn_blocking(move || latency((samples / 10).max(1000), false)).await??;
+    let mut out = json!({
+        "backend": "in-process",
+        "events_per_sec": one.round(),
+        "publishes_per_sec": one_pub.round(),
+        "fanout16_events_per_sec": fan.round(),
+        "fanout16_publishes_per_sec": fan_pub.round(),
+        "p50_us": us(&spin, 0.5),
+        "p99_us": us(&spin, 0.99),
+        "p999_us": us(&spin, 0.999),
+        "async_p50_us": us(&asynch, 0.5),
+        "async_p99_us": us(&asynch, 0.99),
+        "events": events,
+        "samples": samples,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "load_avg": load_avg(),
+    });
+    if let Some(url) = &a.compare {
+        if !a.json {
+            eprintln!("measuring Redis pub/sub at {url}…");
+        }
+        let r_n = events.min(200_000);
+        let r_samples = samples.min(20_000);
+        let (r_eps, r_h) = redis(url, r_n, r_samples).await?;
+        let obj = out.as_object_mut().ok_or_else(|| anyhow!("bench output"))?;
+        obj.insert("redis_events_per_sec".into(), json!(r_eps.round()));
+        obj.insert("redis_p50_us".into(), json!(us(&r_h, 0.5)));
+        obj.insert("redis_p99_us".into(), json!(us(&r_h, 0.99)));
+        obj.insert(
+            "latency_ratio_p50".into(),
+            json!(((us(&r_h, 0.5) / us(&spin, 0.5).max(0.01)) * 10.0).round() / 10.0),
+        );
+        obj.insert(
+            "latency_ratio_p99".into(),
+            json!(((us(&r_h, 0.99) / us(&spin, 0.99).max(0.01)) * 10.0).round() / 10.0),
+        );
+        obj.insert(
+            "throughput_ratio".into(),
+            json!(((one / r_eps.max(1.0)) * 10.0).round() / 10.0),
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let f = |k: &str| out.get(k).cloned().unwrap_or(Value::Null);
+        println!(
+            "in-process bus ({} cores, load {})",
+            f("cores"),
+            f("load_avg").as_str().unwrap_or("")
+        );
+        println!("  1→1   routed events/s      {:>14}", f("events_per_sec"));
+        println!(
+            "  1→16  routed events/s      {:>14}  ({} publishes/s)",
+            f("fanout16_events_per_sec"),
+            f("fanout16_publishes_per_sec")
+        );
+        println!(
+            "  publish→handler latency    p50 {} µs  p99 {} µs  p99.9 {} µs  (spin-then-park handler thread)",
+            f("p50_us"),
+            f("p99_us"),
+            f("p999_us")
+        );
+        println!(
+            "  publish→async task         p50 {} µs  p99 {} µs  (tokio task, thread parked between events)",
+            f("async_p50_us"),
+            f("async_p99_us")
+        );
+        if a.compare.is_some() {
+            println!("redis pub/sub (events serialized as JSON, as a Redis-backed bus must)");
+            println!(
+                "  routed events/s            {:>14}   (in-process is {}× faster)",
+                f("redis_events_per_sec"),
+                f("throughput_ratio")
+            );
+            println!(
+                "  publish→subscriber latency p50 {} µs  p99 {} µs   (in-process is {}× / {}× lower)",
+                f("redis_p50_us"),
+                f("redis_p99_us"),
+                f("latency_ratio_p50"),
+                f("latency_ratio_p99")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rss_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn up(json_out: bool) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let http = reqwest::Client::new();
+    let mut starts = Vec::new();
+    let mut stops = Vec::new();
+    let mut rss = 0;
+    let mut peak = 0;
+    let runs = 5;
+    for run in 0..runs {
+        let dir = std::env::temp_dir().join(format!("lotus-bench-up-{}-{run}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t0 = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .arg("--home")
+            .arg(&dir)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .env("LOTUS_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start `lotus up`")?;
+        let run_file = dir.join("run/nucleus.json");
+        let healthy = loop {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                return Err(anyhow!("`lotus up` did not become healthy within 20 s"));
+            }
+            if let Ok(text) = std::fs::read(&run_file)
+                && let Ok(info) = serde_json::from_slice::<crate::home::RunInfo>(&text)
+                && let Ok(r) = http
+                    .get(format!("http://{}/api/v1/health", info.listen))
+                    .send()
+                    .await
+                && r.status().is_success()
+            {
+                break t0.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        starts.push(healthy.as_secs_f64() * 1000.0);
+        if run == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            rss = rss_kb(child.id(), "VmRSS:").unwrap_or(0);
+            peak = rss_kb(child.id(), "VmHWM:").unwrap_or(0);
+        }
+        let t1 = Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait()?;
+        stops.push(t1.elapsed().as_secs_f64() * 1000.0);
+        if !status.success() {
+            return Err(anyhow!("`lotus up` exited with {status} after SIGTERM"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    starts.sort_by(f64::total_cmp);
+    stops.sort_by(f64::total_cmp);
+    let out = json!({
+        "start_to_healthy_ms_median": (starts[runs / 2] * 10.0).round() / 10.0,
+        "start_to_healthy_ms_max": (starts[runs - 1] * 10.0).round() / 10.0,
+        "idle_rss_mb": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
+        "peak_rss_mb": (peak as f64 / 1024.0 * 10.0).round() / 10.0,
+        "stop_ms_median": (stops[runs / 2] * 10.0).round() / 10.0,
+        "runs": runs,
+        "load_avg": load_avg(),
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "lotus up on a fresh home ({runs} runs, load {})",
+            load_avg()
+        );
+        println!(
+            "  start → healthy   median {} ms, max {} ms",
+            out["start_to_healthy_ms_median"], out["start_to_healthy_ms_max"]
+        );
+        println!(
+            "  idle RSS          {} MB (peak {} MB), built-in modules running",
+            out["idle_rss_mb"], out["peak_rss_mb"]
+        );
+        println!("  SIGTERM → exit 0  median {} ms", out["stop_ms_median"]);
+    }
+    Ok(())
+}

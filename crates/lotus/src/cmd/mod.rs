@@ -1,0 +1,63 @@
+//! One function per command.
+
+mod bench;
+mod doctor;
+mod events;
+mod module;
+mod tool;
+mod up;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, ConfigCmd};
+use crate::config::Config;
+use crate::exit::{CliError, ExitCode};
+use crate::home::Home;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let home = Home::resolve(cli.home)?;
+    let load = || Config::load(home.root()).map_err(|e| CliError::new(ExitCode::BadInput, e));
+    if !matches!(cli.command, Command::Up(_)) {
+        crate::logging::init_cli();
+    }
+    match cli.command {
+        Command::Up(args) => up::run(home.clone(), load()?, args).await,
+        Command::Module(c) => module::run(&home, c).await,
+        Command::Tool(c) => tool::run(&home, &load()?, c).await,
+        Command::Events(c) => events::run(&home, c).await,
+        Command::Doctor(f) => doctor::run(&home, f.json).await,
+        Command::Bench(c) => bench::run(c).await,
+        Command::Config(ConfigCmd::Show { defaults }) => {
+            if defaults {
+                print!("{}", Config::default().to_toml());
+            } else {
+                let cfg = load()?;
+                let file = home.config_file();
+                println!(
+                    "# LOTUS_HOME = {}\n# file: {} ({})\n# environment overrides: LOTUS_SECTION__KEY (e.g. LOTUS_API__LISTEN)\n",
+                    home.root().display(),
+                    file.display(),
+                    if file.exists() {
+                        "read"
+                    } else {
+                        "absent: defaults in force"
+                    }
+                );
+                print!("{}", cfg.to_toml());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Shortens `s` to `n` characters with an ellipsis.
+pub fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}

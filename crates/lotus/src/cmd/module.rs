@@ -1,0 +1,201 @@
+//! `lotus module list|info|validate|schema`.
+
+use anyhow::Result;
+use lotus_core::{Manifest, Runtime};
+use lotus_nucleus::ModuleInfo;
+
+use super::clip;
+use crate::cli::ModuleCmd;
+use crate::client::Client;
+use crate::config::Config;
+use crate::exit::bad_input;
+use crate::home::Home;
+
+pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
+    match cmd {
+        ModuleCmd::List(f) => {
+            let client = Client::new(home, &load(home)?)?;
+            let mods: Vec<ModuleInfo> = client.get("/api/v1/modules", &[]).await?;
+            if f.json {
+                println!("{}", serde_json::to_string_pretty(&mods)?);
+            } else {
+                print_table(&mods);
+            }
+        }
+        ModuleCmd::Info { name, json } => {
+            let client = Client::new(home, &load(home)?)?;
+            let m: ModuleInfo = client.get(&format!("/api/v1/modules/{name}"), &[]).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print_info(&m);
+            }
+        }
+        ModuleCmd::Validate { path } => validate(&path)?,
+        ModuleCmd::Schema => println!(
+            "{}",
+            serde_json::to_string_pretty(&Manifest::json_schema())?
+        ),
+    }
+    Ok(())
+}
+
+fn load(home: &Home) -> Result<Config> {
+    Config::load(home.root()).map_err(bad_input)
+}
+
+fn validate(path: &std::path::Path) -> Result<()> {
+    let m = Manifest::load(path).map_err(|e| bad_input(e.to_string()))?;
+    let folder = if path.is_dir() {
+        path.to_owned()
+    } else {
+        path.parent().map(|p| p.to_owned()).unwrap_or_default()
+    };
+    match m.runtime {
+        Runtime::Native => {
+            let entry = m.entry.clone().unwrap_or_else(|| m.name.to_string());
+            let known: Vec<String> = lotus::builtin::all()
+                .iter()
+                .filter_map(|b| Manifest::parse(b.manifest, std::path::Path::new("<builtin>")).ok())
+                .map(|b| b.entry.unwrap_or_else(|| b.name.to_string()))
+                .collect();
+            if !known.contains(&entry) {
+                return Err(bad_input(format!(
+                    "{}: key `entry`: no native module `{entry}` is compiled into this lotus (known: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
+            }
+        }
+        Runtime::Wasm => {
+            let file = folder.join(m.entry.as_deref().unwrap_or_default());
+            if !file.exists() {
+                eprintln!(
+                    "warning: the component {} does not exist yet (build the module first)",
+                    file.display()
+                );
+            }
+        }
+        Runtime::Mcp | Runtime::Process => {
+            eprintln!(
+                "note: this lotus cannot run `{}` modules yet; the manifest itself is valid",
+                m.runtime
+            );
+        }
+    }
+    println!(
+        "ok: {} — module `{}` {} ({}, {}), {} subscription(s), {} publication(s)",
+        path.display(),
+        m.name,
+        m.version,
+        m.runtime,
+        serde_json::to_value(m.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        m.subscriptions.len(),
+        m.publications.len()
+    );
+    Ok(())
+}
+
+fn print_table(mods: &[ModuleInfo]) {
+    let rows: Vec<[String; 8]> = mods
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.version.clone(),
+                m.runtime.clone(),
+                m.state.to_string(),
+                m.restarts.to_string(),
+                format!("{}/{}", m.queue_depth, m.queue_capacity),
+                m.events_handled.to_string(),
+                clip(m.last_error.as_deref().unwrap_or("-"), 70),
+            ]
+        })
+        .collect();
+    let head = [
+        "NAME",
+        "VERSION",
+        "RUNTIME",
+        "STATE",
+        "RESTARTS",
+        "QUEUE",
+        "HANDLED",
+        "LAST ERROR",
+    ];
+    let mut w = [0usize; 8];
+    for (i, h) in head.iter().enumerate() {
+        w[i] = rows
+            .iter()
+            .map(|r| r[i].chars().count())
+            .chain([h.len()])
+            .max()
+            .unwrap_or(0);
+    }
+    let line = |cells: [&str; 8]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 7 {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(head);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7]]);
+    }
+}
+
+fn print_info(m: &ModuleInfo) {
+    println!("{} {} ({})", m.name, m.version, m.runtime);
+    println!(
+        "  state         {} since {}",
+        m.state,
+        humantime::format_rfc3339_seconds(m.since)
+    );
+    println!("  origin        {}", m.origin);
+    println!(
+        "  restarts      {} (crashes {}, handler errors {})",
+        m.restarts, m.crashes, m.errors
+    );
+    println!("  last error    {}", m.last_error.as_deref().unwrap_or("-"));
+    println!(
+        "  mailbox       {}/{} queued, {} handled, {} dropped",
+        m.queue_depth, m.queue_capacity, m.events_handled, m.events_dropped
+    );
+    println!(
+        "  handles       {}",
+        if m.subscriptions.is_empty() {
+            "-".into()
+        } else {
+            m.subscriptions.join(", ")
+        }
+    );
+    println!(
+        "  tools         {}",
+        if m.tools.is_empty() {
+            "-".into()
+        } else {
+            m.tools.join(", ")
+        }
+    );
+    println!(
+        "  depends on    {}",
+        if m.dependencies.is_empty() {
+            "-".into()
+        } else {
+            m.dependencies.join(", ")
+        }
+    );
+    for j in &m.jobs {
+        println!(
+            "  job {:<9} every {} ms: {} runs, {} missed",
+            j.name, j.every_ms, j.runs, j.missed
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! `lotus up`: the nucleus in the foreground.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow};
+use lotus_bus::SqliteLog;
+use lotus_nucleus::{NucleusBuilder, StateStore};
+
+use crate::cli::UpArgs;
+use crate::config::Config;
+use crate::home::{Home, RunInfo};
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
+    let t0 = Instant::now();
+    home.ensure()?;
+    let _log_guard = crate::logging::init_up(&config.log, &home)?;
+    let _lock = home.lock()?;
+    home.ensure_token()?;
+    let token = home.read_token()?;
+
+    let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
+    let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;
+    let host = lotus::builtin::native_host()
+        .map_err(|e| anyhow!("a built-in manifest is invalid: {e}"))?;
+    let nucleus = NucleusBuilder::new(config.nucleus_settings())
+        .log(Arc::new(log))
+        .state(state)
+        .host(host)
+        .modules_dir(home.modules())
+        .build()?;
+
+    let listen = args.listen.unwrap_or(config.api.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow!("cannot listen on {listen}: {e}; pick another address with --listen or `[api] listen` in lotus.toml")
+    })?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the control API is reachable from other machines; every endpoint but /api/v1/health requires the token");
+    }
+
+    let report = nucleus.start().await;
+    home.write_run_info(&RunInfo {
+        pid: std::process::id(),
+        listen: addr,
+    })?;
+    let state = lotus_server::ApiState {
+        nucleus: nucleus.clone(),
+        token: Arc::from(token.as_str()),
+        started: t0,
+    };
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(lotus_server::serve(listener, state, async {
+        let _ = api_stopped.await;
+    }));
+    tracing::info!(
+        api = %format!("http://{addr}"),
+        started = report.started.len(),
+        failed = report.failed.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "lotus is up"
+    );
+    for (name, why) in &report.failed {
+        tracing::error!(module = %name, "not running: {why}");
+    }
+    eprintln!(
+        "lotus {} is up in {} ms: API http://{addr} (token in {}); modules: {}. Ctrl-C stops it.",
+        env!("CARGO_PKG_VERSION"),
+        t0.elapsed().as_millis(),
+        home.token_file().display(),
+        if report.started.is_empty() {
+            "none".to_owned()
+        } else {
+            report.started.join(", ")
+        },
+    );
+
+    terminated().await;
+    tracing::info!("stopping");
+    let _ = stop_api.send(());
+    // Live event streams keep connections open; give requests a moment, then cut them.
+    if tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .is_err()
+    {
+        tracing::debug!("API connections cut after 2 s");
+    }
+    let result = nucleus.shutdown().await;
+    home.clear_run_info();
+    result.context("the durable streams could not be flushed")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! `lotus.toml`: every key with its default; `LOTUS_SECTION__KEY` environment variables override.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use lotus_bus::StreamName;
+use lotus_core::Pattern;
+use lotus_nucleus::{NucleusSettings, SupervisorPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The control API.
+    pub api: ApiConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Start and stop timing.
+    pub nucleus: NucleusConfig,
+    /// Crash handling.
+    pub supervisor: SupervisorPolicy,
+    /// Tool calls.
+    pub tools: ToolsConfig,
+    /// Which topics each durable stream records.
+    pub streams: StreamsConfig,
+    /// Per-module settings: `[modules.NAME]` with `enabled`, `every.JOB` and the module's own keys.
+    pub modules: BTreeMap<String, Value>,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the control API; loopback unless you mean it.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7077)),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a full filter such as `info,lotus_nucleus=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Also write `$LOTUS_HOME/logs/lotus.log` (rotated daily).
+    pub file: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            file: true,
+        }
+    }
+}
+
+/// `[nucleus]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NucleusConfig {
+    /// How long start waits for one module's `initialize` before going on.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// How long stop waits for one module to drain its mailbox and shut down.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+impl Default for NucleusConfig {
+    fn default() -> Self {
+        let d = NucleusSettings::default();
+        Self {
+            start_timeout: d.start_timeout,
+            stop_timeout: d.stop_timeout,
+        }
+    }
+}
+
+/// `[tools]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Deadline of a tool call from the caller's side.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: NucleusSettings::default().tool_timeout,
+        }
+    }
+}
+
+/// `[streams]`: topic patterns recorded in each durable stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Conversation turns.
+    pub conversation_stream: Vec<Pattern>,
+    /// Side effects and denials.
+    pub action_log: Vec<Pattern>,
+    /// Module life cycle.
+    pub module_events: Vec<Pattern>,
+    /// Memory changes.
+    pub memory_updates: Vec<Pattern>,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        let mut routes: BTreeMap<StreamName, Vec<Pattern>> =
+            lotus_nucleus::default_stream_routes().into_iter().collect();
+        let mut take = |s| routes.remove(&s).unwrap_or_default();
+        Self {
+            conversation_stream: take(StreamName::ConversationStream),
+            action_log: take(StreamName::ActionLog),
+            module_events: take(StreamName::ModuleEvents),
+            memory_updates: take(StreamName::MemoryUpdates),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `lotus.toml` in `home`, then `LOTUS_*` environment variables.
+    pub fn load(home: &Path) -> Result<Self, String> {
+        let file = home.join("lotus.toml");
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(&file))
+            .merge(
+                Env::prefixed("LOTUS_")
+                    .split("__")
+                    .filter(|k| !["home", "log"].iter().any(|x| k.as_str().eq_ignore_ascii_case(x))),
+            )
+            .extract::<Config>()
+            .map_err(|e| {
+                let e = e.to_string();
+                format!("invalid configuration: {e}\n  (file: {}; environment: LOTUS_SECTION__KEY, e.g. LOTUS_API__LISTEN=127.0.0.1:7078)", file.display())
+            })
+    }
+
+    /// The settings the nucleus runs with.
+    pub fn nucleus_settings(&self) -> NucleusSettings {
+        NucleusSettings {
+            supervisor: self.supervisor.clone(),
+            tool_timeout: self.tools.timeout,
+            start_timeout: self.nucleus.start_timeout,
+            stop_timeout: self.nucleus.stop_timeout,
+            streams: vec![
+                (
+                    StreamName::ConversationStream,
+                    self.streams.conversation_stream.clone(),
+                ),
+                (StreamName::ActionLog, self.streams.action_log.clone()),
+                (StreamName::ModuleEvents, self.streams.module_events.clone()),
+                (
+                    StreamName::MemoryUpdates,
+                    self.streams.memory_updates.clone(),
+                ),
+            ],
+            modules: self.modules.clone(),
+        }
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

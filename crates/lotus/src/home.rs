@@ -1,0 +1,193 @@
+//! `$LOTUS_HOME`: where configuration, data, modules, logs and the API token live.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The folders and files of one LOTUS home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// What a running nucleus writes to `run/nucleus.json` so that clients can find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+}
+
+impl Home {
+    /// `--home`, else `$LOTUS_HOME`, else `~/.lotus`.
+    pub fn resolve(flag: Option<PathBuf>) -> Result<Self> {
+        let root = match flag {
+            Some(p) => p,
+            None => match std::env::var_os("HOME") {
+                Some(h) => PathBuf::from(h).join(".lotus"),
+                None => bail!("cannot find a home folder: set LOTUS_HOME or pass --home"),
+            },
+        };
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()?.join(root)
+        };
+        Ok(Self { root })
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `lotus.toml`.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("lotus.toml")
+    }
+    /// `data/`.
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// `modules/`.
+    pub fn modules(&self) -> PathBuf {
+        self.root.join("modules")
+    }
+    /// `logs/`.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// The API token.
+    pub fn token_file(&self) -> PathBuf {
+        self.root.join("token")
+    }
+    /// `run/nucleus.json`.
+    pub fn run_file(&self) -> PathBuf {
+        self.root.join("run").join("nucleus.json")
+    }
+    /// The durable streams database.
+    pub fn streams_db(&self) -> PathBuf {
+        self.data().join("streams.db")
+    }
+    /// The module state database.
+    pub fn state_db(&self) -> PathBuf {
+        self.data().join("state.db")
+    }
+
+    /// Creates the folders (owner-only).
+    pub fn ensure(&self) -> Result<()> {
+        for dir in [
+            self.root.clone(),
+            self.data(),
+            self.modules(),
+            self.logs(),
+            self.root.join("run"),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(())
+    }
+
+    /// The API token, created (random, mode 0600) if there is none yet.
+    pub fn ensure_token(&self) -> Result<String> {
+        let path = self.token_file();
+        if path.exists() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+                if mode != 0o600 {
+                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "token file was readable by others; set to 0600");
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            return self.read_token();
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&path)
+            .with_context(|| format!("cannot create the token file {}", path.display()))?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        Ok(token)
+    }
+
+    /// The API token, for clients.
+    pub fn read_token(&self) -> Result<String> {
+        let path = self.token_file();
+        let t = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the API token {}", path.display()))?;
+        let t = t.trim().to_owned();
+        if t.is_empty() {
+            bail!(
+                "the token file {} is empty; delete it and restart `lotus up`",
+                path.display()
+            );
+        }
+        Ok(t)
+    }
+
+    /// Takes the home's lock: one nucleus per home. Held while the returned file lives.
+    pub fn lock(&self) -> Result<File> {
+        let path = self.root.join("run").join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(_) => {
+                let who = self
+                    .run_info()
+                    .map(|r| format!(" (pid {}, API on http://{})", r.pid, r.listen))
+                    .unwrap_or_default();
+                bail!(
+                    "another nucleus is already running on {}{who}; stop it first or use another --home",
+                    self.root.display()
+                )
+            }
+        }
+    }
+
+    /// Writes `run/nucleus.json`.
+    pub fn write_run_info(&self, info: &RunInfo) -> Result<()> {
+        let path = self.run_file();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(info)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Reads `run/nucleus.json` if a nucleus wrote one.
+    pub fn run_info(&self) -> Option<RunInfo> {
+        let text = std::fs::read(self.run_file()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Removes `run/nucleus.json`.
+    pub fn clear_run_info(&self) {
+        let _ = std::fs::remove_file(self.run_file());
+    }
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lotus_bus::{BusError, Delivery, LocalBus};
+use lotus_core::event::SmolStr;
 use lotus_core::{Event, Manifest, Topic, TopicError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -38,7 +39,7 @@ pub enum PublishError {
 #[derive(Clone)]
 pub struct Context {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) name: Arc<str>,
+    pub(crate) name: SmolStr,
     pub(crate) manifest: Arc<Manifest>,
     pub(crate) settings: Arc<Value>,
 }

@@ -25,6 +25,9 @@ use crate::host::{ModuleDef, ModuleHost, Origin, discover};
 use crate::module::{Module, ToolError};
 use crate::state::StateStore;
 
+/// Capacity of each durable-stream recorder's queue.
+const RECORDER_QUEUE: usize = 8192;
+
 /// How the supervisor treats crashes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1266,7 +1269,7 @@ impl Nucleus {
         *slot.control.lock() = Some(tx);
         let cx = Context {
             shared: sh.clone(),
-            name: Arc::from(name),
+            name: lotus_core::event::SmolStr::new(name),
             manifest: slot.def.manifest.clone(),
             settings: slot.settings.clone(),
         };
@@ -1299,10 +1302,12 @@ impl Nucleus {
             if patterns.is_empty() {
                 continue;
             }
+            // Block: nothing recorded is ever dropped; SQLite batches far faster than the bus
+            // produces durable events, so the ring only absorbs bursts.
             let sub = sh.bus.subscribe(
                 &format!("recorder:{stream}"),
                 patterns.clone(),
-                65_536,
+                RECORDER_QUEUE,
                 Overflow::Block,
             );
             let queue = sub.queue().clone();

@@ -10,6 +10,11 @@ mod logging;
 
 use clap::Parser;
 
+// Events are allocated by publishers and freed by subscribers on other threads; mimalloc's
+// cross-thread free lists make that cheap where the system allocator takes arena locks.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

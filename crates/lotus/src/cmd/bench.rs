@@ -120,9 +120,15 @@ fn throughput(fanout: usize, n: u64) -> Result<(f64, f64)> {
         })
     });
     let topic = t("bench.load.data");
+    // A module publishes under its name, as its context holds it.
+    let source = lotus_core::event::SmolStr::new("bench");
     let start = Instant::now();
     for _ in 0..n {
-        bus.publish_blocking(Arc::new(Event::new(topic.clone(), "bench", Value::Null)));
+        bus.publish_blocking(Arc::new(Event::new(
+            topic.clone(),
+            source.clone(),
+            Value::Null,
+        )));
     }
     let delivered = consumers
         .join()
@@ -137,8 +143,12 @@ fn throughput(fanout: usize, n: u64) -> Result<(f64, f64)> {
     Ok((delivered as f64 / secs, n as f64 / secs))
 }
 
-/// One-way publish→handler latency with the handler on another thread; `spin` selects a
-/// spin-then-park handler thread (true) or an async task on a current-thread runtime (false).
+/// Gap between latency samples: longer than an async consumer's spin, so it really parks.
+const SAMPLE_GAP: Duration = Duration::from_micros(50);
+
+/// One-way publish→handler latency with the handler on another thread, events `SAMPLE_GAP`
+/// apart; `spin` selects a spin-then-park handler thread (true) or an async task on a
+/// current-thread runtime that parks between events (false).
 fn latency(samples: u64, spin: bool) -> Result<Histogram<u64>> {
     let bus = LocalBus::new();
     let _noise = distractors(&bus);
@@ -179,9 +189,18 @@ fn latency(samples: u64, spin: bool) -> Result<Histogram<u64>> {
         Ok(h)
     });
     let topic = t("bench.lat.ping");
+    let source = lotus_core::event::SmolStr::new("bench");
     for i in 0..total {
+        let gap = Instant::now() + SAMPLE_GAP;
+        while Instant::now() < gap {
+            std::hint::spin_loop();
+        }
         let sent = base.elapsed().as_nanos() as u64;
-        bus.publish_blocking(Arc::new(Event::new(topic.clone(), "bench", json!(sent))));
+        bus.publish_blocking(Arc::new(Event::new(
+            topic.clone(),
+            source.clone(),
+            json!(sent),
+        )));
         let deadline = Instant::now() + Duration::from_secs(10);
         while acked.load(Ordering::Acquire) <= i {
             std::hint::spin_loop();

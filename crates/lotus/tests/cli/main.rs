@@ -1,0 +1,543 @@
+//! The `lotus` binary end to end: a real `lotus up` process, the CLI and the HTTP API against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::{Value, json};
+
+fn lotus(home: &Path) -> Command {
+    let mut c = Command::cargo_bin("lotus").expect("lotus binary");
+    c.arg("--home")
+        .arg(home)
+        .env_remove("LOTUS_HOME")
+        .env("LOTUS_LOG", "warn");
+    c
+}
+
+fn run(home: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = lotus(home).args(args).output().expect("run lotus");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `lotus up` on its own home and an ephemeral port; SIGTERM on drop.
+struct Up {
+    home: tempfile::TempDir,
+    child: Option<Child>,
+    addr: String,
+}
+
+impl Up {
+    fn start() -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), &[])
+    }
+
+    fn start_in(home: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        let mut cmd = lotus(home.path());
+        cmd.args(["up", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn lotus up");
+        let run_file = home.path().join("run/nucleus.json");
+        let t0 = Instant::now();
+        let addr = loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "lotus up did not start"
+            );
+            if let Ok(text) = std::fs::read(&run_file)
+                && let Ok(v) = serde_json::from_slice::<Value>(&text)
+            {
+                break v["listen"].as_str().expect("listen").to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Self {
+            home,
+            child: Some(child),
+            addr,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.path().join("token")).expect("token")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM; returns the exit code and stderr.
+    fn stop(&mut self) -> (i32, String) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut s) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = s.read_to_string(&mut err);
+                }
+                return (status.code().unwrap_or(-1), err);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "lotus up did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/manifests")
+        .join(kind);
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_done_when_scenario() {
+    let mut up = Up::start();
+    let home = up.path().to_owned();
+
+    let (code, out, err) = run(&home, &["module", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let mods: Value = serde_json::from_str(&out).expect("json");
+    for name in ["heartbeat", "echo"] {
+        let m = mods
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|m| m["name"] == name)
+            .expect(name);
+        assert_eq!(m["state"], "running", "{m}");
+    }
+
+    let (code, out, err) = run(&home, &["module", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.contains("heartbeat") && out.contains("running"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(
+        &home,
+        &["events", "tail", "system.heartbeat", "--count", "1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("system.heartbeat") && out.contains("\"beat\""),
+        "{out}"
+    );
+
+    let (code, out, err) = run(
+        &home,
+        &[
+            "events",
+            "tail",
+            "system.heartbeat",
+            "--count",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ev: Value = serde_json::from_str(out.trim()).expect("one JSON event");
+    assert_eq!(ev["topic"], "system.heartbeat");
+
+    let (code, out, err) = run(&home, &["tool", "call", "echo.echo", r#"{"text":"hi"}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"text": "hi"})
+    );
+
+    let (code, out, _) = run(&home, &["tool", "list", "--json"]);
+    assert_eq!(code, 0);
+    let tools: Value = serde_json::from_str(&out).expect("json");
+    let echo = tools
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["name"] == "echo.echo")
+        .expect("echo.echo");
+    assert_eq!(echo["input_schema"]["properties"]["text"]["type"], "string");
+
+    let (code, err) = up.stop();
+    assert_eq!(code, 0, "SIGTERM must exit 0: {err}");
+    assert!(
+        !home.join("run/nucleus.json").exists(),
+        "run file removed on exit"
+    );
+
+    // The streams were flushed: the stop events are there.
+    let (code, out, err) = run(&home, &["events", "query", "module_events", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let topics: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["event"]["topic"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "system.module_started",
+            "system.module_started",
+            "system.module_stopped",
+            "system.module_stopped"
+        ]
+    );
+    // Reverse start order on stop: heartbeat (critical) started first, so it stops last.
+    assert!(
+        out.lines().nth(3).is_some_and(|l| l.contains("heartbeat")),
+        "{out}"
+    );
+}
+
+#[test]
+fn commands_say_clearly_when_no_nucleus_runs() {
+    let home = tempfile::tempdir().expect("tempdir");
+    for args in [
+        &["module", "list"][..],
+        &["tool", "list"],
+        &["tool", "call", "echo.echo", "{}"],
+        &["events", "tail"],
+    ] {
+        let (code, _, err) = run(home.path(), args);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(
+            err.contains("no nucleus is running") && err.contains("lotus up"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn validate_names_the_key_of_every_broken_fixture() {
+    let home = tempfile::tempdir().expect("tempdir");
+    for file in fixtures("bad") {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let key = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect-key:"))
+            .expect("expect-key")
+            .trim();
+        let (code, _, err) = run(
+            home.path(),
+            &["module", "validate", file.to_str().expect("utf8")],
+        );
+        assert_eq!(code, 2, "{}: {err}", file.display());
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        if !key.is_empty() {
+            assert!(
+                err.contains(&format!("`{key}`")),
+                "{}: {err}",
+                file.display()
+            );
+        }
+    }
+    let good = fixtures("good");
+    let minimal = good
+        .iter()
+        .find(|f| f.ends_with("minimal.yaml"))
+        .expect("minimal");
+    // `tiny` is not compiled into this binary: the manifest is valid but its native entry is not.
+    let (code, _, err) = run(
+        home.path(),
+        &["module", "validate", minimal.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("no native module `tiny`"), "{err}");
+    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/builtin/echo.yaml");
+    let (code, out, err) = run(
+        home.path(),
+        &["module", "validate", builtin.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok:"), "{out}");
+}
+
+#[test]
+fn bad_cli_input_is_a_clear_error() {
+    let up = Up::start();
+    let home = up.path();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["tool", "call", "echo.echo", "{not json"],
+            2,
+            "not valid JSON",
+        ),
+        (
+            &["tool", "call", "echo.echo", r#"{"txt":"x"}"#],
+            2,
+            "unknown field `txt`",
+        ),
+        (&["tool", "call", "echo.echo", "[1]"], 2, "JSON object"),
+        (
+            &["tool", "call", "nope.nothing"],
+            4,
+            "no tool named `nope.nothing`",
+        ),
+        (&["events", "publish", "system.x", "{}"], 2, "reserved"),
+        (&["events", "publish", "a..b"], 2, "empty token"),
+        (&["events", "publish", "a.b", "{oops"], 2, "not valid JSON"),
+        (&["events", "tail", "a.>.b"], 2, "must be the last token"),
+        (&["events", "query", "chat"], 2, "unknown stream"),
+        (&["module", "info", "ghost"], 4, "no module named `ghost`"),
+    ];
+    for (args, code, needle) in cases {
+        let (c, _, err) = run(home, args);
+        assert_eq!(c, *code, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn api_requires_the_token_and_answers_json_errors() {
+    let up = Up::start();
+    let http = reqwest::blocking::Client::new();
+    let health: Value = http
+        .get(up.url("/api/v1/health"))
+        .send()
+        .expect("health")
+        .json()
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["running"], 2);
+
+    let r = http.get(up.url("/api/v1/modules")).send().expect("send");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().expect("json")["error"]["code"],
+        "unauthorized"
+    );
+    let r = http
+        .get(up.url("/api/v1/modules"))
+        .bearer_auth("wrong")
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 401);
+
+    let token = up.token();
+    let r = http
+        .get(up.url("/api/v1/modules/echo"))
+        .bearer_auth(&token)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().expect("json")["name"], "echo");
+
+    let call = |body: &str| {
+        http.post(up.url("/api/v1/tools/echo.echo/call"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .expect("send")
+    };
+    let r = call(r#"{"text":"yo"}"#);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().expect("json")["result"],
+        json!({"text": "yo"})
+    );
+    let r = call("{broken");
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().expect("json")["error"]["code"],
+        "invalid_json"
+    );
+    let r = call(r#"{"text": 5}"#);
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().expect("json")["error"]["code"],
+        "invalid_arguments"
+    );
+
+    let r = http
+        .post(up.url("/api/v1/events"))
+        .bearer_auth(&token)
+        .body(r#"{"topic":"echo.request","payload":{"n":1},"extra":true}"#)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 400, "unknown keys in the body are rejected");
+    let r = http
+        .post(up.url("/api/v1/events"))
+        .bearer_auth(&token)
+        .body(r#"{"topic":"echo.request","payload":{"n":1}}"#)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().expect("json")["matched"], 1);
+
+    let r = http
+        .get(up.url("/api/v1/events/stream?pattern=a..b"))
+        .bearer_auth(&token)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(up.url("/api/v1/streams/module_events?limit=1"))
+        .bearer_auth(&token)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().expect("json").as_array().map(Vec::len),
+        Some(1)
+    );
+    let r = http
+        .get(up.url("/api/v1/nothing"))
+        .bearer_auth(&token)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn the_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = Up::start();
+    let mode = std::fs::metadata(up.path().join("token"))
+        .expect("token")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(up.token().trim().len(), 64);
+}
+
+#[test]
+fn a_second_nucleus_on_the_same_home_is_refused() {
+    let up = Up::start();
+    let (code, _, err) = run(up.path(), &["up", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("another nucleus is already running"), "{err}");
+}
+
+#[test]
+fn config_is_layered_and_bad_config_is_named() {
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        home.path().join("lotus.toml"),
+        "[tools]\ntimeout = \"5s\"\n[modules.heartbeat.every]\nbeat = \"100ms\"\n",
+    )
+    .expect("write");
+    let out = lotus(home.path())
+        .args(["config", "show"])
+        .env("LOTUS_API__LISTEN", "127.0.0.1:9999")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("timeout = \"5s\""), "{text}");
+    assert!(text.contains("127.0.0.1:9999"), "{text}");
+    assert!(text.contains("beat = \"100ms\""), "{text}");
+
+    std::fs::write(home.path().join("lotus.toml"), "[tools]\ntimout = \"5s\"\n").expect("write");
+    let (code, _, err) = run(home.path(), &["config", "show"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("timout") && err.contains("lotus.toml"),
+        "{err}"
+    );
+    let (code, _, err) = run(home.path(), &["up"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn module_settings_from_lotus_toml_reach_the_module() {
+    let home = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        home.path().join("lotus.toml"),
+        "[modules.heartbeat.every]\nbeat = \"50ms\"\n",
+    )
+    .expect("write");
+    let up = Up::start_in(home, &[]);
+    let (code, out, err) = run(
+        up.path(),
+        &[
+            "events",
+            "tail",
+            "system.heartbeat",
+            "--count",
+            "5",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5);
+    let (_, out, _) = run(up.path(), &["module", "info", "heartbeat", "--json"]);
+    let info: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(info["jobs"][0]["every_ms"], 50);
+}
+
+#[test]
+fn doctor_reports_and_fails_on_broken_module_folders() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = run(home.path(), &["doctor"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("built-in modules") && out.contains("heartbeat"),
+        "{out}"
+    );
+    let broken = home.path().join("modules/broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(
+        broken.join("manifest.yaml"),
+        "name: broken\nversion: 1\ntype: core\n",
+    )
+    .expect("write");
+    let (code, out, _) = run(home.path(), &["doctor", "--json"]);
+    assert_eq!(code, 1);
+    let checks: Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        checks
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["status"] == "fail"
+                && c["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("`version`"))),
+        "{out}"
+    );
+}

@@ -124,6 +124,33 @@ impl Context {
             .await
     }
 
+    /// Logs `message` at `level`, tagged with this module's name (also written to the log file).
+    pub fn log(&self, level: tracing::Level, message: impl std::fmt::Display) {
+        let module = self.name.as_str();
+        match level {
+            tracing::Level::ERROR => tracing::error!(module, "{message}"),
+            tracing::Level::WARN => tracing::warn!(module, "{message}"),
+            tracing::Level::INFO => tracing::info!(module, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(module, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(module, "{message}"),
+        }
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: impl std::fmt::Display) {
+        self.log(tracing::Level::INFO, message);
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: impl std::fmt::Display) {
+        self.log(tracing::Level::WARN, message);
+    }
+
+    /// Logs at error level.
+    pub fn error(&self, message: impl std::fmt::Display) {
+        self.log(tracing::Level::ERROR, message);
+    }
+
     /// This module's persisted value for `key`.
     pub async fn state_get(&self, key: &str) -> Result<Option<Value>, StateError> {
         self.shared.state.get(&self.name, key).await

@@ -22,6 +22,9 @@ impl Heartbeat {
     async fn beat(&mut self, cx: &Context) -> Result<(), ModuleError> {
         self.beats += 1;
         cx.publish("system.heartbeat", self.snapshot()).await?;
+        if self.beats == 1 {
+            cx.info("first heartbeat published");
+        }
         Ok(())
     }
 

@@ -22,6 +22,10 @@ fn per_op(label: &str, n: u64, f: impl FnMut(u64)) {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn two_threads(label: &str, n: u64, spin_consumer: bool) {
+    two_threads_with(label, n, spin_consumer, false);
+}
+
+fn two_threads_with(label: &str, n: u64, spin_consumer: bool, reuse: bool) {
     let bus = LocalBus::new();
     let sub = bus.subscribe(
         "s",
@@ -50,13 +54,23 @@ fn two_threads(label: &str, n: u64, spin_consumer: bool) {
     });
     let topic = Topic::new("bench.load.data").expect("topic");
     let source = lotus_core::event::SmolStr::new("bench");
+    let prebuilt = Arc::new(Event::new(
+        topic.clone(),
+        source.clone(),
+        serde_json::Value::Null,
+    ));
     let t = Instant::now();
     for _ in 0..n {
-        bus.publish_blocking(Arc::new(Event::new(
-            topic.clone(),
-            source.clone(),
-            serde_json::Value::Null,
-        )));
+        let ev = if reuse {
+            prebuilt.clone()
+        } else {
+            Arc::new(Event::new(
+                topic.clone(),
+                source.clone(),
+                serde_json::Value::Null,
+            ))
+        };
+        bus.publish_blocking(ev);
     }
     let produced = t.elapsed();
     consumer.join().expect("consumer");
@@ -100,4 +114,5 @@ fn main() {
     });
     two_threads("1→1, spinning consumer thread", n, true);
     two_threads("1→1, async consumer task", n, false);
+    two_threads_with("1→1, async consumer, one prebuilt event", n, false, true);
 }

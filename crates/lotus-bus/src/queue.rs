@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
-use event_listener::{Event as Signal, Listener};
+use event_listener::{Event as Signal, EventListener, Listener};
 use lotus_core::{Event, Overflow};
 
 /// Polls of an empty ring before an async consumer parks (~1 µs).
@@ -75,35 +75,40 @@ impl Queue {
         Ok(out)
     }
 
+    /// Pushes, or hands the event back with a listener for room already registered. The push is
+    /// retried after registering, so a pop between the two cannot be missed.
+    fn push_or_listen(&self, ev: Arc<Event>) -> Result<Pushed, (Arc<Event>, EventListener)> {
+        let ev = match self.try_push(ev) {
+            Ok(p) => return Ok(p),
+            Err(back) => back,
+        };
+        let listener = self.space.listen();
+        self.try_push(ev).map_err(|back| (back, listener))
+    }
+
     /// Pushes, waiting asynchronously for room under [`Overflow::Block`].
     pub async fn push(&self, mut ev: Arc<Event>) -> Pushed {
         loop {
-            match self.try_push(ev) {
+            match self.push_or_listen(ev) {
                 Ok(p) => return p,
-                Err(back) => ev = back,
+                Err((back, listener)) => {
+                    ev = back;
+                    listener.await;
+                }
             }
-            let listener = self.space.listen();
-            match self.try_push(ev) {
-                Ok(p) => return p,
-                Err(back) => ev = back,
-            }
-            listener.await;
         }
     }
 
     /// Pushes, blocking the thread for room under [`Overflow::Block`].
     pub fn push_blocking(&self, mut ev: Arc<Event>) -> Pushed {
         loop {
-            match self.try_push(ev) {
+            match self.push_or_listen(ev) {
                 Ok(p) => return p,
-                Err(back) => ev = back,
+                Err((back, listener)) => {
+                    ev = back;
+                    listener.wait();
+                }
             }
-            let listener = self.space.listen();
-            match self.try_push(ev) {
-                Ok(p) => return p,
-                Err(back) => ev = back,
-            }
-            listener.wait();
         }
     }
 

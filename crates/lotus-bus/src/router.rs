@@ -253,6 +253,17 @@ impl LocalBus {
         }
     }
 
+    /// Settles a pending request the event answers, and finds the event's subscribers.
+    fn begin(&self, ev: &Arc<Event>) -> (Route, Delivery) {
+        self.settle_pending(ev);
+        let route = self.route(&ev.topic);
+        let d = Delivery {
+            matched: route.len(),
+            dropped_oldest: 0,
+        };
+        (route, d)
+    }
+
     fn count(&self, d: &mut Delivery, pushed: Pushed) {
         match pushed {
             Pushed::Queued => {}
@@ -264,21 +275,7 @@ impl LocalBus {
         }
     }
 
-    /// Publishes, waiting for room in block-policy queues that are full.
-    pub async fn publish(&self, ev: Arc<Event>) -> Delivery {
-        self.settle_pending(&ev);
-        let route = self.route(&ev.topic);
-        let mut d = Delivery {
-            matched: route.len(),
-            dropped_oldest: 0,
-        };
-        for sub in route.iter() {
-            let pushed = match sub.queue.try_push(ev.clone()) {
-                Ok(p) => p,
-                Err(back) => sub.queue.push(back).await,
-            };
-            self.count(&mut d, pushed);
-        }
+    fn finish(&self, d: Delivery) -> Delivery {
         self.inner.published.fetch_add(1, Ordering::Relaxed);
         self.inner
             .deliveries
@@ -286,23 +283,26 @@ impl LocalBus {
         d
     }
 
-    /// Publishes from a plain thread, blocking it for room in full block-policy queues.
-    pub fn publish_blocking(&self, ev: Arc<Event>) -> Delivery {
-        self.settle_pending(&ev);
-        let route = self.route(&ev.topic);
-        let mut d = Delivery {
-            matched: route.len(),
-            dropped_oldest: 0,
-        };
+    /// Publishes, waiting for room in block-policy queues that are full.
+    pub async fn publish(&self, ev: Arc<Event>) -> Delivery {
+        let (route, mut d) = self.begin(&ev);
         for sub in route.iter() {
-            let pushed = sub.queue.push_blocking(ev.clone());
+            let pushed = match sub.queue.try_push(ev.clone()) {
+                Ok(p) => p,
+                Err(back) => sub.queue.push(back).await,
+            };
             self.count(&mut d, pushed);
         }
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .deliveries
-            .fetch_add(d.matched as u64, Ordering::Relaxed);
-        d
+        self.finish(d)
+    }
+
+    /// Publishes from a plain thread, blocking it for room in full block-policy queues.
+    pub fn publish_blocking(&self, ev: Arc<Event>) -> Delivery {
+        let (route, mut d) = self.begin(&ev);
+        for sub in route.iter() {
+            self.count(&mut d, sub.queue.push_blocking(ev.clone()));
+        }
+        self.finish(d)
     }
 
     /// Sends `ev` as a request and waits up to `timeout` for an event carrying its correlation id.

@@ -60,6 +60,15 @@ impl Event {
     }
 }
 
+/// Parses an RFC 3339 time (`2026-01-02T03:04:05Z`) or a duration ago (`10m`, `2h 30m`).
+pub fn parse_time_or_ago(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text).ok().or_else(|| {
+        humantime::parse_duration(text)
+            .ok()
+            .and_then(|d| SystemTime::now().checked_sub(d))
+    })
+}
+
 /// A UUIDv7 for `time`. Reuses the event's own clock reading and skips uuid's shared context
 /// (one clock read and a lock per id): ids are time-ordered to the millisecond, unique by 74
 /// random bits.

@@ -332,15 +332,13 @@ struct QueryParams {
 }
 
 fn parse_time(s: &str, key: &str) -> Result<SystemTime, ApiError> {
-    humantime::parse_rfc3339_weak(s)
-        .or_else(|_| humantime::parse_duration(s).map(|d| SystemTime::now() - d))
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_time",
-                format!("`{key}={s}`: expected an RFC 3339 time or a duration ago such as `10m`"),
-            )
-        })
+    lotus_core::event::parse_time_or_ago(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_time",
+            format!("`{key}={s}`: expected an RFC 3339 time or a duration ago such as `10m`"),
+        )
+    })
 }
 
 async fn query_stream(

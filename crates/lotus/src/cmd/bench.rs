@@ -143,6 +143,43 @@ fn throughput(fanout: usize, n: u64) -> Result<(f64, f64)> {
     Ok((delivered as f64 / secs, n as f64 / secs))
 }
 
+/// 1→1 with publisher and subscriber as tasks on one thread, as they often are in the nucleus
+/// (tokio runs a woken task on the waker's worker): routing without the cross-core handoff.
+fn throughput_same_thread(n: u64) -> Result<f64> {
+    let bus = LocalBus::new();
+    let _noise = distractors(&bus);
+    let sub = bus.subscribe("consumer", vec![p("bench.*.data")], 65_536, Overflow::Block);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let got = rt.block_on(async move {
+        let consumer = tokio::spawn(async move {
+            let mut got = 0u64;
+            while got < n && sub.recv().await.is_some() {
+                got += 1;
+            }
+            got
+        });
+        let topic = t("bench.load.data");
+        let source = lotus_core::event::SmolStr::new("bench");
+        let start = Instant::now();
+        for _ in 0..n {
+            bus.publish(Arc::new(Event::new(
+                topic.clone(),
+                source.clone(),
+                Value::Null,
+            )))
+            .await;
+        }
+        let got = consumer.await.unwrap_or(0);
+        (got, start.elapsed())
+    });
+    if got.0 != n {
+        return Err(anyhow!("lost events: delivered {} of {n}", got.0));
+    }
+    Ok(n as f64 / got.1.as_secs_f64())
+}
+
 /// Gap between latency samples: longer than an async consumer's spin, so it really parks.
 const SAMPLE_GAP: Duration = Duration::from_micros(50);
 
@@ -298,6 +335,7 @@ async fn bus(a: BenchBusArgs) -> Result<()> {
         );
     }
     let (one, one_pub) = tokio::task::spawn_blocking(move || throughput(1, events)).await??;
+    let same = tokio::task::spawn_blocking(move || throughput_same_thread(events)).await??;
     let fan_n = (events / 4).max(1000);
     let (fan, fan_pub) = tokio::task::spawn_blocking(move || throughput(16, fan_n)).await??;
     let spin = tokio::task::spawn_blocking(move || latency(samples, true)).await??;
@@ -307,6 +345,7 @@ async fn bus(a: BenchBusArgs) -> Result<()> {
         "backend": "in-process",
         "events_per_sec": one.round(),
         "publishes_per_sec": one_pub.round(),
+        "same_thread_events_per_sec": same.round(),
         "fanout16_events_per_sec": fan.round(),
         "fanout16_publishes_per_sec": fan_pub.round(),
         "p50_us": us(&spin, 0.5),
@@ -352,7 +391,14 @@ async fn bus(a: BenchBusArgs) -> Result<()> {
             f("cores"),
             f("load_avg").as_str().unwrap_or("")
         );
-        println!("  1→1   routed events/s      {:>14}", f("events_per_sec"));
+        println!(
+            "  1→1   routed events/s      {:>14}  (publisher and subscriber on two threads)",
+            f("events_per_sec")
+        );
+        println!(
+            "  1→1   routed events/s      {:>14}  (both tasks on one thread)",
+            f("same_thread_events_per_sec")
+        );
         println!(
             "  1→16  routed events/s      {:>14}  ({} publishes/s)",
             f("fanout16_events_per_sec"),

@@ -213,7 +213,8 @@ struct JobStatus {
 
 #[derive(Default)]
 struct Wiring {
-    handlers: Vec<Option<Pattern>>,
+    /// Per handler: its name and its pattern, or `None` when the subscription was denied.
+    handlers: Vec<(&'static str, Option<Pattern>)>,
     sub: Option<Subscription>,
     jobs: Vec<JoinHandle<()>>,
 }
@@ -548,7 +549,7 @@ impl Actor {
         for h in &desc.handlers {
             if manifest.may_subscribe(&h.pattern) {
                 allowed.push(h.pattern.clone());
-                wiring.handlers.push(Some(h.pattern.clone()));
+                wiring.handlers.push((h.name, Some(h.pattern.clone())));
             } else {
                 self.shared
                     .deny(
@@ -558,7 +559,7 @@ impl Actor {
                         "not covered by `subscriptions`",
                     )
                     .await;
-                wiring.handlers.push(None);
+                wiring.handlers.push((h.name, None));
             }
         }
         *self.slot.handlers.lock() = allowed.iter().map(|p| p.to_string()).collect();
@@ -654,24 +655,25 @@ impl Actor {
         }
     }
 
+    /// The handler at `i` if it handles `topic`: its name.
+    fn handler_for(&self, i: usize, topic: &Topic) -> Option<&'static str> {
+        match self.wiring.as_ref()?.handlers.get(i)? {
+            (name, Some(pattern)) if pattern.matches(topic) => Some(name),
+            _ => None,
+        }
+    }
+
     /// Runs the handlers matching `ev`; `Err` is a crash.
     async fn handle_event(
         &mut self,
         inst: &mut Box<dyn Module>,
         ev: Arc<Event>,
     ) -> Result<(), String> {
-        let handlers = self
-            .wiring
-            .as_ref()
-            .map(|w| w.handlers.clone())
-            .unwrap_or_default();
-        let names = inst.describe().handlers;
-        for (i, pat) in handlers.iter().enumerate() {
-            let Some(pat) = pat else { continue };
-            if !pat.matches(&ev.topic) {
+        let count = self.wiring.as_ref().map_or(0, |w| w.handlers.len());
+        for i in 0..count {
+            let Some(hname) = self.handler_for(i, &ev.topic) else {
                 continue;
-            }
-            let hname = names.get(i).map_or("?", |h| h.name);
+            };
             match guarded(inst.on_event(&self.cx, i, ev.clone()), self.limit).await {
                 Outcome::Done(Ok(())) => {}
                 Outcome::Done(Err(e)) => {

@@ -1,5 +1,7 @@
 //! Logging: stderr for people, `$LOTUS_HOME/logs/lotus.log` for later.
 
+use std::io::IsTerminal;
+
 use anyhow::{Result, anyhow};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -69,6 +71,7 @@ pub fn init_cli() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter("warn").unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -85,6 +85,16 @@ fn two_threads_with(label: &str, n: u64, spin_consumer: bool, reuse: bool) {
 fn main() {
     let n = 2_000_000;
     let topic = Topic::new("bench.load.data").expect("topic");
+    per_op("SystemTime::now", n, |_| {
+        std::hint::black_box(std::time::SystemTime::now());
+    });
+    per_op("uuid::Uuid::new_v7 (fast-rng)", n, |_| {
+        std::hint::black_box(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            1,
+            2,
+        )));
+    });
     per_op("Event::new (uuid v7 + clock)", n, |_| {
         std::hint::black_box(Event::new(topic.clone(), "bench", serde_json::Value::Null));
     });

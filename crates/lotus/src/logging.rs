@@ -38,6 +38,7 @@ pub fn init_up(cfg: &LogConfig, home: &Home) -> Result<Option<WorkerGuard>> {
         LogFormat::Text => {
             let stderr = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false);
             let file = file.map(|w| {
                 tracing_subscriber::fmt::layer()

@@ -27,13 +27,11 @@ fn line(ev: &Event) -> String {
 }
 
 fn parse_time(s: &str, flag: &str) -> Result<SystemTime> {
-    humantime::parse_rfc3339_weak(s)
-        .or_else(|_| humantime::parse_duration(s).map(|d| SystemTime::now() - d))
-        .map_err(|_| {
-            bad_input(format!(
-                "--{flag} {s}: expected a duration ago such as `10m` or an RFC 3339 time"
-            ))
-        })
+    lotus_core::event::parse_time_or_ago(s).ok_or_else(|| {
+        bad_input(format!(
+            "--{flag} {s}: expected a duration ago such as `10m` or an RFC 3339 time"
+        ))
+    })
 }
 
 pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {

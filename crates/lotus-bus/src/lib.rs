@@ -36,6 +36,12 @@ pub enum BusError {
         /// How long it waited.
         after: Duration,
     },
+    /// Another request with the same correlation id is still waiting. Not retryable as is.
+    #[error("a request with correlation id {correlation_id} is already waiting for its reply")]
+    DuplicateRequest {
+        /// The id in use.
+        correlation_id: uuid::Uuid,
+    },
     /// The backend is gone (shut down or disconnected for good). Not retryable.
     #[error("the bus is closed")]
     Closed,
@@ -48,7 +54,7 @@ fn humantime_ms(d: Duration) -> String {
 impl BusError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, BusError::Closed)
+        !matches!(self, BusError::Closed | BusError::DuplicateRequest { .. })
     }
 }
 

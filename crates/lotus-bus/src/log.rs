@@ -266,9 +266,14 @@ fn write_batch(conn: &mut Connection, batch: &[(StreamName, Arc<Event>)]) -> rus
     tx.commit()
 }
 
+/// Attempts at writing one batch before its events are given up (a busy or full disk may recover).
+const WRITE_ATTEMPTS: u32 = 5;
+
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
     let mut batch = Vec::with_capacity(1024);
     let mut flushes = Vec::new();
+    // A write failure not yet reported: the next flush returns it, so nothing is lost silently.
+    let mut unreported: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -280,17 +285,34 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
                 next = rx.try_recv().ok();
             }
         }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            write_batch(&mut conn, &batch).map_err(|e| {
-                tracing::error!(path = %path.display(), events = batch.len(), error = %e, "could not write durable events");
-                e.to_string()
-            })
-        };
+        let mut attempt = 0;
+        while !batch.is_empty() {
+            attempt += 1;
+            match write_batch(&mut conn, &batch) {
+                Ok(()) => break,
+                Err(e) if attempt < WRITE_ATTEMPTS => {
+                    tracing::warn!(path = %path.display(), events = batch.len(), attempt, error = %e, "durable write failed; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), events = batch.len(), error = %e, "durable events lost after {WRITE_ATTEMPTS} attempts");
+                    unreported = Some(format!(
+                        "{} event(s) could not be written: {e}",
+                        batch.len()
+                    ));
+                    break;
+                }
+            }
+        }
         batch.clear();
-        for done in flushes.drain(..) {
-            let _ = done.send(result.clone());
+        if !flushes.is_empty() {
+            let result = match unreported.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+            for done in flushes.drain(..) {
+                let _ = done.send(result.clone());
+            }
         }
     }
 }

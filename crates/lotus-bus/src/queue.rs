@@ -212,7 +212,12 @@ impl Queue {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Events dropped by the drop-oldest policy so far.
+    /// Counts an event that was not queued because its publisher would not wait any longer.
+    pub fn record_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events dropped so far (by the drop-oldest policy or a publisher's deadline).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -129,6 +129,8 @@ pub struct Delivery {
     pub matched: usize,
     /// Of those, how many had to drop their oldest event (drop-oldest policy).
     pub dropped_oldest: usize,
+    /// Block-policy subscribers that stayed full past the publisher's deadline (not delivered).
+    pub timed_out: usize,
 }
 
 /// Counters of the whole bus.
@@ -259,7 +261,7 @@ impl LocalBus {
         let route = self.route(&ev.topic);
         let d = Delivery {
             matched: route.len(),
-            dropped_oldest: 0,
+            ..Delivery::default()
         };
         (route, d)
     }
@@ -296,6 +298,33 @@ impl LocalBus {
         self.finish(d)
     }
 
+    /// Publishes, waiting at most `wait` in total for room in full block-policy queues; a
+    /// subscriber still full then misses this event (counted in its drops and in `timed_out`).
+    ///
+    /// The nucleus publishes its own events this way, so that one stuck module can never stall
+    /// the kernel.
+    pub async fn publish_within(&self, ev: Arc<Event>, wait: Duration) -> Delivery {
+        let (route, mut d) = self.begin(&ev);
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(3600));
+        for sub in route.iter() {
+            let pushed = match sub.queue.try_push(ev.clone()) {
+                Ok(p) => p,
+                Err(back) => match tokio::time::timeout_at(deadline, sub.queue.push(back)).await {
+                    Ok(p) => p,
+                    Err(_) => {
+                        sub.queue.record_drop();
+                        self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                        d.timed_out += 1;
+                        d.matched -= 1;
+                        continue;
+                    }
+                },
+            };
+            self.count(&mut d, pushed);
+        }
+        self.finish(d)
+    }
+
     /// Publishes from a plain thread, blocking it for room in full block-policy queues.
     pub fn publish_blocking(&self, ev: Arc<Event>) -> Delivery {
         let (route, mut d) = self.begin(&ev);
@@ -310,17 +339,32 @@ impl LocalBus {
         let cid = *ev.correlation_id.get_or_insert(ev.id);
         ev.deadline = Some(SystemTime::now() + timeout);
         let topic = ev.topic.clone();
+        let request_id = ev.id;
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().insert(
-            cid,
-            Pending {
-                request_id: ev.id,
-                reply: tx,
-            },
-        );
+        {
+            let mut pending = self.inner.pending.lock();
+            if pending.contains_key(&cid) {
+                return Err(BusError::DuplicateRequest {
+                    correlation_id: cid,
+                });
+            }
+            pending.insert(
+                cid,
+                Pending {
+                    request_id,
+                    reply: tx,
+                },
+            );
+        }
         self.inner.pending_count.fetch_add(1, Ordering::Release);
+        // Only our own entry: never one another request put there later.
         let forget = || {
-            if self.inner.pending.lock().remove(&cid).is_some() {
+            let mut pending = self.inner.pending.lock();
+            if pending
+                .get(&cid)
+                .is_some_and(|p| p.request_id == request_id)
+            {
+                pending.remove(&cid);
                 self.inner.pending_count.fetch_sub(1, Ordering::Release);
             }
         };

@@ -13,6 +13,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::topic::Pattern;
 
+/// Largest mailbox a manifest may ask for (events).
+pub const MAX_QUEUE: usize = 1 << 20;
+/// Largest memory cap a manifest may ask for (MiB).
+pub const MAX_MEMORY_MB: u32 = 16 * 1024;
+/// Longest `call_timeout` a manifest may ask for.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Names the nucleus uses as event sources and callers; no module may take them.
+pub const RESERVED_NAMES: [&str; 3] = ["nucleus", "api", "cli"];
+
 /// A parsed, validated `manifest.yaml`.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -332,7 +341,11 @@ impl ModuleName {
             && s.starts_with(|c: char| c.is_ascii_lowercase())
             && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        if ok {
+        if ok && RESERVED_NAMES.contains(&s) {
+            Err(format!(
+                "`{s}` is reserved (the nucleus, the API and the CLI use it as a source); pick another name"
+            ))
+        } else if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(format!(
@@ -446,10 +459,25 @@ fn validate(m: &Manifest) -> Result<(), (String, String)> {
     {
         return Err(("entry".into(), "must not be empty".into()));
     }
-    if m.permissions.limits.queue == 0 {
+    if !(1..=MAX_QUEUE).contains(&m.permissions.limits.queue) {
         return Err((
             "permissions.limits.queue".into(),
-            "must be at least 1".into(),
+            format!("must be between 1 and {MAX_QUEUE} events"),
+        ));
+    }
+    if !(1..=MAX_MEMORY_MB).contains(&m.permissions.limits.memory_mb) {
+        return Err((
+            "permissions.limits.memory_mb".into(),
+            format!("must be between 1 and {MAX_MEMORY_MB} MiB"),
+        ));
+    }
+    if m.permissions.limits.call_timeout > MAX_CALL_TIMEOUT {
+        return Err((
+            "permissions.limits.call_timeout".into(),
+            format!(
+                "must be at most {} hours",
+                MAX_CALL_TIMEOUT.as_secs() / 3600
+            ),
         ));
     }
     if m.permissions.limits.call_timeout.is_zero() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lotus_core::{Manifest, ManifestError, Runtime};
 
-use crate::module::Module;
+use crate::module::{BoxFuture, Module};
 
 /// Where a module definition came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -44,7 +44,10 @@ pub trait ModuleHost: Send + Sync + 'static {
     /// The runtime this host serves.
     fn runtime(&self) -> Runtime;
     /// A fresh instance of `def` (called at start and after every crash).
-    fn instantiate(&self, def: &ModuleDef) -> Result<Box<dyn Module>, HostError>;
+    fn instantiate<'a>(
+        &'a self,
+        def: &'a ModuleDef,
+    ) -> BoxFuture<'a, Result<Box<dyn Module>, HostError>>;
     /// Modules this host provides without a folder (compiled in).
     fn builtins(&self) -> Vec<ModuleDef> {
         Vec::new()
@@ -101,13 +104,17 @@ impl ModuleHost for NativeHost {
         Runtime::Native
     }
 
-    fn instantiate(&self, def: &ModuleDef) -> Result<Box<dyn Module>, HostError> {
+    fn instantiate<'a>(
+        &'a self,
+        def: &'a ModuleDef,
+    ) -> BoxFuture<'a, Result<Box<dyn Module>, HostError>> {
         let entry = def
             .manifest
             .entry
             .clone()
             .unwrap_or_else(|| def.name().to_owned());
-        self.entries
+        let made = self
+            .entries
             .get(&entry)
             .map(|m| (m.factory)())
             .ok_or_else(|| {
@@ -115,7 +122,8 @@ impl ModuleHost for NativeHost {
                     "no native module `{entry}` is compiled into this binary (known: {})",
                     self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))
-            })
+            });
+        Box::pin(async move { made })
     }
 
     fn builtins(&self) -> Vec<ModuleDef> {

@@ -25,6 +25,17 @@ use crate::host::{ModuleDef, ModuleHost, Origin, discover};
 use crate::module::{Module, ToolError};
 use crate::state::StateStore;
 
+/// Longest the nucleus waits for room in one full block-policy mailbox when it publishes its own
+/// events; past that, that subscriber misses the event (counted in its drops). Keeps a stuck
+/// module from stalling the kernel.
+const SYSTEM_PUBLISH_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest an outside publish (the API, the CLI) waits for room in full block-policy mailboxes.
+const EXTERNAL_PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest period accepted for a periodic job.
+const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Capacity of each durable-stream recorder's queue.
 const RECORDER_QUEUE: usize = 8192;
 
@@ -382,7 +393,17 @@ fn topic(s: &'static str) -> Topic {
 impl Shared {
     async fn system(&self, name: &'static str, payload: Value) {
         let ev = Event::new(topic(name), "nucleus", payload);
-        self.bus.publish(Arc::new(ev)).await;
+        let d = self
+            .bus
+            .publish_within(Arc::new(ev), SYSTEM_PUBLISH_WAIT)
+            .await;
+        if d.timed_out > 0 {
+            tracing::warn!(
+                topic = name,
+                subscribers = d.timed_out,
+                "full mailboxes missed a nucleus event"
+            );
+        }
     }
 
     pub(crate) async fn deny(&self, module: &str, action: &str, target: &str, reason: &str) {
@@ -615,7 +636,8 @@ impl Actor {
                         None
                     }
                 })
-                .unwrap_or(j.every);
+                .unwrap_or(j.every)
+                .min(MAX_PERIOD);
             let status = Arc::new(JobStatus {
                 name: j.name.to_owned(),
                 every,
@@ -676,6 +698,12 @@ impl Actor {
             };
             match guarded(inst.on_event(&self.cx, i, ev.clone()), self.limit).await {
                 Outcome::Done(Ok(())) => {}
+                Outcome::Done(Err(e)) if e.is_fatal() => {
+                    return Err(format!(
+                        "crashed in handler `{hname}` on `{}`: {e}",
+                        ev.topic
+                    ));
+                }
                 Outcome::Done(Err(e)) => {
                     self.error(format!("handler `{hname}` on `{}`: {e}", ev.topic))
                 }
@@ -714,8 +742,19 @@ impl Actor {
                         return Served::Crash(reason);
                     }
                 }
+                Ok(Control::Tool { reply, .. }) if reply.is_closed() => {
+                    // The caller gave up (deadline passed while the module restarted): do not
+                    // run a side effect nobody waits for.
+                }
                 Ok(Control::Tool { tool, args, reply }) => {
                     match guarded(inst.call_tool(&self.cx, &tool, args), self.limit).await {
+                        Outcome::Done(Err(ToolError::Crashed { message, .. })) => {
+                            let _ = reply.send(Err(ToolError::Crashed {
+                                tool: format!("{}.{tool}", self.slot.name()),
+                                message: message.clone(),
+                            }));
+                            return Served::Crash(format!("crashed in tool `{tool}`: {message}"));
+                        }
                         Outcome::Done(r) => {
                             let _ = reply.send(r);
                         }
@@ -746,6 +785,11 @@ impl Actor {
                     }
                     match out {
                         Outcome::Done(Ok(())) => {}
+                        Outcome::Done(Err(e)) if e.is_fatal() => {
+                            return Served::Crash(format!(
+                                "crashed in periodic job `{jname}`: {e}"
+                            ));
+                        }
                         Outcome::Done(Err(e)) => self.error(format!("periodic job `{jname}`: {e}")),
                         Outcome::TimedOut => self.error(format!(
                             "periodic job `{jname}` did not finish within {} ms",
@@ -874,8 +918,15 @@ impl Actor {
         if let Some(sub) = self.wiring.as_ref().and_then(|w| w.sub.as_ref()) {
             sub.unsubscribe();
         }
-        let deadline = Instant::now() + self.shared.settings.stop_timeout;
-        while Instant::now() < deadline {
+        let stop_timeout = self.shared.settings.stop_timeout.min(MAX_PERIOD);
+        let deadline = Instant::now() + stop_timeout;
+        let normal_limit = self.limit;
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
+            // Each handler gets at most what is left of the stop budget.
+            self.limit = normal_limit.min(left);
             let Some(ev) = self
                 .wiring
                 .as_ref()
@@ -888,7 +939,8 @@ impl Actor {
                 break;
             }
         }
-        match guarded(inst.shutdown(&self.cx), self.shared.settings.stop_timeout).await {
+        self.limit = normal_limit;
+        match guarded(inst.shutdown(&self.cx), stop_timeout).await {
             Outcome::Done(Ok(())) => {}
             Outcome::Done(Err(e)) => self.error(format!("shutdown: {e}")),
             Outcome::TimedOut => self.error("shutdown did not finish in time".into()),
@@ -900,7 +952,7 @@ impl Actor {
     async fn run(mut self, mut first: Option<oneshot::Sender<()>>) {
         let mut restarting = false;
         loop {
-            let mut inst = match self.host.instantiate(&self.slot.def) {
+            let mut inst = match self.host.instantiate(&self.slot.def).await {
                 Ok(i) => i,
                 Err(e) => {
                     self.fail(format!("cannot load: {e}")).await;
@@ -1341,7 +1393,7 @@ impl Nucleus {
             if let Some(tx) = tx {
                 let (done, wait) = oneshot::channel();
                 if tx.send(Control::Stop(done)).is_ok() {
-                    let limit = sh.settings.stop_timeout * 2;
+                    let limit = sh.settings.stop_timeout.min(MAX_PERIOD).saturating_mul(2);
                     if tokio::time::timeout(limit, wait).await.is_err() {
                         tracing::warn!(module = %name, "did not stop in time; aborted");
                         slot.set_state(ModuleState::Stopped);
@@ -1442,7 +1494,11 @@ impl Nucleus {
             return Err(NucleusError::Reserved(topic.to_string()));
         }
         let ev = Arc::new(Event::new(topic, source, payload));
-        let d = self.shared.bus.publish(ev.clone()).await;
+        let d = self
+            .shared
+            .bus
+            .publish_within(ev.clone(), EXTERNAL_PUBLISH_WAIT)
+            .await;
         Ok(((*ev).clone(), d))
     }
 

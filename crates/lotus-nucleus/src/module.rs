@@ -21,6 +21,7 @@ pub type ModuleResult<T = ()> = Result<T, ModuleError>;
 pub struct ModuleError {
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    fatal: bool,
 }
 
 impl ModuleError {
@@ -29,7 +30,22 @@ impl ModuleError {
         Self {
             message: message.to_string(),
             source: None,
+            fatal: false,
         }
+    }
+
+    /// An error after which the instance cannot go on (a WebAssembly trap, a broken invariant):
+    /// the supervisor treats it as a crash and restarts the module.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        Self {
+            fatal: true,
+            ..Self::msg(message)
+        }
+    }
+
+    /// Whether this error is a crash.
+    pub fn is_fatal(&self) -> bool {
+        self.fatal
     }
 
     /// The message, with the chain of causes.
@@ -50,6 +66,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for ModuleError {
         Self {
             message: e.to_string(),
             source: Some(Box::new(e)),
+            fatal: false,
         }
     }
 }

@@ -127,6 +127,9 @@ pub struct PublishResponse {
     pub id: String,
     /// Subscribers it reached.
     pub matched: usize,
+    /// Subscribers whose mailbox stayed full past the deadline and missed it.
+    #[serde(default)]
+    pub timed_out: usize,
 }
 
 /// Answer of a tool call.
@@ -273,6 +276,7 @@ async fn publish(State(st): State<ApiState>, body: Bytes) -> Result<impl IntoRes
         Json(PublishResponse {
             id: ev.id.to_string(),
             matched: d.matched,
+            timed_out: d.timed_out,
         }),
     ))
 }
@@ -304,20 +308,31 @@ async fn stream(
         .nucleus
         .bus()
         .subscribe("api:stream", patterns, 4096, Overflow::DropOldest);
-    let stream = futures_util::stream::unfold((sub, 0u64), |(sub, seen_dropped)| async move {
-        let ev = sub.recv().await?;
-        let dropped = sub.queue().dropped();
-        let sse = if dropped > seen_dropped {
-            SseEvent::default()
-                .event("lagged")
-                .data(json!({"dropped": dropped - seen_dropped}).to_string())
-        } else {
-            SseEvent::default()
-                .event("event")
-                .data(serde_json::to_string(&*ev).unwrap_or_default())
-        };
-        Some((Ok(sse), (sub, dropped)))
-    });
+    let as_sse = |ev: &lotus_core::Event| {
+        SseEvent::default()
+            .event("event")
+            .data(serde_json::to_string(ev).unwrap_or_default())
+    };
+    // State: the subscription, drops already reported, and an event held back while a `lagged`
+    // notice goes first.
+    let stream = futures_util::stream::unfold(
+        (sub, 0u64, None::<Arc<lotus_core::Event>>),
+        move |(sub, seen_dropped, held)| async move {
+            if let Some(ev) = held {
+                return Some((Ok(as_sse(&ev)), (sub, seen_dropped, None)));
+            }
+            let ev = sub.recv().await?;
+            let dropped = sub.queue().dropped();
+            if dropped > seen_dropped {
+                let notice = SseEvent::default()
+                    .event("lagged")
+                    .data(json!({"dropped": dropped - seen_dropped}).to_string());
+                Some((Ok(notice), (sub, dropped, Some(ev))))
+            } else {
+                Some((Ok(as_sse(&ev)), (sub, dropped, None)))
+            }
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -19,9 +19,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Finds the running nucleus (its run file, else the configured address) and its token.
+    /// Finds the running nucleus from its run file and reads the token. The token is only ever
+    /// sent to the address a live nucleus wrote: never to whatever else listens on a port.
     pub fn new(home: &Home, config: &Config) -> Result<Self> {
-        let listen = home.run_info().map_or(config.api.listen, |r| r.listen);
+        let run = home.run_info().filter(|r| pid_alive(r.pid));
+        let listen = run.as_ref().map_or(config.api.listen, |r| r.listen);
         let not_running = || {
             CliError::new(
                 ExitCode::NotRunning,
@@ -31,7 +33,7 @@ impl Client {
                 ),
             )
         };
-        if home.run_info().is_none() && !home.token_file().exists() {
+        if run.is_none() {
             return Err(not_running().into());
         }
         let token = home.read_token().map_err(|_| not_running())?;
@@ -133,5 +135,14 @@ impl Client {
         } else {
             Err(Self::error_of(resp).await)
         }
+    }
+}
+
+/// Whether process `pid` exists (Linux: `/proc/PID`; elsewhere assumed alive).
+fn pid_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
     }
 }

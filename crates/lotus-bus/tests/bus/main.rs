@@ -278,3 +278,48 @@ fn unknown_stream_names_are_explained() {
     let err = "chat".parse::<StreamName>().expect_err("unknown");
     assert!(err.to_string().contains("action_log"));
 }
+
+#[tokio::test]
+async fn publish_within_gives_up_on_a_full_subscriber_and_counts_it() {
+    let bus = LocalBus::new();
+    let stuck = bus.subscribe("stuck", vec![p("x")], 1, Overflow::Block);
+    let fine = bus.subscribe("fine", vec![p("x")], 16, Overflow::Block);
+    bus.publish(ev("x", 1)).await;
+    let started = std::time::Instant::now();
+    let d = bus
+        .publish_within(ev("x", 2), Duration::from_millis(50))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!((d.matched, d.timed_out), (1, 1));
+    assert_eq!(stuck.queue().dropped(), 1);
+    assert_eq!(fine.queue().depth(), 2, "the healthy subscriber got both");
+}
+
+#[tokio::test]
+async fn a_correlation_id_in_use_is_refused() {
+    let bus = LocalBus::new();
+    let _silent = bus.subscribe("silent", vec![p("slow.op")], 4, Overflow::Block);
+    let cid = uuid::Uuid::now_v7();
+    let b = bus.clone();
+    let first = tokio::spawn(async move {
+        b.request(
+            Event::new(t("slow.op"), "c", json!(1)).with_correlation(cid),
+            Duration::from_millis(300),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = bus
+        .request(
+            Event::new(t("slow.op"), "c", json!(2)).with_correlation(cid),
+            Duration::from_millis(50),
+        )
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, BusError::DuplicateRequest { .. }), "{err}");
+    // The first request's entry was not disturbed: it times out on its own schedule.
+    assert!(matches!(
+        first.await.expect("join"),
+        Err(BusError::Timeout { .. })
+    ));
+}

@@ -693,3 +693,46 @@ async fn broken_module_folders_are_reported_not_fatal() {
     );
     n.shutdown().await.expect("shutdown");
 }
+
+#[derive(Default)]
+struct Sleepy;
+
+#[lotus_nucleus::module]
+impl Sleepy {
+    #[on_event("system.>")]
+    async fn on_system(&mut self, _ev: &Event) -> Result<(), ModuleError> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_module_stuck_on_a_full_mailbox_never_stalls_the_kernel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sleepy = "name: sleepy\nversion: 0.1.0\ntype: capability\nentry: sleepy\nsubscriptions: [\"system.>\"]\npermissions:\n  limits:\n    queue: 1\n    call_timeout: 1h\n";
+    let log = SqliteLog::open(&dir.path().join("streams.db")).expect("log");
+    let n = NucleusBuilder::new(settings())
+        .log(Arc::new(log))
+        .state(StateStore::open(&dir.path().join("state.db")).expect("state"))
+        .host(host().with_entry("sleepy", native(|| Box::new(Sleepy))))
+        .module(def(ECHO))
+        .module(def(sleepy))
+        .build()
+        .expect("nucleus");
+    n.start().await;
+    // Every tool call publishes `system.tool_called`, which the stuck module cannot take.
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let out = n
+            .call_tool("echo.echo", json!({"text": i.to_string()}))
+            .await
+            .expect("echo");
+        assert_eq!(out["text"], i.to_string());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(n.module("sleepy").expect("sleepy").events_dropped >= 3);
+}

@@ -61,7 +61,17 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         tracing::warn!(%addr, "the control API is reachable from other machines; every endpoint but /api/v1/health requires the token");
     }
 
-    let report = nucleus.start().await;
+    // Listen for SIGINT/SIGTERM from here on: a signal during start still stops cleanly.
+    let stop = terminated();
+    tokio::pin!(stop);
+    let report = tokio::select! {
+        report = nucleus.start() => report,
+        () = &mut stop => {
+            tracing::info!("stopping before start completed");
+            let result = nucleus.shutdown().await;
+            return result.context("the durable streams could not be flushed");
+        }
+    };
     home.write_run_info(&RunInfo {
         pid: std::process::id(),
         listen: addr,
@@ -97,14 +107,16 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         },
     );
 
-    terminated().await;
+    stop.await;
     tracing::info!("stopping");
     let _ = stop_api.send(());
     // Live event streams keep connections open; give requests a moment, then cut them.
+    let abort = server.abort_handle();
     if tokio::time::timeout(Duration::from_secs(2), server)
         .await
         .is_err()
     {
+        abort.abort();
         tracing::debug!("API connections cut after 2 s");
     }
     let result = nucleus.shutdown().await;

@@ -19,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     /// When the nucleus started.
     pub started: Instant,
+    /// Set once every module has been started (health says `starting` before).
+    pub ready: Arc<AtomicBool>,
 }
 
 /// An API error: HTTP status, stable code, message.
@@ -95,7 +98,8 @@ impl From<ToolError> for ApiError {
 /// The health document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
-    /// `ok` when every enabled module runs, `degraded` otherwise.
+    /// `starting` while modules start, then `ok` when every enabled module runs, `degraded`
+    /// otherwise.
     pub status: String,
     /// The `lotus` version.
     pub version: String,
@@ -205,7 +209,14 @@ async fn health(State(st): State<ApiState>) -> Json<Health> {
         .filter(|m| m.state == ModuleState::Failed)
         .count();
     Json(Health {
-        status: if failed == 0 { "ok" } else { "degraded" }.into(),
+        status: if !st.ready.load(Ordering::Acquire) {
+            "starting"
+        } else if failed == 0 {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_ms: u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         running,

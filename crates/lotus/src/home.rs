@@ -69,6 +69,11 @@ impl Home {
     pub fn run_file(&self) -> PathBuf {
         self.root.join("run").join("nucleus.json")
     }
+    /// Compiled WebAssembly components, by content hash.
+    pub fn wasm_cache(&self) -> PathBuf {
+        self.root.join("cache").join("wasm")
+    }
+
     /// The durable streams database.
     pub fn streams_db(&self) -> PathBuf {
         self.data().join("streams.db")

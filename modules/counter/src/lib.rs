@@ -9,7 +9,9 @@ use lotus::module::types::{Job, Tool};
 struct Counter;
 
 fn count() -> Result<u64, String> {
-    Ok(host::state_get("count")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(host::state_get("count")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 impl Guest for Counter {
@@ -18,10 +20,21 @@ impl Guest for Counter {
         Description {
             handlers: vec![],
             tools: vec![
-                Tool { name: "increment".into(), description: "Adds one and returns the count.".into(), input_schema: no_args.into() },
-                Tool { name: "get".into(), description: "The current count.".into(), input_schema: no_args.into() },
+                Tool {
+                    name: "increment".into(),
+                    description: "Adds one and returns the count.".into(),
+                    input_schema: no_args.into(),
+                },
+                Tool {
+                    name: "get".into(),
+                    description: "The current count.".into(),
+                    input_schema: no_args.into(),
+                },
             ],
-            jobs: vec![Job { name: "announce".into(), every_ms: 60_000 }],
+            jobs: vec![Job {
+                name: "announce".into(),
+                every_ms: 60_000,
+            }],
         }
     }
 

@@ -33,8 +33,12 @@ impl Guest for EchoWasm {
     fn call_tool(name: String, args: String) -> Result<String, String> {
         match name.as_str() {
             "echo" => {
-                let v: serde_json::Value = serde_json::from_str(&args).map_err(|e| e.to_string())?;
-                let text = v.get("text").and_then(|t| t.as_str()).ok_or("missing field `text`")?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&args).map_err(|e| e.to_string())?;
+                let text = v
+                    .get("text")
+                    .and_then(|t| t.as_str())
+                    .ok_or("missing field `text`")?;
                 Ok(serde_json::json!({ "text": text }).to_string())
             }
             other => Err(format!("no tool `{other}`")),

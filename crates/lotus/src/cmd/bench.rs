@@ -476,7 +476,8 @@ async fn up(json_out: bool) -> Result<()> {
                     .get(format!("http://{}/api/v1/health", info.listen))
                     .send()
                     .await
-                && r.status().is_success()
+                && let Ok(h) = r.json::<lotus_server::Health>().await
+                && h.status == "ok"
             {
                 break t0.elapsed();
             }

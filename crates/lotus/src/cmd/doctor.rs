@@ -44,6 +44,17 @@ impl Report {
     }
 }
 
+fn lotus_wasm_version() -> &'static str {
+    #[cfg(feature = "wasm")]
+    {
+        lotus_wasm::API_VERSION
+    }
+    #[cfg(not(feature = "wasm"))]
+    {
+        "-"
+    }
+}
+
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
@@ -202,12 +213,16 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
             }
         }
     }
-    r.add(
-        "runtimes",
-        Status::Info,
-        "native (wasm, mcp and process modules are not in this build yet)",
-        None,
-    );
+    let runtimes = if cfg!(feature = "wasm") {
+        format!(
+            "native, wasm (lotus:module@{}); mcp and process modules are not in this build yet",
+            lotus_wasm_version()
+        )
+    } else {
+        "native (this build has no wasm support); mcp and process modules are not in this build yet"
+            .into()
+    };
+    r.add("runtimes", Status::Info, runtimes, None);
 
     if let Some(config) = &config {
         match Client::new(home, config) {

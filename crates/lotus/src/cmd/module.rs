@@ -74,6 +74,8 @@ fn validate(path: &std::path::Path) -> Result<()> {
                     "warning: the component {} does not exist yet (build the module first)",
                     file.display()
                 );
+            } else {
+                check_component(&file)?;
             }
         }
         Runtime::Mcp | Runtime::Process => {
@@ -96,6 +98,20 @@ fn validate(path: &std::path::Path) -> Result<()> {
         m.subscriptions.len(),
         m.publications.len()
     );
+    Ok(())
+}
+
+/// Compiles the component and checks its imports and exports against the API this lotus serves.
+#[cfg(feature = "wasm")]
+fn check_component(file: &std::path::Path) -> Result<()> {
+    let host = lotus_wasm::WasmHost::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    host.load(file).map_err(|e| bad_input(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(not(feature = "wasm"))]
+fn check_component(_: &std::path::Path) -> Result<()> {
+    eprintln!("note: this lotus was built without wasm support; the component was not checked");
     Ok(())
 }
 

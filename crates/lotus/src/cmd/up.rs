@@ -1,6 +1,7 @@
 //! `lotus up`: the nucleus in the foreground.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -45,12 +46,17 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;
     let host = lotus::builtin::native_host()
         .map_err(|e| anyhow!("a built-in manifest is invalid: {e}"))?;
-    let nucleus = NucleusBuilder::new(config.nucleus_settings())
+    let builder = NucleusBuilder::new(config.nucleus_settings())
         .log(Arc::new(log))
         .state(state)
         .host(host)
-        .modules_dir(home.modules())
-        .build()?;
+        .modules_dir(home.modules());
+    #[cfg(feature = "wasm")]
+    let builder = builder.host(
+        lotus_wasm::WasmHost::new(Some(home.wasm_cache()))
+            .map_err(|e| anyhow!("cannot start the wasm host: {e}"))?,
+    );
+    let nucleus = builder.build()?;
 
     let listen = args.listen.unwrap_or(config.api.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
@@ -61,6 +67,23 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         tracing::warn!(%addr, "the control API is reachable from other machines; every endpoint but /api/v1/health requires the token");
     }
 
+    // The API comes up first: clients can watch modules start (health says `starting`).
+    let state = lotus_server::ApiState {
+        nucleus: nucleus.clone(),
+        token: Arc::from(token.as_str()),
+        started: t0,
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let ready = state.ready.clone();
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(lotus_server::serve(listener, state, async {
+        let _ = api_stopped.await;
+    }));
+    home.write_run_info(&RunInfo {
+        pid: std::process::id(),
+        listen: addr,
+    })?;
+
     // Listen for SIGINT/SIGTERM from here on: a signal during start still stops cleanly.
     let stop = terminated();
     tokio::pin!(stop);
@@ -68,23 +91,13 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         report = nucleus.start() => report,
         () = &mut stop => {
             tracing::info!("stopping before start completed");
+            server.abort();
             let result = nucleus.shutdown().await;
+            home.clear_run_info();
             return result.context("the durable streams could not be flushed");
         }
     };
-    home.write_run_info(&RunInfo {
-        pid: std::process::id(),
-        listen: addr,
-    })?;
-    let state = lotus_server::ApiState {
-        nucleus: nucleus.clone(),
-        token: Arc::from(token.as_str()),
-        started: t0,
-    };
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(lotus_server::serve(listener, state, async {
-        let _ = api_stopped.await;
-    }));
+    ready.store(true, Ordering::Release);
     tracing::info!(
         api = %format!("http://{addr}"),
         started = report.started.len(),

@@ -60,6 +60,25 @@ impl Up {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        // The API answers first; wait until every module has been started.
+        let http = reqwest::blocking::Client::new();
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "lotus up did not become ready"
+            );
+            let status = http
+                .get(format!("http://{addr}/api/v1/health"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .and_then(|v| v["status"].as_str().map(str::to_owned));
+            if status.is_some_and(|s| s != "starting") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
         Self {
             home,
             child: Some(child),

@@ -1,0 +1,352 @@
+//! WebAssembly modules compiled from `modules/` and run by a real nucleus: tools, handlers,
+//! persisted state, the sandbox's limits and permissions, bad components.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lotus_bus::{SqliteLog, StreamName, StreamQuery, Subscription};
+use lotus_core::{Event, Overflow, Pattern, json};
+use lotus_nucleus::{
+    ModuleError, ModuleState, NativeHost, NativeModule, Nucleus, NucleusBuilder, NucleusSettings,
+    StateStore, SupervisorPolicy,
+};
+use lotus_wasm::WasmHost;
+use serde_json::Value;
+
+/// Builds the guest modules once per test run; returns the folder with the `.wasm` files.
+fn components() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|d| PathBuf::from(d).join("modules"))
+            .unwrap_or_else(|| root.join("modules/target"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("modules/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo for the guest modules");
+        assert!(
+            status.success(),
+            "building modules/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
+        );
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+#[derive(Default)]
+struct Echo;
+
+#[lotus_nucleus::module]
+impl Echo {
+    /// Returns the text it is given.
+    #[tool("echo")]
+    async fn echo(&mut self, text: String) -> Result<Value, ModuleError> {
+        Ok(json!({ "text": text }))
+    }
+}
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Installs `component` as module folder `name` with the given manifest body.
+    fn install(&self, name: &str, component: &str, manifest_tail: &str) {
+        let folder = self.dir.path().join("modules").join(name);
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        if !component.is_empty() {
+            std::fs::copy(components().join(component), folder.join("module.wasm"))
+                .expect("copy component");
+        }
+        let manifest = format!(
+            "name: {name}\nversion: 0.1.0\ntype: capability\nruntime: wasm\nentry: module.wasm\n{manifest_tail}"
+        );
+        std::fs::write(folder.join("manifest.yaml"), manifest).expect("manifest");
+    }
+
+    fn kernel(&self) -> Nucleus {
+        let d = self.dir.path();
+        let native = NativeHost::new()
+            .with(NativeModule {
+                manifest: "name: echo\nversion: 0.1.0\ntype: capability\n",
+                factory: || Box::new(Echo),
+            })
+            .expect("echo manifest");
+        NucleusBuilder::new(NucleusSettings {
+            supervisor: SupervisorPolicy {
+                max_restarts: 5,
+                window: Duration::from_secs(60),
+                backoff_initial: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(50),
+            },
+            tool_timeout: Duration::from_secs(10),
+            ..NucleusSettings::default()
+        })
+        .log(Arc::new(
+            SqliteLog::open(&d.join("data/streams.db")).expect("log"),
+        ))
+        .state(StateStore::open(&d.join("data/state.db")).expect("state"))
+        .host(native)
+        .host(WasmHost::new(Some(d.join("cache/wasm"))).expect("wasm host"))
+        .modules_dir(d.join("modules"))
+        .build()
+        .expect("nucleus")
+    }
+}
+
+fn watch(n: &Nucleus, pattern: &str) -> Subscription {
+    n.bus().subscribe(
+        "test",
+        vec![Pattern::new(pattern).expect("pattern")],
+        1024,
+        Overflow::DropOldest,
+    )
+}
+
+async fn next(sub: &Subscription) -> Arc<Event> {
+    tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("open")
+}
+
+#[tokio::test]
+async fn a_wasm_module_serves_tools_and_handles_events() {
+    let home = Home::new();
+    home.install(
+        "wecho",
+        "echo_wasm.wasm",
+        "subscriptions: [wecho.request]\npublications: [wecho.reply]\n",
+    );
+    let n = home.kernel();
+    let report = n.start().await;
+    assert!(report.started.contains(&"wecho".to_owned()), "{report:?}");
+    let info = n.module("wecho").expect("wecho");
+    assert_eq!(
+        (info.state, info.runtime.as_str()),
+        (ModuleState::Running, "wasm")
+    );
+
+    let tool = n
+        .tools()
+        .into_iter()
+        .find(|t| t.name == "wecho.echo")
+        .expect("listed");
+    assert_eq!(tool.input_schema["required"], json!(["text"]));
+    assert_eq!(
+        n.call_tool("wecho.echo", json!({"text": "hi"}))
+            .await
+            .expect("call"),
+        json!({"text": "hi"})
+    );
+    let err = n
+        .call_tool("wecho.echo", json!({"txt": "hi"}))
+        .await
+        .expect_err("bad args");
+    assert_eq!(err.code(), "failed", "{err}");
+
+    let replies = watch(&n, "wecho.reply");
+    n.publish("test", "wecho.request", json!({"n": 7}))
+        .await
+        .expect("publish");
+    assert_eq!(next(&replies).await.payload, json!({"n": 7}));
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn wasm_state_survives_a_restart_and_compiled_code_is_cached() {
+    let home = Home::new();
+    home.install("counter", "counter.wasm", "publications: [counter.value]\n");
+    {
+        let n = home.kernel();
+        n.start().await;
+        assert_eq!(
+            n.call_tool("counter.increment", json!({}))
+                .await
+                .expect("inc"),
+            json!(1)
+        );
+        assert_eq!(
+            n.call_tool("counter.increment", json!({}))
+                .await
+                .expect("inc"),
+            json!(2)
+        );
+        n.shutdown().await.expect("shutdown");
+    }
+    let cached: Vec<_> = std::fs::read_dir(home.dir.path().join("cache/wasm"))
+        .expect("cache folder")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "one compiled artifact, named by the component's hash"
+    );
+    let n = home.kernel();
+    n.start().await;
+    assert_eq!(
+        n.call_tool("counter.get", json!({})).await.expect("get"),
+        json!(2)
+    );
+    assert_eq!(
+        n.call_tool("counter.increment", json!({}))
+            .await
+            .expect("inc"),
+        json!(3)
+    );
+    n.shutdown().await.expect("shutdown");
+}
+
+const HOSTILE: &str = "publications: [hostile.out]\npermissions:\n  limits:\n    call_timeout: 300ms\n    memory_mb: 16\n";
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_and_others_keep_working() {
+    let home = Home::new();
+    home.install("hostile", "hostile.wasm", HOSTILE);
+    let n = home.kernel();
+    n.start().await;
+    let n2 = n.clone();
+    let started = Instant::now();
+    let spin = tokio::spawn(async move { n2.call_tool("hostile.spin", json!({})).await });
+    // While the guest spins, the rest of the system answers.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    assert_eq!(
+        n.call_tool("echo.echo", json!({"text": "alive"}))
+            .await
+            .expect("echo"),
+        json!({"text": "alive"})
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "echo waited {:?} behind the spinning guest",
+        t.elapsed()
+    );
+    let err = spin.await.expect("join").expect_err("spin must be stopped");
+    assert_eq!(err.code(), "crashed", "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The supervisor replaced the instance.
+    for _ in 0..200 {
+        if n.call_tool("hostile.ok", json!({})).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        n.call_tool("hostile.ok", json!({})).await.expect("ok"),
+        json!("fine")
+    );
+    let info = n.module("hostile").expect("hostile");
+    assert_eq!((info.crashes, info.restarts), (1, 1), "{info:?}");
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_its_cap_and_is_restarted() {
+    let home = Home::new();
+    home.install("hostile", "hostile.wasm", HOSTILE);
+    let n = home.kernel();
+    n.start().await;
+    let err = n
+        .call_tool("hostile.bomb", json!({}))
+        .await
+        .expect_err("bomb");
+    assert_eq!(err.code(), "crashed", "{err}");
+    for _ in 0..200 {
+        if n.call_tool("hostile.ok", json!({})).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        n.call_tool("hostile.ok", json!({})).await.expect("ok"),
+        json!("fine")
+    );
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn ungranted_publishes_and_tool_calls_are_denied_and_audited() {
+    let home = Home::new();
+    home.install("hostile", "hostile.wasm", HOSTILE);
+    let n = home.kernel();
+    let denials = watch(&n, "system.permission_denied");
+    n.start().await;
+    let err = n
+        .call_tool("hostile.leak", json!({}))
+        .await
+        .expect_err("leak");
+    assert!(
+        err.to_string().contains("may not publish on `secret.leak`"),
+        "{err}"
+    );
+    let err = n
+        .call_tool("hostile.steal", json!({}))
+        .await
+        .expect_err("steal");
+    assert!(
+        err.to_string().contains("may not call `echo.echo`"),
+        "{err}"
+    );
+    let a = next(&denials).await;
+    let b = next(&denials).await;
+    assert_eq!(
+        (a.payload["action"].as_str(), b.payload["action"].as_str()),
+        (Some("publish"), Some("call_tool"))
+    );
+    assert_eq!(
+        n.module("hostile").expect("hostile").crashes,
+        0,
+        "a denial is an error, not a crash"
+    );
+    n.shutdown().await.expect("shutdown");
+    let mut q = StreamQuery::new(StreamName::ActionLog);
+    q.topic = Some(Pattern::new("system.permission_denied").expect("pattern"));
+    assert_eq!(n.log().query(q).await.expect("query").len(), 2);
+}
+
+#[tokio::test]
+async fn bad_components_fail_with_a_clear_reason() {
+    let home = Home::new();
+    home.install("missing", "", "");
+    let garbage = home.dir.path().join("modules/garbage");
+    home.install("garbage", "", "");
+    std::fs::write(garbage.join("module.wasm"), b"not wasm at all").expect("write");
+    let n = home.kernel();
+    n.start().await;
+    let missing = n.module("missing").expect("listed");
+    assert_eq!(missing.state, ModuleState::Failed);
+    assert!(
+        missing
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot read")),
+        "{missing:?}"
+    );
+    let garbage = n.module("garbage").expect("listed");
+    assert_eq!(garbage.state, ModuleState::Failed);
+    assert!(
+        garbage
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a valid WebAssembly component")),
+        "{garbage:?}"
+    );
+    assert_eq!(n.module("echo").expect("echo").state, ModuleState::Running);
+    n.shutdown().await.expect("shutdown");
+}

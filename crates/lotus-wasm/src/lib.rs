@@ -14,6 +14,9 @@
 //! - **Compiled once**: components are compiled ahead of time and cached by the SHA-256 of their
 //!   bytes, in memory and on disk, so a restart or reload does not recompile.
 
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit/lotus-module/0.1.0",

@@ -1,9 +1,8 @@
 //! WebAssembly modules compiled from `modules/` and run by a real nucleus: tools, handlers,
 //! persisted state, the sandbox's limits and permissions, bad components.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lotus_bus::{SqliteLog, StreamName, StreamQuery, Subscription};
@@ -15,28 +14,8 @@ use lotus_nucleus::{
 use lotus_wasm::WasmHost;
 use serde_json::Value;
 
-/// Builds the guest modules once per test run; returns the folder with the `.wasm` files.
 fn components() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(|d| PathBuf::from(d).join("modules"))
-            .unwrap_or_else(|| root.join("modules/target"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(root.join("modules/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo for the guest modules");
-        assert!(
-            status.success(),
-            "building modules/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
-        );
-        target.join("wasm32-wasip2/release")
-    })
+    lotus_wasm::testkit::guest_components()
 }
 
 #[derive(Default)]

@@ -560,3 +560,51 @@ fn doctor_reports_and_fails_on_broken_module_folders() {
         "{out}"
     );
 }
+
+#[test]
+fn a_wasm_module_folder_runs_under_lotus_up() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let folder = home.path().join("modules/wecho");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::copy(
+        lotus_wasm::testkit::guest_components().join("echo_wasm.wasm"),
+        folder.join("module.wasm"),
+    )
+    .expect("copy component");
+    std::fs::write(
+        folder.join("manifest.yaml"),
+        "name: wecho\nversion: 0.1.0\ntype: capability\nruntime: wasm\nentry: module.wasm\nsubscriptions: [wecho.request]\npublications: [wecho.reply]\n",
+    )
+    .expect("manifest");
+    let (code, out, err) = run(
+        home.path(),
+        &["module", "validate", folder.to_str().expect("utf8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(wasm, capability)"), "{out}");
+
+    let up = Up::start_in(home, &[]);
+    let (code, out, err) = run(up.path(), &["module", "info", "wecho", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let info: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (info["state"].as_str(), info["runtime"].as_str()),
+        (Some("running"), Some("wasm"))
+    );
+    let (code, out, err) = run(
+        up.path(),
+        &["tool", "call", "wecho.echo", r#"{"text":"from wasm"}"#],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"text": "from wasm"})
+    );
+    assert!(
+        std::fs::read_dir(up.path().join("cache/wasm"))
+            .expect("cache")
+            .count()
+            >= 1,
+        "the compiled component is cached"
+    );
+}

@@ -118,7 +118,15 @@ pub fn default_stream_routes() -> Vec<(StreamName, Vec<Pattern>)> {
         ),
         (
             StreamName::ActionLog,
-            pats(&["system.permission_denied", "system.tool_called", "action.>"]),
+            // The audit trail: denials, tool calls, side effects, and crashes (a trap or a
+            // timeout in a sandboxed module is a security event too).
+            pats(&[
+                "system.permission_denied",
+                "system.tool_called",
+                "system.module_crashed",
+                "system.module_failed",
+                "action.>",
+            ]),
         ),
         (
             StreamName::ConversationStream,
@@ -457,14 +465,22 @@ impl Shared {
                 tool: tool.to_owned(),
             });
         }
-        let entry = self
-            .tools
-            .read()
-            .get(tool)
-            .cloned()
-            .ok_or_else(|| ToolError::NotFound {
-                tool: tool.to_owned(),
-            })?;
+        let found = self.tools.read().get(tool).cloned();
+        let Some(entry) = found else {
+            // Its module may exist but not be running yet (or any more): say so.
+            let module = tool.split('.').next().unwrap_or_default();
+            let state = self.slots.read().get(module).map(|s| s.state());
+            return Err(match state {
+                Some(state) if state != ModuleState::Running => ToolError::Unavailable {
+                    tool: tool.to_owned(),
+                    module: module.to_owned(),
+                    state: state.to_string(),
+                },
+                _ => ToolError::NotFound {
+                    tool: tool.to_owned(),
+                },
+            });
+        };
         if caller.is_some_and(|(name, _)| name == entry.spec.module) {
             return Err(ToolError::Failed {
                 tool: tool.to_owned(),
@@ -1282,6 +1298,13 @@ impl Nucleus {
             }
         }
         let resolution = deps::resolve(enabled.iter().map(|m| &**m));
+        // Everything that will start shows `starting` until it runs (loading a wasm component
+        // can take a moment), never `stopped`.
+        for name in &resolution.order {
+            if let Some(slot) = sh.slots.read().get(name) {
+                slot.set_state(ModuleState::Starting);
+            }
+        }
         for (name, why) in &resolution.errors {
             tracing::error!(module = %name, error = %why, "module not started");
             if let Some(slot) = sh.slots.read().get(name) {

@@ -25,6 +25,9 @@ impl Guest for Hostile {
                 tool("bomb", "Allocates until memory runs out."),
                 tool("leak", "Publishes on a topic it was not granted."),
                 tool("steal", "Calls a tool it was not granted."),
+                tool("read_file", "Reads a file of the host it was not granted."),
+                tool("connect", "Opens a TCP connection it was not granted."),
+                tool("flood", "Publishes 20,000 events as fast as it can."),
                 tool("ok", "Behaves."),
             ],
             jobs: vec![],
@@ -55,6 +58,18 @@ impl Guest for Hostile {
             }
             "leak" => host::publish("secret.leak", "\"x\"").map(|()| "published".into()),
             "steal" => host::call_tool("echo.echo", r#"{"text":"hi"}"#),
+            "read_file" => std::fs::read_to_string("/etc/passwd")
+                .map(|text| serde_json::Value::String(text).to_string())
+                .map_err(|e| format!("read failed: {e}")),
+            "connect" => std::net::TcpStream::connect("127.0.0.1:6379")
+                .map(|_| "\"connected\"".into())
+                .map_err(|e| format!("connect failed: {e}")),
+            "flood" => {
+                for i in 0..20_000 {
+                    host::publish("hostile.out", &i.to_string())?;
+                }
+                Ok("20000".into())
+            }
             "ok" => Ok("\"fine\"".into()),
             other => Err(format!("no tool `{other}`")),
         }

@@ -233,6 +233,15 @@ async fn an_infinite_loop_is_stopped_and_others_keep_working() {
     let info = n.module("hostile").expect("hostile");
     assert_eq!((info.crashes, info.restarts), (1, 1), "{info:?}");
     n.shutdown().await.expect("shutdown");
+    let mut q = StreamQuery::new(StreamName::ActionLog);
+    q.topic = Some(Pattern::new("system.module_crashed").expect("pattern"));
+    let audited = n.log().query(q).await.expect("query");
+    assert_eq!(audited.len(), 1, "the stopped loop is in the audit trail");
+    assert!(
+        audited[0].event.payload["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("limit"))
+    );
 }
 
 #[tokio::test]
@@ -327,5 +336,58 @@ async fn bad_components_fail_with_a_clear_reason() {
         "{garbage:?}"
     );
     assert_eq!(n.module("echo").expect("echo").state, ModuleState::Running);
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn files_network_and_floods_are_contained() {
+    let home = Home::new();
+    home.install(
+        "hostile",
+        "hostile.wasm",
+        "publications: [hostile.out]\npermissions:\n  limits:\n    call_timeout: 10s\n",
+    );
+    let n = home.kernel();
+    n.start().await;
+
+    let err = n
+        .call_tool("hostile.read_file", json!({}))
+        .await
+        .expect_err("no file access");
+    assert!(err.to_string().contains("read failed"), "{err}");
+    let err = n
+        .call_tool("hostile.connect", json!({}))
+        .await
+        .expect_err("no network");
+    assert!(err.to_string().contains("connect failed"), "{err}");
+
+    // A flood through a slow, drop-oldest watcher: the flood finishes, the watcher loses the
+    // oldest events (counted), and the rest of the system keeps answering meanwhile.
+    let watcher = n.bus().subscribe(
+        "watcher",
+        vec![Pattern::new("hostile.out").expect("pattern")],
+        64,
+        Overflow::DropOldest,
+    );
+    let n2 = n.clone();
+    let flood = tokio::spawn(async move { n2.call_tool("hostile.flood", json!({})).await });
+    let t = Instant::now();
+    assert_eq!(
+        n.call_tool("echo.echo", json!({"text": "still here"}))
+            .await
+            .expect("echo"),
+        json!({"text": "still here"})
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "echo waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(flood.await.expect("join").expect("flood"), json!(20000));
+    assert_eq!(
+        watcher.queue().depth() as u64 + watcher.queue().dropped(),
+        20_000
+    );
+    assert_eq!(n.module("hostile").expect("hostile").crashes, 0);
     n.shutdown().await.expect("shutdown");
 }

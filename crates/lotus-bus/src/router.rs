@@ -26,7 +26,8 @@ const ROUTE_CACHE_LIMIT: usize = 8192;
 pub struct SubEntry {
     id: u64,
     name: Arc<str>,
-    patterns: Vec<Pattern>,
+    /// Written only under the table's write lock (see [`Subscription::set_patterns`]).
+    patterns: RwLock<Vec<Pattern>>,
     queue: Arc<Queue>,
 }
 
@@ -200,12 +201,12 @@ impl LocalBus {
         let entry = Arc::new(SubEntry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name),
-            patterns,
+            patterns: RwLock::new(patterns),
             queue: Arc::new(Queue::new(capacity, policy)),
         });
         {
             let mut table = self.inner.table.write();
-            for p in &entry.patterns {
+            for p in entry.patterns.read().iter() {
                 table.root.insert(p.tokens(), entry.id);
             }
             table.subs.insert(entry.id, entry.clone());
@@ -414,7 +415,7 @@ impl LocalBus {
             .values()
             .map(|s| SubscriberInfo {
                 name: s.name.to_string(),
-                patterns: s.patterns.iter().map(|p| p.to_string()).collect(),
+                patterns: s.patterns.read().iter().map(|p| p.to_string()).collect(),
                 depth: s.queue.depth(),
                 capacity: s.queue.capacity(),
                 delivered: s.queue.delivered(),
@@ -429,7 +430,7 @@ impl LocalBus {
 
 fn unsubscribe(inner: &Inner, entry: &SubEntry) {
     let mut table = inner.table.write();
-    for p in &entry.patterns {
+    for p in entry.patterns.read().iter() {
         table.root.remove(p.tokens(), entry.id);
     }
     table.subs.remove(&entry.id);
@@ -464,8 +465,29 @@ impl Subscription {
     }
 
     /// The patterns subscribed to.
-    pub fn patterns(&self) -> &[Pattern] {
-        &self.entry.patterns
+    pub fn patterns(&self) -> Vec<Pattern> {
+        self.entry.patterns.read().clone()
+    }
+
+    /// Replaces the patterns in one step: no event published meanwhile is missed, and none
+    /// is queued twice (the queue stays the same). Used when a module is reloaded.
+    pub fn set_patterns(&self, patterns: Vec<Pattern>) {
+        let Some(inner) = self.bus.upgrade() else {
+            return;
+        };
+        let mut table = inner.table.write();
+        if !table.subs.contains_key(&self.entry.id) {
+            return;
+        }
+        let mut current = self.entry.patterns.write();
+        for p in current.iter() {
+            table.root.remove(p.tokens(), self.entry.id);
+        }
+        for p in &patterns {
+            table.root.insert(p.tokens(), self.entry.id);
+        }
+        *current = patterns;
+        inner.cache.write().clear();
     }
 
     /// Stops receiving new events; queued ones can still be taken.

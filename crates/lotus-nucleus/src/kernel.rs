@@ -113,6 +113,7 @@ pub fn default_stream_routes() -> Vec<(StreamName, Vec<Pattern>)> {
                 "system.module_restarted",
                 "system.module_failed",
                 "system.module_stopped",
+                "system.module_reloaded",
                 "system.module_reload_failed",
             ]),
         ),
@@ -254,10 +255,18 @@ enum Control {
     },
     Tick(usize),
     Stop(oneshot::Sender<()>),
+    /// A reload: the new instance (already initialized) and its definition.
+    Swap {
+        instance: Box<dyn Module>,
+        def: ModuleDef,
+        done: oneshot::Sender<Duration>,
+    },
 }
 
 pub(crate) struct Slot {
-    def: ModuleDef,
+    name: String,
+    /// Replaced when the module is reloaded with a new version.
+    def: RwLock<ModuleDef>,
     settings: Arc<Value>,
     state: Mutex<(ModuleState, SystemTime)>,
     restarts: AtomicU64,
@@ -284,7 +293,8 @@ impl Slot {
             merged.extend(o);
         }
         Self {
-            def,
+            name: def.name().to_owned(),
+            def: RwLock::new(def),
             settings: Arc::new(Value::Object(merged)),
             state: Mutex::new((ModuleState::Stopped, SystemTime::now())),
             restarts: AtomicU64::new(0),
@@ -302,7 +312,11 @@ impl Slot {
     }
 
     fn name(&self) -> &str {
-        self.def.name()
+        &self.name
+    }
+
+    fn def(&self) -> ModuleDef {
+        self.def.read().clone()
     }
 
     fn state(&self) -> ModuleState {
@@ -320,10 +334,11 @@ impl Slot {
     fn info(&self) -> ModuleInfo {
         let (state, since) = *self.state.lock();
         let queue = self.queue.lock().clone();
+        let def = self.def();
         ModuleInfo {
             name: self.name().to_owned(),
-            version: self.def.manifest.version.to_string(),
-            runtime: self.def.manifest.runtime.to_string(),
+            version: def.manifest.version.to_string(),
+            runtime: def.manifest.runtime.to_string(),
             state,
             restarts: self.restarts.load(Ordering::Relaxed),
             crashes: self.crashes.load(Ordering::Relaxed),
@@ -346,15 +361,14 @@ impl Slot {
                     missed: j.missed.load(Ordering::Relaxed),
                 })
                 .collect(),
-            dependencies: self
-                .def
+            dependencies: def
                 .manifest
                 .dependencies
                 .modules
                 .iter()
                 .map(|d| d.to_string())
                 .collect(),
-            origin: match &self.def.origin {
+            origin: match &def.origin {
                 Origin::Builtin => "builtin".into(),
                 Origin::Folder(p) => p.display().to_string(),
             },
@@ -571,16 +585,19 @@ struct Actor {
 
 impl Actor {
     fn lifecycle(&self, extra: Value) -> Value {
-        let mut v = json!({"module": self.slot.name(), "version": self.slot.def.manifest.version.to_string()});
+        let mut v = json!({"module": self.slot.name(), "version": self.slot.def().manifest.version.to_string()});
         if let (Value::Object(a), Value::Object(b)) = (&mut v, extra) {
             a.extend(b);
         }
         v
     }
 
-    async fn wire(&mut self, desc: crate::module::ModuleDescription) {
+    /// Subscribes the handlers, registers the tools and schedules the jobs of `desc`. A
+    /// subscription kept from a previous instance (`keep`) gets the new patterns in place, so its
+    /// queued events carry over.
+    async fn wire(&mut self, desc: crate::module::ModuleDescription, keep: Option<Subscription>) {
         let name = self.slot.name().to_owned();
-        let manifest = self.slot.def.manifest.clone();
+        let manifest = self.slot.def().manifest;
         let mut wiring = Wiring::default();
         let mut allowed = Vec::new();
         for h in &desc.handlers {
@@ -600,7 +617,10 @@ impl Actor {
             }
         }
         *self.slot.handlers.lock() = allowed.iter().map(|p| p.to_string()).collect();
-        if !allowed.is_empty() {
+        if let Some(sub) = keep {
+            sub.set_patterns(allowed);
+            wiring.sub = Some(sub);
+        } else if !allowed.is_empty() {
             let limits = &manifest.permissions.limits;
             let sub = self
                 .shared
@@ -672,13 +692,45 @@ impl Actor {
         self.wiring = Some(wiring);
     }
 
-    fn unwire(&mut self) {
+    fn unregister_tools(&self) {
         let mut tools = self.shared.tools.write();
-        for t in self.slot.tools.lock().iter() {
-            tools.remove(t);
+        for t in self.slot.tools.lock().drain(..) {
+            tools.remove(&t);
         }
-        drop(tools);
+    }
+
+    fn unwire(&mut self) {
+        self.unregister_tools();
         self.wiring = None;
+    }
+
+    /// Puts a new, initialized instance in place of the running one, between two messages: the
+    /// events waiting in the mailbox are handled by the new instance, none twice, none lost.
+    async fn swap(
+        &mut self,
+        inst: &mut Box<dyn Module>,
+        new: Box<dyn Module>,
+        def: ModuleDef,
+    ) -> Duration {
+        let started = Instant::now();
+        // The old version may save what it must; its errors do not stop the swap.
+        let stop_timeout = self.shared.settings.stop_timeout.min(MAX_PERIOD);
+        if let Outcome::Done(Err(e)) = guarded(inst.shutdown(&self.cx), stop_timeout).await {
+            tracing::warn!(module = %self.slot.name(), error = %e, "old version's shutdown failed during reload");
+        }
+        *inst = new;
+        self.limit = def.manifest.permissions.limits.call_timeout;
+        self.cx = Context {
+            manifest: def.manifest.clone(),
+            ..self.cx.clone()
+        };
+        *self.slot.def.write() = def;
+        let keep = self.wiring.as_mut().and_then(|w| w.sub.take());
+        self.unregister_tools();
+        self.wiring = None;
+        let desc = inst.describe();
+        self.wire(desc, keep).await;
+        started.elapsed()
     }
 
     async fn next(&mut self) -> Option<Result<Control, Arc<Event>>> {
@@ -819,6 +871,14 @@ impl Actor {
                     }
                 }
                 Ok(Control::Stop(done)) => return Served::Stop(done),
+                Ok(Control::Swap {
+                    instance,
+                    def,
+                    done,
+                }) => {
+                    let took = self.swap(inst, instance, def).await;
+                    let _ = done.send(took);
+                }
             }
         }
     }
@@ -914,7 +974,8 @@ impl Actor {
                 Control::Stop(done) => {
                     let _ = done.send(());
                 }
-                Control::Tick(_) => {}
+                // Dropping `done` tells the reloader the swap did not happen.
+                Control::Tick(_) | Control::Swap { .. } => {}
             }
         }
     }
@@ -968,7 +1029,8 @@ impl Actor {
     async fn run(mut self, mut first: Option<oneshot::Sender<()>>) {
         let mut restarting = false;
         loop {
-            let mut inst = match self.host.instantiate(&self.slot.def).await {
+            let def = self.slot.def();
+            let mut inst = match self.host.instantiate(&def).await {
                 Ok(i) => i,
                 Err(e) => {
                     self.fail(format!("cannot load: {e}")).await;
@@ -977,7 +1039,7 @@ impl Actor {
             };
             if self.wiring.is_none() {
                 let desc = inst.describe();
-                self.wire(desc).await;
+                self.wire(desc, None).await;
             }
             if !restarting {
                 self.slot.set_state(ModuleState::Starting);
@@ -1090,6 +1152,40 @@ pub enum NucleusError {
     /// A builder input was missing.
     #[error("{0}")]
     Setup(String),
+    /// No module has this name.
+    #[error("no module named `{0}`; `lotus module list` shows them")]
+    NoSuchModule(String),
+    /// The module is not running, so it cannot be reloaded.
+    #[error("module `{module}` is {state}, not running; only a running module can be reloaded")]
+    NotRunning {
+        /// The module.
+        module: String,
+        /// Its state.
+        state: String,
+    },
+    /// The new version could not be loaded; the old one keeps running.
+    #[error("reloading `{module}` failed, the running version is unchanged: {reason}")]
+    ReloadFailed {
+        /// The module.
+        module: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The module.
+    pub module: String,
+    /// Version before.
+    pub from_version: String,
+    /// Version after.
+    pub to_version: String,
+    /// Time the mailbox was paused for the swap, in microseconds.
+    pub swap_us: u64,
+    /// Time for the whole reload (load, compile, initialize, swap), in milliseconds.
+    pub total_ms: u64,
 }
 
 /// Builds a nucleus from parts, like plugins: a bus, a durable log, a state store, module hosts.
@@ -1277,11 +1373,11 @@ impl Nucleus {
                 } else if !sh
                     .hosts
                     .iter()
-                    .any(|h| h.runtime() == slot.def.manifest.runtime)
+                    .any(|h| h.runtime() == slot.def().manifest.runtime)
                 {
                     let e = format!(
                         "no host for runtime `{}` in this build (available: {})",
-                        slot.def.manifest.runtime,
+                        slot.def().manifest.runtime,
                         sh.hosts
                             .iter()
                             .map(|h| h.runtime().to_string())
@@ -1292,7 +1388,7 @@ impl Nucleus {
                     slot.set_state(ModuleState::Failed);
                     report.failed.push((name.clone(), e));
                 } else {
-                    enabled.push(slot.def.manifest.clone());
+                    enabled.push(slot.def().manifest);
                 }
                 slots.insert(name, slot);
             }
@@ -1337,7 +1433,7 @@ impl Nucleus {
         let Some(host) = sh
             .hosts
             .iter()
-            .find(|h| h.runtime() == slot.def.manifest.runtime)
+            .find(|h| h.runtime() == slot.def().manifest.runtime)
             .cloned()
         else {
             return false;
@@ -1347,7 +1443,7 @@ impl Nucleus {
         let cx = Context {
             shared: sh.clone(),
             name: lotus_core::event::SmolStr::new(name),
-            manifest: slot.def.manifest.clone(),
+            manifest: slot.def().manifest,
             settings: slot.settings.clone(),
         };
         let actor = Actor {
@@ -1359,7 +1455,7 @@ impl Nucleus {
             deferred: VecDeque::new(),
             crash_times: VecDeque::new(),
             wiring: None,
-            limit: slot.def.manifest.permissions.limits.call_timeout,
+            limit: slot.def().manifest.permissions.limits.call_timeout,
         };
         let (first_tx, first_rx) = oneshot::channel();
         let span = tracing::info_span!("module", module = %name);
@@ -1441,6 +1537,136 @@ impl Nucleus {
         Ok(())
     }
 
+    /// Loads the module's current code and manifest (its folder is read again), initializes the
+    /// new instance beside the running one, then swaps them between two events. If any step
+    /// fails, the running version stays and `system.module_reload_failed` says why.
+    pub async fn reload(&self, name: &str) -> Result<ReloadReport, NucleusError> {
+        let sh = &self.shared;
+        let started = Instant::now();
+        let slot = sh
+            .slots
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NucleusError::NoSuchModule(name.to_owned()))?;
+        let state = slot.state();
+        if state != ModuleState::Running {
+            return Err(NucleusError::NotRunning {
+                module: name.to_owned(),
+                state: state.to_string(),
+            });
+        }
+        let old = slot.def();
+        match self.prepare_reload(&slot, &old).await {
+            Ok((instance, def)) => {
+                let to_version = def.manifest.version.to_string();
+                let (done, wait) = oneshot::channel();
+                let sent = slot.control.lock().clone().is_some_and(|tx| {
+                    tx.send(Control::Swap {
+                        instance,
+                        def,
+                        done,
+                    })
+                    .is_ok()
+                });
+                let swapped = match sent {
+                    true => tokio::time::timeout(
+                        sh.settings.stop_timeout.min(MAX_PERIOD).saturating_mul(2),
+                        wait,
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                    false => None,
+                };
+                let Some(swap) = swapped else {
+                    return Err(self
+                        .reload_failed(
+                            &old,
+                            "the module stopped before it could take the new version".into(),
+                        )
+                        .await);
+                };
+                let report = ReloadReport {
+                    module: name.to_owned(),
+                    from_version: old.manifest.version.to_string(),
+                    to_version,
+                    swap_us: u64::try_from(swap.as_micros()).unwrap_or(u64::MAX),
+                    total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                };
+                tracing::info!(module = name, from = %report.from_version, to = %report.to_version, swap_us = report.swap_us, "module reloaded");
+                sh.system(
+                    "system.module_reloaded",
+                    serde_json::to_value(&report).unwrap_or_default(),
+                )
+                .await;
+                Ok(report)
+            }
+            Err(reason) => Err(self.reload_failed(&old, reason).await),
+        }
+    }
+
+    /// The new definition and an initialized instance of it, or why not.
+    async fn prepare_reload(
+        &self,
+        slot: &Slot,
+        old: &ModuleDef,
+    ) -> Result<(Box<dyn Module>, ModuleDef), String> {
+        let sh = &self.shared;
+        let def = match &old.origin {
+            Origin::Folder(dir) => {
+                let m = Manifest::load(dir).map_err(|e| e.to_string())?;
+                if m.name != old.manifest.name || m.runtime != old.manifest.runtime {
+                    return Err(format!(
+                        "the new manifest names `{}` ({}) but the running module is `{}` ({}); install it as a new module instead",
+                        m.name, m.runtime, old.manifest.name, old.manifest.runtime
+                    ));
+                }
+                ModuleDef {
+                    manifest: Arc::new(m),
+                    origin: old.origin.clone(),
+                }
+            }
+            Origin::Builtin => old.clone(),
+        };
+        let host = sh
+            .hosts
+            .iter()
+            .find(|h| h.runtime() == def.manifest.runtime)
+            .cloned()
+            .ok_or_else(|| format!("no host for runtime `{}`", def.manifest.runtime))?;
+        let mut instance = host.instantiate(&def).await.map_err(|e| e.to_string())?;
+        let cx = Context {
+            shared: sh.clone(),
+            name: lotus_core::event::SmolStr::new(slot.name()),
+            manifest: def.manifest.clone(),
+            settings: slot.settings.clone(),
+        };
+        match guarded(
+            instance.initialize(&cx),
+            def.manifest.permissions.limits.call_timeout,
+        )
+        .await
+        {
+            Outcome::Done(Ok(())) => Ok((instance, def)),
+            Outcome::Done(Err(e)) => Err(format!("the new version's initialize failed: {e}")),
+            Outcome::Panicked(m) => Err(format!("the new version panicked in initialize: {m}")),
+            Outcome::TimedOut => Err("the new version's initialize did not finish in time".into()),
+        }
+    }
+
+    async fn reload_failed(&self, old: &ModuleDef, reason: String) -> NucleusError {
+        let module = old.name().to_owned();
+        tracing::warn!(module = %module, error = %reason, "reload failed; the running version is unchanged");
+        self.shared
+            .system(
+                "system.module_reload_failed",
+                json!({"module": module, "version": old.manifest.version.to_string(), "error": reason}),
+            )
+            .await;
+        NucleusError::ReloadFailed { module, reason }
+    }
+
     /// Every module (including folders whose manifest is invalid), by name.
     pub fn modules(&self) -> Vec<ModuleInfo> {
         let mut out: Vec<ModuleInfo> = self
@@ -1483,11 +1709,7 @@ impl Nucleus {
 
     /// The manifest of a loaded module.
     pub fn manifest(&self, name: &str) -> Option<Arc<Manifest>> {
-        self.shared
-            .slots
-            .read()
-            .get(name)
-            .map(|s| s.def.manifest.clone())
+        self.shared.slots.read().get(name).map(|s| s.def().manifest)
     }
 
     /// Every registered tool, by name.

@@ -31,7 +31,7 @@ pub use context::{Context, PublishError};
 pub use host::{HostError, ModuleDef, ModuleHost, NativeHost, NativeModule, Origin, discover};
 pub use kernel::{
     JobInfo, ModuleInfo, ModuleState, Nucleus, NucleusBuilder, NucleusError, NucleusSettings,
-    StartReport, SupervisorPolicy, default_stream_routes,
+    ReloadReport, StartReport, SupervisorPolicy, default_stream_routes,
 };
 pub use lotus_core::Event;
 pub use lotus_macros::{module, on_event, periodic, tool};

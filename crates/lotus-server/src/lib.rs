@@ -7,6 +7,7 @@
 //! | GET | `/api/v1/health` | no | liveness, version, module counts |
 //! | GET | `/api/v1/modules` | yes | every module with state and counters |
 //! | GET | `/api/v1/modules/{name}` | yes | one module |
+//! | POST | `/api/v1/modules/{name}/reload` | yes | swap in the module's current code, live |
 //! | GET | `/api/v1/tools` | yes | every tool with its argument schema |
 //! | POST | `/api/v1/tools/{name}/call` | yes | call a tool; body: the JSON arguments |
 //! | POST | `/api/v1/events` | yes | publish `{topic, payload}` |
@@ -33,7 +34,7 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use lotus_bus::{StreamName, StreamQuery};
 use lotus_core::{Overflow, Pattern};
-use lotus_nucleus::{ModuleState, Nucleus, ToolError};
+use lotus_nucleus::{ModuleState, Nucleus, NucleusError, ToolError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -148,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/api/v1/modules", get(modules))
         .route("/api/v1/modules/{name}", get(module))
+        .route("/api/v1/modules/{name}/reload", post(reload))
         .route("/api/v1/tools", get(tools))
         .route("/api/v1/tools/{name}/call", post(call_tool))
         .route("/api/v1/events", post(publish))
@@ -239,6 +241,20 @@ async fn module(
             "not_found",
             format!("no module named `{name}`; `lotus module list` shows them"),
         )
+    })
+}
+
+async fn reload(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.nucleus.reload(&name).await.map(Json).map_err(|e| {
+        let (status, code) = match &e {
+            NucleusError::NoSuchModule(_) => (StatusCode::NOT_FOUND, "not_found"),
+            NucleusError::NotRunning { .. } => (StatusCode::CONFLICT, "not_running"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
     })
 }
 

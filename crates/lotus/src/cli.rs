@@ -71,6 +71,11 @@ pub enum ModuleCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Swap in the module's current code and manifest, live (no event lost or handled twice).
+    Reload {
+        /// The module.
+        name: String,
+    },
     /// Check a manifest (a file or a module folder) without running anything.
     Validate {
         /// `manifest.yaml` or the folder that holds it.

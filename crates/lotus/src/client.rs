@@ -85,6 +85,7 @@ impl Client {
             "invalid_json" | "invalid_arguments" | "invalid_topic" | "invalid_pattern"
             | "invalid_time" => ExitCode::BadInput,
             "not_found" => ExitCode::NotFound,
+            "not_running" | "reload_failed" => ExitCode::Failure,
             _ => ExitCode::Failure,
         };
         CliError::new(exit, message).into()

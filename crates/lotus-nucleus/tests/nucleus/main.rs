@@ -736,3 +736,110 @@ async fn a_module_stuck_on_a_full_mailbox_never_stalls_the_kernel() {
     );
     assert!(n.module("sleepy").expect("sleepy").events_dropped >= 3);
 }
+
+static TALLY: Mutex<Option<std::collections::HashSet<uuid::Uuid>>> = Mutex::new(None);
+static TALLY_DUPES: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Default)]
+struct Tally;
+
+#[lotus_nucleus::module]
+impl Tally {
+    #[on_event("load.>")]
+    async fn count(&mut self, ev: &Event) -> Result<(), ModuleError> {
+        let mut seen = TALLY.lock();
+        if !seen.get_or_insert_with(Default::default).insert(ev.id) {
+            TALLY_DUPES.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_under_load_loses_nothing_and_handles_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tally = "name: tally\nversion: 0.1.0\ntype: capability\nentry: tally\nsubscriptions: [\"load.>\"]\n";
+    let log = SqliteLog::open(&dir.path().join("streams.db")).expect("log");
+    let n = NucleusBuilder::new(settings())
+        .log(Arc::new(log))
+        .state(StateStore::open(&dir.path().join("state.db")).expect("state"))
+        .host(host().with_entry("tally", native(|| Box::new(Tally))))
+        .module(def(tally))
+        .build()
+        .expect("nucleus");
+    n.start().await;
+    const SENT: usize = 100_000;
+    let bus = n.bus().clone();
+    let publisher = std::thread::spawn(move || {
+        let topic: lotus_core::Topic = "load.test".parse().expect("topic");
+        for i in 0..SENT {
+            bus.publish_blocking(Arc::new(Event::new(topic.clone(), "test", json!(i))));
+        }
+    });
+    let mut swaps = Vec::new();
+    for _ in 0..20 {
+        let report = n.reload("tally").await.expect("reload");
+        swaps.push(report.swap_us);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    publisher.join().expect("publisher");
+    for _ in 0..1000 {
+        if TALLY.lock().as_ref().map_or(0, |s| s.len()) == SENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        TALLY.lock().as_ref().map_or(0, |s| s.len()),
+        SENT,
+        "every event handled"
+    );
+    assert_eq!(
+        TALLY_DUPES.load(Ordering::SeqCst),
+        0,
+        "no event handled twice"
+    );
+    let info = n.module("tally").expect("tally");
+    assert_eq!(info.events_handled as usize, SENT);
+    assert_eq!(info.events_dropped, 0);
+    swaps.sort_unstable();
+    eprintln!(
+        "swap µs: p50 {} max {}",
+        swaps[swaps.len() / 2],
+        swaps[swaps.len() - 1]
+    );
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn reload_errors_are_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = kernel(
+        dir.path(),
+        &[
+            ECHO,
+            "name: doomed\nversion: 0.1.0\ntype: capability\nentry: init_panic\n",
+        ],
+    );
+    n.start().await;
+    let err = n.reload("ghost").await.expect_err("unknown");
+    assert!(err.to_string().contains("no module named `ghost`"), "{err}");
+    wait_state(&n, "doomed", ModuleState::Failed).await;
+    let err = n.reload("doomed").await.expect_err("not running");
+    assert!(err.to_string().contains("not running"), "{err}");
+    let report = n
+        .reload("echo")
+        .await
+        .expect("a builtin reloads with a fresh instance");
+    assert_eq!(
+        (report.from_version.as_str(), report.to_version.as_str()),
+        ("0.1.0", "0.1.0")
+    );
+    assert_eq!(
+        n.call_tool("echo.echo", json!({"text": "after"}))
+            .await
+            .expect("echo"),
+        json!({"text": "after"})
+    );
+    n.shutdown().await.expect("shutdown");
+}

@@ -391,3 +391,60 @@ async fn files_network_and_floods_are_contained() {
     assert_eq!(n.module("hostile").expect("hostile").crashes, 0);
     n.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_wasm_module_reloads_live_and_a_broken_build_leaves_it_running() {
+    let home = Home::new();
+    home.install("counter", "counter.wasm", "publications: [counter.value]\n");
+    let n = home.kernel();
+    let failures = watch(&n, "system.module_reload_failed");
+    n.start().await;
+    assert_eq!(
+        n.call_tool("counter.increment", json!({}))
+            .await
+            .expect("inc"),
+        json!(1)
+    );
+
+    // A new version: the manifest says 0.2.0; state carries over through the host store.
+    let folder = home.dir.path().join("modules/counter");
+    let manifest = std::fs::read_to_string(folder.join("manifest.yaml")).expect("read");
+    std::fs::write(
+        folder.join("manifest.yaml"),
+        manifest.replace("version: 0.1.0", "version: 0.2.0"),
+    )
+    .expect("write");
+    let report = n.reload("counter").await.expect("reload");
+    assert_eq!(
+        (report.from_version.as_str(), report.to_version.as_str()),
+        ("0.1.0", "0.2.0")
+    );
+    assert_eq!(n.module("counter").expect("counter").version, "0.2.0");
+    assert_eq!(
+        n.call_tool("counter.increment", json!({}))
+            .await
+            .expect("inc"),
+        json!(2)
+    );
+
+    // A broken build: the running version stays, and the failure says why.
+    std::fs::write(folder.join("module.wasm"), b"\0asm garbage").expect("write");
+    let err = n.reload("counter").await.expect_err("broken");
+    assert!(err.to_string().contains("unchanged"), "{err}");
+    let f = next(&failures).await;
+    assert_eq!(f.payload["module"], "counter");
+    assert!(
+        f.payload["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("WebAssembly")),
+        "{f:?}"
+    );
+    assert_eq!(n.module("counter").expect("counter").version, "0.2.0");
+    assert_eq!(
+        n.call_tool("counter.increment", json!({}))
+            .await
+            .expect("still running"),
+        json!(3)
+    );
+    n.shutdown().await.expect("shutdown");
+}

@@ -31,6 +31,19 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
                 print_info(&m);
             }
         }
+        ModuleCmd::Reload { name } => {
+            let client = Client::new(home, &load(home)?)?;
+            let r: lotus_nucleus::ReloadReport = client
+                .post(
+                    &format!("/api/v1/modules/{name}/reload"),
+                    &serde_json::Value::Null,
+                )
+                .await?;
+            println!(
+                "reloaded {} {} → {}: mailbox paused {} µs, {} ms in all",
+                r.module, r.from_version, r.to_version, r.swap_us, r.total_ms
+            );
+        }
         ModuleCmd::Validate { path } => validate(&path)?,
         ModuleCmd::Schema => println!(
             "{}",

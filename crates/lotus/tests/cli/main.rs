@@ -607,4 +607,15 @@ fn a_wasm_module_folder_runs_under_lotus_up() {
             >= 1,
         "the compiled component is cached"
     );
+    let (code, out, err) = run(up.path(), &["module", "reload", "wecho"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("reloaded wecho 0.1.0 → 0.1.0"), "{out}");
+    let (code, _, err) = run(up.path(), &["module", "reload", "ghost"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, _) = run(
+        up.path(),
+        &["tool", "call", "wecho.echo", r#"{"text":"again"}"#],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("again"));
 }

@@ -152,6 +152,27 @@ pub enum BenchCmd {
     Bus(BenchBusArgs),
     /// Start-to-healthy time, idle RSS and stop time of `lotus up` on a fresh home.
     Up(JsonFlag),
+    /// WebAssembly modules: compile time, instantiate time, live swap time, handler throughput
+    /// against native, memory per instance with 1,000 loaded.
+    Reload(BenchReloadArgs),
+}
+
+/// `lotus bench reload`.
+#[derive(Debug, Args)]
+pub struct BenchReloadArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The component to measure (default: the echo-wasm example, built with
+    /// `cargo build --release --target wasm32-wasip2 --manifest-path modules/Cargo.toml`).
+    #[arg(long, value_name = "FILE")]
+    pub component: Option<std::path::PathBuf>,
+    /// Reloads to time.
+    #[arg(long, default_value_t = 50)]
+    pub reloads: usize,
+    /// Instances kept loaded for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    pub instances: usize,
 }
 
 /// `lotus bench bus`.

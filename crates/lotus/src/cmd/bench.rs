@@ -10,12 +10,13 @@ use lotus_bus::LocalBus;
 use lotus_core::{Event, Overflow, Pattern, Topic};
 use serde_json::{Value, json};
 
-use crate::cli::{BenchBusArgs, BenchCmd};
+use crate::cli::{BenchBusArgs, BenchCmd, BenchReloadArgs};
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Bus(args) => bus(args).await,
         BenchCmd::Up(f) => up(f.json).await,
+        BenchCmd::Reload(a) => reload(a).await,
     }
 }
 
@@ -527,6 +528,158 @@ async fn up(json_out: bool) -> Result<()> {
             out["idle_rss_mb"], out["peak_rss_mb"]
         );
         println!("  SIGTERM → exit 0  median {} ms", out["stop_ms_median"]);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "wasm"))]
+async fn reload(_: BenchReloadArgs) -> Result<()> {
+    Err(anyhow!("this lotus was built without wasm support"))
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+#[cfg(feature = "wasm")]
+async fn reload(a: BenchReloadArgs) -> Result<()> {
+    use lotus_nucleus::{
+        ModuleDef, ModuleHost, NucleusBuilder, NucleusSettings, Origin, StateStore,
+    };
+    use lotus_wasm::WasmHost;
+
+    let component = a.component.unwrap_or_else(|| {
+        std::path::PathBuf::from("modules/target/wasm32-wasip2/release/echo_wasm.wasm")
+    });
+    if !component.is_file() {
+        return Err(crate::exit::bad_input(format!(
+            "no component at {}; build the examples with `cargo build --release --target wasm32-wasip2 --manifest-path modules/Cargo.toml` or pass --component FILE",
+            component.display()
+        )));
+    }
+    let home = std::env::temp_dir().join(format!("lotus-bench-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let folder = home.join("modules/wecho");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::copy(&component, folder.join("module.wasm"))?;
+    std::fs::write(
+        folder.join("manifest.yaml"),
+        "name: wecho\nversion: 0.1.0\ntype: capability\nruntime: wasm\nentry: module.wasm\nsubscriptions: [wecho.request]\npublications: [wecho.reply]\n",
+    )?;
+
+    // Cold compile, no cache.
+    let cold = WasmHost::new(None).map_err(|e| anyhow!("{e}"))?;
+    let t = Instant::now();
+    cold.load(&folder.join("module.wasm"))
+        .map_err(|e| anyhow!("{e}"))?;
+    let compile = t.elapsed();
+
+    // Instantiate (compiled code cached): fresh store, instance, `describe`.
+    let manifest = lotus_core::Manifest::load(&folder).map_err(|e| anyhow!("{e}"))?;
+    let def = ModuleDef {
+        manifest: Arc::new(manifest),
+        origin: Origin::Folder(folder.clone()),
+    };
+    let host = WasmHost::new(Some(home.join("cache/wasm"))).map_err(|e| anyhow!("{e}"))?;
+    let mut inst_times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let m = host.instantiate(&def).await.map_err(|e| anyhow!("{e}"))?;
+        inst_times.push(t.elapsed());
+        drop(m);
+    }
+    inst_times.sort();
+
+    // Memory per instance: many loaded at once.
+    let before = rss_kb(std::process::id(), "VmRSS:").unwrap_or(0);
+    let mut kept = Vec::with_capacity(a.instances);
+    for _ in 0..a.instances {
+        kept.push(host.instantiate(&def).await.map_err(|e| anyhow!("{e}"))?);
+    }
+    let after = rss_kb(std::process::id(), "VmRSS:").unwrap_or(0);
+    let per_instance_kb = after.saturating_sub(before) as f64 / a.instances.max(1) as f64;
+    drop(kept);
+
+    // A nucleus with the module: live swaps, then handler throughput wasm vs native.
+    let nucleus = NucleusBuilder::new(NucleusSettings::default())
+        .log(Arc::new(lotus_bus::SqliteLog::open(
+            &home.join("data/streams.db"),
+        )?))
+        .state(StateStore::open(&home.join("data/state.db"))?)
+        .host(lotus::builtin::native_host().map_err(|e| anyhow!("{e}"))?)
+        .host(host)
+        .modules_dir(home.join("modules"))
+        .build()?;
+    nucleus.start().await;
+    let mut swaps = Vec::new();
+    for _ in 0..a.reloads.max(1) {
+        swaps.push(nucleus.reload("wecho").await?.swap_us);
+    }
+    swaps.sort_unstable();
+    let rate = |module: &'static str, topic: &'static str| {
+        let nucleus = nucleus.clone();
+        async move {
+            let n = 20_000u64;
+            let base = nucleus.module(module).map_or(0, |m| m.events_handled);
+            let t = Instant::now();
+            for i in 0..n {
+                nucleus.publish("bench", topic, json!({"i": i})).await?;
+            }
+            while nucleus.module(module).map_or(0, |m| m.events_handled) < base + n {
+                if t.elapsed() > Duration::from_secs(120) {
+                    return Err(anyhow!("{module} did not handle {n} events in 120 s"));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok::<f64, anyhow::Error>(n as f64 / t.elapsed().as_secs_f64())
+        }
+    };
+    let wasm_eps = rate("wecho", "wecho.request").await?;
+    let native_eps = rate("echo", "echo.request").await?;
+    nucleus.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&home);
+
+    let pct = |v: &[u64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    let out = json!({
+        "component": component.display().to_string(),
+        "component_kb": std::fs::metadata(&component).map(|m| m.len() / 1024).unwrap_or(0),
+        "compile_ms": millis(compile),
+        "instantiate_us": (inst_times[inst_times.len() / 2].as_secs_f64() * 1e6).round(),
+        "swap_p50_ms": pct(&swaps, 0.5),
+        "swap_p99_ms": pct(&swaps, 0.99),
+        "reloads": swaps.len(),
+        "wasm_handler_events_per_sec": wasm_eps.round(),
+        "native_handler_events_per_sec": native_eps.round(),
+        "wasm_vs_native": ((wasm_eps / native_eps.max(1.0)) * 100.0).round() / 100.0,
+        "instances": a.instances,
+        "rss_per_instance_kb": per_instance_kb.round(),
+        "load_avg": load_avg(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "wasm module {} ({} KiB), load {}",
+            out["component"].as_str().unwrap_or(""),
+            out["component_kb"],
+            load_avg()
+        );
+        println!("  compile (cold, no cache)   {} ms", out["compile_ms"]);
+        println!("  instantiate (cached code)  {} µs", out["instantiate_us"]);
+        println!(
+            "  live swap                  p50 {} ms, p99 {} ms over {} reloads",
+            out["swap_p50_ms"], out["swap_p99_ms"], out["reloads"]
+        );
+        println!(
+            "  handler events/s           wasm {} vs native {} ({}×)",
+            out["wasm_handler_events_per_sec"],
+            out["native_handler_events_per_sec"],
+            out["wasm_vs_native"]
+        );
+        println!(
+            "  memory                     {} KiB per instance with {} loaded",
+            out["rss_per_instance_kb"], out["instances"]
+        );
     }
     Ok(())
 }

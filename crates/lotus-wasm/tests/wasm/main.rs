@@ -101,6 +101,27 @@ async fn next(sub: &Subscription) -> Arc<Event> {
         .expect("open")
 }
 
+/// The native echo answers within `limit`, whatever the wasm modules are doing.
+async fn echo_answers_within(n: &Nucleus, limit: Duration) {
+    let t = Instant::now();
+    let out = n
+        .call_tool("echo.echo", json!({"text": "alive"}))
+        .await
+        .expect("echo");
+    assert_eq!(out, json!({"text": "alive"}));
+    assert!(t.elapsed() < limit, "echo waited {:?}", t.elapsed());
+}
+
+/// Waits until the (restarted) hostile module answers again.
+async fn wait_until_hostile_answers(n: &Nucleus) {
+    for _ in 0..200 {
+        if n.call_tool("hostile.ok", json!({})).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_wasm_module_serves_tools_and_handles_events() {
     let home = Home::new();
@@ -203,29 +224,13 @@ async fn an_infinite_loop_is_stopped_and_others_keep_working() {
     let spin = tokio::spawn(async move { n2.call_tool("hostile.spin", json!({})).await });
     // While the guest spins, the rest of the system answers.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let t = Instant::now();
-    assert_eq!(
-        n.call_tool("echo.echo", json!({"text": "alive"}))
-            .await
-            .expect("echo"),
-        json!({"text": "alive"})
-    );
-    assert!(
-        t.elapsed() < Duration::from_millis(250),
-        "echo waited {:?} behind the spinning guest",
-        t.elapsed()
-    );
+    echo_answers_within(&n, Duration::from_millis(250)).await;
     let err = spin.await.expect("join").expect_err("spin must be stopped");
     assert_eq!(err.code(), "crashed", "{err}");
     assert!(err.to_string().contains("limit"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
     // The supervisor replaced the instance.
-    for _ in 0..200 {
-        if n.call_tool("hostile.ok", json!({})).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_hostile_answers(&n).await;
     assert_eq!(
         n.call_tool("hostile.ok", json!({})).await.expect("ok"),
         json!("fine")
@@ -255,12 +260,8 @@ async fn a_memory_bomb_hits_its_cap_and_is_restarted() {
         .await
         .expect_err("bomb");
     assert_eq!(err.code(), "crashed", "{err}");
-    for _ in 0..200 {
-        if n.call_tool("hostile.ok", json!({})).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The supervisor replaced the instance.
+    wait_until_hostile_answers(&n).await;
     assert_eq!(
         n.call_tool("hostile.ok", json!({})).await.expect("ok"),
         json!("fine")
@@ -371,18 +372,7 @@ async fn files_network_and_floods_are_contained() {
     );
     let n2 = n.clone();
     let flood = tokio::spawn(async move { n2.call_tool("hostile.flood", json!({})).await });
-    let t = Instant::now();
-    assert_eq!(
-        n.call_tool("echo.echo", json!({"text": "still here"}))
-            .await
-            .expect("echo"),
-        json!({"text": "still here"})
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "echo waited {:?}",
-        t.elapsed()
-    );
+    echo_answers_within(&n, Duration::from_secs(1)).await;
     assert_eq!(flood.await.expect("join").expect("flood"), json!(20000));
     assert_eq!(
         watcher.queue().depth() as u64 + watcher.queue().dropped(),

@@ -438,3 +438,40 @@ async fn a_wasm_module_reloads_live_and_a_broken_build_leaves_it_running() {
     );
     n.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_module_reloaded_under_load_handles_every_event_once() {
+    let home = Home::new();
+    // Each event makes the guest publish a reply (nobody listens): real host calls per event.
+    home.install(
+        "wecho",
+        "echo_wasm.wasm",
+        "subscriptions: [wecho.request]\npublications: [wecho.reply]\n",
+    );
+    let n = home.kernel();
+    n.start().await;
+    const SENT: u64 = 100_000;
+    let bus = n.bus().clone();
+    let publisher = std::thread::spawn(move || {
+        let topic: lotus_core::Topic = "wecho.request".parse().expect("topic");
+        for i in 0..SENT {
+            bus.publish_blocking(Arc::new(Event::new(topic.clone(), "test", json!(i))));
+        }
+    });
+    for _ in 0..20 {
+        n.reload("wecho").await.expect("reload");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publisher.join().expect("publisher");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while n.module("wecho").expect("wecho").events_handled < SENT && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let info = n.module("wecho").expect("wecho");
+    assert_eq!(
+        info.events_handled, SENT,
+        "every event handled exactly once: {info:?}"
+    );
+    assert_eq!((info.events_dropped, info.crashes), (0, 0), "{info:?}");
+    n.shutdown().await.expect("shutdown");
+}

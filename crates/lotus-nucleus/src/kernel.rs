@@ -1163,6 +1163,17 @@ pub enum NucleusError {
         /// Its state.
         state: String,
     },
+    /// A module of that name is already loaded.
+    #[error("module `{0}` is already loaded; reload it instead")]
+    AlreadyLoaded(String),
+    /// The module cannot be loaded or removed as asked.
+    #[error("module `{module}`: {reason}")]
+    Refused {
+        /// The module.
+        module: String,
+        /// Why.
+        reason: String,
+    },
     /// The new version could not be loaded; the old one keeps running.
     #[error("reloading `{module}` failed, the running version is unchanged: {reason}")]
     ReloadFailed {
@@ -1665,6 +1676,129 @@ impl Nucleus {
             )
             .await;
         NucleusError::ReloadFailed { module, reason }
+    }
+
+    /// Loads and starts the module folder `NAME` under the modules folder, while the nucleus runs.
+    /// Its dependencies must already be running.
+    pub async fn load(&self, name: &str) -> Result<ModuleInfo, NucleusError> {
+        let sh = &self.shared;
+        let refused = |reason: String| NucleusError::Refused {
+            module: name.to_owned(),
+            reason,
+        };
+        if sh.slots.read().contains_key(name) {
+            return Err(NucleusError::AlreadyLoaded(name.to_owned()));
+        }
+        let dir = sh
+            .modules_dir
+            .as_ref()
+            .ok_or_else(|| refused("this nucleus has no modules folder".into()))?
+            .join(name);
+        let manifest = Manifest::load(&dir).map_err(|e| refused(e.to_string()))?;
+        if manifest.name.as_str() != name {
+            return Err(refused(format!(
+                "the folder holds module `{}`",
+                manifest.name
+            )));
+        }
+        if !sh.hosts.iter().any(|h| h.runtime() == manifest.runtime) {
+            return Err(refused(format!(
+                "no host for runtime `{}` in this build",
+                manifest.runtime
+            )));
+        }
+        for dep in &manifest.dependencies.modules {
+            let running = sh.slots.read().get(dep.name.as_str()).cloned();
+            match running {
+                Some(s) if s.state() == ModuleState::Running => {
+                    if let Some(req) = &dep.req
+                        && !req.matches(&s.def().manifest.version.0)
+                    {
+                        return Err(refused(format!(
+                            "needs `{dep}` but version {} is running",
+                            s.def().manifest.version
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(refused(format!(
+                        "needs `{}`, which is not running",
+                        dep.name
+                    )));
+                }
+            }
+        }
+        sh.broken.write().retain(|b| b.name != name);
+        let settings = sh
+            .settings
+            .modules
+            .get(name)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let slot = Arc::new(Slot::new(
+            ModuleDef {
+                manifest: Arc::new(manifest),
+                origin: Origin::Folder(dir),
+            },
+            settings,
+        ));
+        slot.set_state(ModuleState::Starting);
+        sh.slots.write().insert(name.to_owned(), slot);
+        sh.order.lock().push(name.to_owned());
+        self.start_one(name).await;
+        self.module(name)
+            .ok_or_else(|| NucleusError::NoSuchModule(name.to_owned()))
+    }
+
+    /// Stops a module (draining its mailbox) and forgets it. Refused while a running module
+    /// depends on it.
+    pub async fn remove(&self, name: &str) -> Result<(), NucleusError> {
+        let sh = &self.shared;
+        let slot = sh
+            .slots
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NucleusError::NoSuchModule(name.to_owned()))?;
+        let dependents: Vec<String> = sh
+            .slots
+            .read()
+            .values()
+            .filter(|s| s.name() != name && s.state() == ModuleState::Running)
+            .filter(|s| {
+                s.def()
+                    .manifest
+                    .dependencies
+                    .modules
+                    .iter()
+                    .any(|d| d.name.as_str() == name)
+            })
+            .map(|s| s.name().to_owned())
+            .collect();
+        if !dependents.is_empty() {
+            return Err(NucleusError::Refused {
+                module: name.to_owned(),
+                reason: format!(
+                    "{} depend(s) on it; remove them first",
+                    dependents.join(", ")
+                ),
+            });
+        }
+        let tx = slot.control.lock().take();
+        let task = slot.task.lock().take();
+        if let Some(tx) = tx {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Control::Stop(done)).is_ok() {
+                let limit = sh.settings.stop_timeout.min(MAX_PERIOD).saturating_mul(2);
+                let _ = tokio::time::timeout(limit, wait).await;
+            }
+        }
+        if let Some(task) = task {
+            task.abort();
+        }
+        sh.slots.write().remove(name);
+        sh.order.lock().retain(|n| n != name);
+        Ok(())
     }
 
     /// Every module (including folders whose manifest is invalid), by name.

@@ -8,6 +8,8 @@
 //! | GET | `/api/v1/modules` | yes | every module with state and counters |
 //! | GET | `/api/v1/modules/{name}` | yes | one module |
 //! | POST | `/api/v1/modules/{name}/reload` | yes | swap in the module's current code, live |
+//! | POST | `/api/v1/modules/{name}/load` | yes | load and start a newly installed module folder |
+//! | POST | `/api/v1/modules/{name}/remove` | yes | stop a module and forget it |
 //! | GET | `/api/v1/tools` | yes | every tool with its argument schema |
 //! | POST | `/api/v1/tools/{name}/call` | yes | call a tool; body: the JSON arguments |
 //! | POST | `/api/v1/events` | yes | publish `{topic, payload}` |
@@ -150,6 +152,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/modules", get(modules))
         .route("/api/v1/modules/{name}", get(module))
         .route("/api/v1/modules/{name}/reload", post(reload))
+        .route("/api/v1/modules/{name}/load", post(load))
+        .route("/api/v1/modules/{name}/remove", post(remove))
         .route("/api/v1/tools", get(tools))
         .route("/api/v1/tools/{name}/call", post(call_tool))
         .route("/api/v1/events", post(publish))
@@ -244,18 +248,44 @@ async fn module(
     })
 }
 
+fn module_error(e: NucleusError) -> ApiError {
+    let (status, code) = match &e {
+        NucleusError::NoSuchModule(_) => (StatusCode::NOT_FOUND, "not_found"),
+        NucleusError::NotRunning { .. } => (StatusCode::CONFLICT, "not_running"),
+        NucleusError::AlreadyLoaded(_) => (StatusCode::CONFLICT, "already_loaded"),
+        NucleusError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
 async fn reload(
     State(st): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    st.nucleus.reload(&name).await.map(Json).map_err(|e| {
-        let (status, code) = match &e {
-            NucleusError::NoSuchModule(_) => (StatusCode::NOT_FOUND, "not_found"),
-            NucleusError::NotRunning { .. } => (StatusCode::CONFLICT, "not_running"),
-            _ => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
-        };
-        ApiError::new(status, code, e.to_string())
-    })
+    st.nucleus
+        .reload(&name)
+        .await
+        .map(Json)
+        .map_err(module_error)
+}
+
+async fn load(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.nucleus.load(&name).await.map(Json).map_err(module_error)
+}
+
+async fn remove(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.nucleus
+        .remove(&name)
+        .await
+        .map(|()| Json(json!({"removed": name})))
+        .map_err(module_error)
 }
 
 async fn tools(State(st): State<ApiState>) -> impl IntoResponse {

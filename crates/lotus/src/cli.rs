@@ -71,6 +71,32 @@ pub enum ModuleCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Install a module folder (checked first; every version kept); a running nucleus loads it.
+    Install {
+        /// The module's folder (manifest.yaml and, for wasm, its component).
+        path: PathBuf,
+    },
+    /// Stop and uninstall a module (its versions stay in the store).
+    Remove {
+        /// The module.
+        name: String,
+    },
+    /// The installed versions of a module.
+    History {
+        /// The module.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the previous installed version (or --to VERSION), live.
+    Rollback {
+        /// The module.
+        name: String,
+        /// The version to go back to.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+    },
     /// Swap in the module's current code and manifest, live (no event lost or handled twice).
     Reload {
         /// The module.

@@ -3,6 +3,7 @@
 mod bench;
 mod doctor;
 mod events;
+mod install;
 mod module;
 mod tool;
 mod up;

@@ -45,6 +45,12 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
             );
         }
         ModuleCmd::Validate { path } => validate(&path)?,
+        ModuleCmd::Install { path } => super::install::install(home, &path).await?,
+        ModuleCmd::Remove { name } => super::install::remove(home, &name).await?,
+        ModuleCmd::History { name, json } => super::install::history(home, &name, json)?,
+        ModuleCmd::Rollback { name, to } => {
+            super::install::rollback(home, &name, to.as_deref()).await?
+        }
         ModuleCmd::Schema => println!(
             "{}",
             serde_json::to_string_pretty(&Manifest::json_schema())?
@@ -57,7 +63,7 @@ fn load(home: &Home) -> Result<Config> {
     Config::load(home.root()).map_err(bad_input)
 }
 
-fn validate(path: &std::path::Path) -> Result<()> {
+pub(super) fn validate(path: &std::path::Path) -> Result<()> {
     let m = Manifest::load(path).map_err(|e| bad_input(e.to_string()))?;
     let folder = if path.is_dir() {
         path.to_owned()

@@ -619,3 +619,71 @@ fn a_wasm_module_folder_runs_under_lotus_up() {
     assert_eq!(code, 0);
     assert!(out.contains("again"));
 }
+
+#[test]
+fn install_upgrade_rollback_and_remove_while_running() {
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        lotus_wasm::testkit::guest_components().join("counter.wasm"),
+        src.path().join("module.wasm"),
+    )
+    .expect("copy component");
+    let manifest = |v: &str| {
+        format!(
+            "name: counter\nversion: {v}\ntype: capability\nruntime: wasm\nentry: module.wasm\npublications: [counter.value]\n"
+        )
+    };
+    std::fs::write(src.path().join("manifest.yaml"), manifest("0.1.0")).expect("manifest");
+    let up = Up::start();
+    let home = up.path();
+    let srcp = src.path().to_str().expect("utf8");
+
+    let (code, out, err) = run(home, &["module", "install", srcp]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("loaded by the running nucleus"), "{out}");
+    let (code, out, _) = run(home, &["tool", "call", "counter.increment"]);
+    assert_eq!((code, out.trim()), (0, "1"));
+
+    std::fs::write(src.path().join("manifest.yaml"), manifest("0.2.0")).expect("manifest");
+    let (code, out, err) = run(home, &["module", "install", srcp]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reloaded live (0.1.0 → 0.2.0"), "{out}");
+    let (_, out, _) = run(home, &["tool", "call", "counter.increment"]);
+    assert_eq!(out.trim(), "2", "state survives the upgrade");
+
+    let (code, out, _) = run(home, &["module", "history", "counter", "--json"]);
+    assert_eq!(code, 0);
+    let hist: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(hist.as_array().map(Vec::len), Some(2));
+
+    let (code, out, err) = run(home, &["module", "rollback", "counter"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("back to 0.1.0") && out.contains("reloaded live (0.2.0 → 0.1.0"),
+        "{out}"
+    );
+    let (_, out, _) = run(home, &["module", "info", "counter", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["version"],
+        "0.1.0"
+    );
+    let (code, _, err) = run(home, &["module", "rollback", "counter", "--to", "9.9.9"]);
+    assert_eq!(code, 4, "{err}");
+
+    // A broken build is refused before anything is copied; the installed version keeps running.
+    std::fs::write(src.path().join("module.wasm"), b"broken").expect("write");
+    let (code, _, err) = run(home, &["module", "install", srcp]);
+    assert_eq!(code, 2, "{err}");
+    let (_, out, _) = run(home, &["tool", "call", "counter.get"]);
+    assert_eq!(out.trim(), "2");
+
+    let (code, _, err) = run(home, &["module", "remove", "counter"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = run(home, &["module", "info", "counter"]);
+    assert_eq!(code, 4, "removed from the running nucleus");
+    assert!(!home.join("modules/counter").exists());
+    assert!(
+        home.join("modules/.store/counter").exists(),
+        "versions are kept"
+    );
+}

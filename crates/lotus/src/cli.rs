@@ -71,6 +71,19 @@ pub enum ModuleCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Create a WebAssembly module project that builds as it is.
+    New {
+        /// The module's name.
+        name: String,
+        /// Where to create it (default: the current folder).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Build a module project for wasm32-wasip2 and put the component next to its manifest.
+    Build {
+        /// The project folder.
+        path: PathBuf,
+    },
     /// Install a module folder (checked first; every version kept); a running nucleus loads it.
     Install {
         /// The module's folder (manifest.yaml and, for wasm, its component).

@@ -5,6 +5,7 @@ mod doctor;
 mod events;
 mod install;
 mod module;
+mod scaffold;
 mod tool;
 mod up;
 

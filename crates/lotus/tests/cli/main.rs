@@ -687,3 +687,52 @@ fn install_upgrade_rollback_and_remove_while_running() {
         "versions are kept"
     );
 }
+
+#[test]
+fn new_build_install_reaches_the_tool_of_a_fresh_module() {
+    let up = Up::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = run(
+        up.path(),
+        &[
+            "module",
+            "new",
+            "demo",
+            "--dir",
+            work.path().to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lotus module build"), "{out}");
+    let project = work.path().join("demo");
+    let project = project.to_str().expect("utf8");
+    let (code, out, err) = run(up.path(), &["module", "build", project]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("built"), "{out}");
+    let (code, out, err) = run(up.path(), &["module", "install", project]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("loaded by the running nucleus: running"),
+        "{out}"
+    );
+    let (code, out, err) = run(
+        up.path(),
+        &["tool", "call", "demo.hello", r#"{"name":"ash"}"#],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json"),
+        json!({"greeting": "hello, ash"})
+    );
+    let (code, _, err) = run(
+        up.path(),
+        &[
+            "module",
+            "new",
+            "demo",
+            "--dir",
+            work.path().to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(code, 2, "an existing folder is not overwritten: {err}");
+}

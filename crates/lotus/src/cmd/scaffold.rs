@@ -1,0 +1,103 @@
+//! `lotus module new` and `lotus module build`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+use lotus_core::{Manifest, ModuleName};
+
+use crate::exit::{CliError, ExitCode, bad_input};
+
+const CARGO_TOML: &str = include_str!("template/Cargo.toml.tmpl");
+const LIB_RS: &str = include_str!("template/lib.rs.tmpl");
+const MANIFEST: &str = include_str!("template/manifest.yaml.tmpl");
+/// The API version of the WIT file new projects get.
+const WIT_VERSION: &str = "0.1.0";
+const WIT: &str = include_str!("../../../../wit/lotus-module/0.1.0/module.wit");
+
+/// Creates a WebAssembly module project `NAME` in `dir` that builds as it is.
+pub fn new(name: &str, dir: Option<&Path>) -> Result<()> {
+    let module = ModuleName::new(name).map_err(bad_input)?;
+    let root = dir.map_or_else(|| PathBuf::from(name), |d| d.join(name));
+    if root.exists() {
+        return Err(bad_input(format!(
+            "{} already exists; pick another name or folder",
+            root.display()
+        )));
+    }
+    let fill = |t: &str| t.replace("{name}", module.as_str());
+    std::fs::create_dir_all(root.join("src"))?;
+    std::fs::create_dir_all(root.join("wit"))?;
+    std::fs::write(root.join("Cargo.toml"), fill(CARGO_TOML))?;
+    std::fs::write(root.join("src/lib.rs"), fill(LIB_RS))?;
+    std::fs::write(root.join("manifest.yaml"), fill(MANIFEST))?;
+    std::fs::write(root.join("wit/module.wit"), WIT)?;
+    std::fs::write(root.join(".gitignore"), "target/\nmodule.wasm\n")?;
+    println!(
+        "created {} (a `{module}` module against lotus:module@{WIT_VERSION})",
+        root.display()
+    );
+    println!(
+        "next: lotus module build {0} && lotus module install {0}",
+        root.display()
+    );
+    Ok(())
+}
+
+/// Builds the project at `dir` for `wasm32-wasip2` and puts the component where the manifest's
+/// `entry` says; then checks it as `lotus module validate` would.
+pub fn build(dir: &Path) -> Result<()> {
+    let manifest = Manifest::load(dir).map_err(|e| bad_input(e.to_string()))?;
+    let entry = manifest
+        .entry
+        .clone()
+        .ok_or_else(|| bad_input("the manifest has no `entry` (the component file)"))?;
+    let cargo_toml = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&cargo_toml).with_context(|| {
+        format!(
+            "{} has no Cargo.toml: is it a module project (`lotus module new`)?",
+            dir.display()
+        )
+    })?;
+    let package: toml::Table =
+        toml::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", cargo_toml.display())))?;
+    let crate_name = package
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| bad_input(format!("{}: no [package] name", cargo_toml.display())))?
+        .replace('-', "_");
+    let target_dir = dir.join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(&cargo_toml)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        return Err(CliError::new(
+            ExitCode::Failure,
+            "the build failed (see above); if the target is missing: `rustup target add wasm32-wasip2`",
+        )
+        .into());
+    }
+    let built = target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{crate_name}.wasm"));
+    std::fs::copy(&built, dir.join(&entry))
+        .with_context(|| format!("cannot copy {}", built.display()))?;
+    super::module::validate(dir)?;
+    let kib = std::fs::metadata(dir.join(&entry))
+        .map(|m| m.len() / 1024)
+        .unwrap_or(0);
+    println!("built {} ({kib} KiB)", dir.join(&entry).display());
+    Ok(())
+}

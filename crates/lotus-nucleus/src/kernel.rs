@@ -1666,6 +1666,22 @@ impl Nucleus {
         }
     }
 
+    /// Reports a reload that failed before the nucleus was asked (a failed build in `--dev`):
+    /// publishes `system.module_reload_failed`; the running version is unchanged.
+    pub async fn report_reload_failure(&self, module: &str, reason: &str) {
+        tracing::warn!(
+            module,
+            error = reason,
+            "new version not built; the running version is unchanged"
+        );
+        self.shared
+            .system(
+                "system.module_reload_failed",
+                json!({"module": module, "error": reason}),
+            )
+            .await;
+    }
+
     async fn reload_failed(&self, old: &ModuleDef, reason: String) -> NucleusError {
         let module = old.name().to_owned();
         tracing::warn!(module = %module, error = %reason, "reload failed; the running version is unchanged");

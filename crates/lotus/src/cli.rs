@@ -56,6 +56,10 @@ pub struct UpArgs {
     /// Address of the control API (default from `[api] listen`, 127.0.0.1:7077).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Develop a module: build and install the project at PATH, then rebuild and reload it live
+    /// on every change to its sources or manifest.
+    #[arg(long, value_name = "PATH")]
+    pub dev: Option<PathBuf>,
 }
 
 /// `lotus module …`.

@@ -8,6 +8,7 @@ mod module;
 mod scaffold;
 mod tool;
 mod up;
+mod watch;
 
 use anyhow::Result;
 

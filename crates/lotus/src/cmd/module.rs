@@ -46,7 +46,7 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
         }
         ModuleCmd::Validate { path } => validate(&path)?,
         ModuleCmd::New { name, dir } => super::scaffold::new(&name, dir.as_deref())?,
-        ModuleCmd::Build { path } => super::scaffold::build(&path)?,
+        ModuleCmd::Build { path } => super::scaffold::build(&path, false)?,
         ModuleCmd::Install { path } => super::install::install(home, &path).await?,
         ModuleCmd::Remove { name } => super::install::remove(home, &name).await?,
         ModuleCmd::History { name, json } => super::install::history(home, &name, json)?,

@@ -45,8 +45,9 @@ pub fn new(name: &str, dir: Option<&Path>) -> Result<()> {
 }
 
 /// Builds the project at `dir` for `wasm32-wasip2` and puts the component where the manifest's
-/// `entry` says; then checks it as `lotus module validate` would.
-pub fn build(dir: &Path) -> Result<()> {
+/// `entry` says; then checks it as `lotus module validate` would. `quiet` captures cargo's output
+/// and puts its first errors in the returned error (for builds in the background).
+pub fn build(dir: &Path, quiet: bool) -> Result<()> {
     let manifest = Manifest::load(dir).map_err(|e| bad_input(e.to_string()))?;
     let entry = manifest
         .entry
@@ -69,23 +70,36 @@ pub fn build(dir: &Path) -> Result<()> {
         .replace('-', "_");
     let target_dir = dir.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&cargo_toml)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+    ])
+    .arg(&cargo_toml)
+    .arg("--target-dir")
+    .arg(&target_dir);
+    let (ok, detail) = if quiet {
+        let out = cmd.output().context("cannot run cargo")?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .take(3)
+            .collect();
+        (out.status.success(), format!(": {}", errors.join("; ")))
+    } else {
+        (
+            cmd.status().context("cannot run cargo")?.success(),
+            " (see above)".to_owned(),
+        )
+    };
+    if !ok {
         return Err(CliError::new(
             ExitCode::Failure,
-            "the build failed (see above); if the target is missing: `rustup target add wasm32-wasip2`",
+            format!("the build failed{detail}; if the target is missing: `rustup target add wasm32-wasip2`"),
         )
         .into());
     }

@@ -98,6 +98,14 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         }
     };
     ready.store(true, Ordering::Release);
+    // Installed modules with `hotload: true` reload when their folder changes.
+    let _hotload = super::watch::hotload(nucleus.clone(), home.modules())
+        .map_err(|e| tracing::warn!(error = %e, "hot reload of module folders is off"))
+        .ok();
+    let _dev = match &args.dev {
+        Some(path) => Some(super::watch::dev(nucleus.clone(), home.clone(), path.clone()).await?),
+        None => None,
+    };
     tracing::info!(
         api = %format!("http://{addr}"),
         started = report.started.len(),

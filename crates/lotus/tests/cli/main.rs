@@ -736,3 +736,41 @@ fn new_build_install_reaches_the_tool_of_a_fresh_module() {
     );
     assert_eq!(code, 2, "an existing folder is not overwritten: {err}");
 }
+
+#[test]
+fn a_hotload_module_reloads_when_its_folder_changes() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let folder = home.path().join("modules/wecho");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::copy(
+        lotus_wasm::testkit::guest_components().join("echo_wasm.wasm"),
+        folder.join("module.wasm"),
+    )
+    .expect("copy component");
+    let manifest = |v: &str| {
+        format!(
+            "name: wecho\nversion: {v}\ntype: capability\nruntime: wasm\nentry: module.wasm\nconfig:\n  hotload: true\n"
+        )
+    };
+    std::fs::write(folder.join("manifest.yaml"), manifest("0.1.0")).expect("manifest");
+    let up = Up::start_in(home, &[]);
+    std::fs::write(
+        up.path().join("modules/wecho/manifest.yaml"),
+        manifest("0.1.1"),
+    )
+    .expect("edit");
+    let t0 = Instant::now();
+    loop {
+        let (_, out, _) = run(up.path(), &["module", "info", "wecho", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if v["version"] == "0.1.1" {
+            assert_eq!(v["state"], "running");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not reloaded: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1510,6 +1510,31 @@ impl Nucleus {
         }
     }
 
+    /// Asks a module's actor to stop (it drains its mailbox and runs `shutdown`), waits up to
+    /// twice the stop timeout, then ends its task.
+    async fn stop_slot(&self, slot: &Slot) {
+        let tx = slot.control.lock().take();
+        let task = slot.task.lock().take();
+        if let Some(tx) = tx {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Control::Stop(done)).is_ok() {
+                let limit = self
+                    .shared
+                    .settings
+                    .stop_timeout
+                    .min(MAX_PERIOD)
+                    .saturating_mul(2);
+                if tokio::time::timeout(limit, wait).await.is_err() {
+                    tracing::warn!(module = %slot.name(), "did not stop in time; aborted");
+                    slot.set_state(ModuleState::Stopped);
+                }
+            }
+        }
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+
     /// Stops every module in reverse start order, then flushes the durable streams.
     pub async fn shutdown(&self) -> Result<(), NucleusError> {
         let sh = &self.shared;
@@ -1518,21 +1543,7 @@ impl Nucleus {
             let Some(slot) = sh.slots.read().get(name).cloned() else {
                 continue;
             };
-            let tx = slot.control.lock().take();
-            let task = slot.task.lock().take();
-            if let Some(tx) = tx {
-                let (done, wait) = oneshot::channel();
-                if tx.send(Control::Stop(done)).is_ok() {
-                    let limit = sh.settings.stop_timeout.min(MAX_PERIOD).saturating_mul(2);
-                    if tokio::time::timeout(limit, wait).await.is_err() {
-                        tracing::warn!(module = %name, "did not stop in time; aborted");
-                        slot.set_state(ModuleState::Stopped);
-                    }
-                }
-            }
-            if let Some(task) = task {
-                task.abort();
-            }
+            self.stop_slot(&slot).await;
         }
         // Let the recorders take everything published so far, then commit it.
         let subs: Vec<Subscription> = sh.recorder_subs.lock().drain(..).collect();
@@ -1800,18 +1811,7 @@ impl Nucleus {
                 ),
             });
         }
-        let tx = slot.control.lock().take();
-        let task = slot.task.lock().take();
-        if let Some(tx) = tx {
-            let (done, wait) = oneshot::channel();
-            if tx.send(Control::Stop(done)).is_ok() {
-                let limit = sh.settings.stop_timeout.min(MAX_PERIOD).saturating_mul(2);
-                let _ = tokio::time::timeout(limit, wait).await;
-            }
-        }
-        if let Some(task) = task {
-            task.abort();
-        }
+        self.stop_slot(&slot).await;
         sh.slots.write().remove(name);
         sh.order.lock().retain(|n| n != name);
         Ok(())

@@ -1,6 +1,5 @@
 //! Support code for `lotus-macros`; not a public API.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use schemars;
@@ -119,6 +118,3 @@ pub fn tool_result<T: serde::Serialize, E: Into<ModuleError>>(
         }),
     }
 }
-
-/// Keeps `Arc` reachable from generated code.
-pub type ArcEvent = Arc<lotus_core::Event>;

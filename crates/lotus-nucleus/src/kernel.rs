@@ -9,9 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use lotus_bus::{Delivery, DurableLog, LocalBus, Queue, StreamName, Subscription};
-use lotus_core::{
-    Event, Manifest, ManifestError, Overflow, Pattern, ToolSpec, Topic, TopicError, json,
-};
+use lotus_core::{Event, Manifest, Overflow, Pattern, ToolSpec, Topic, TopicError, json};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -413,6 +411,20 @@ fn topic(s: &'static str) -> Topic {
 }
 
 impl Shared {
+    /// The host that runs `runtime`, if this build has one.
+    fn host_for(&self, runtime: lotus_core::Runtime) -> Option<Arc<dyn ModuleHost>> {
+        self.hosts.iter().find(|h| h.runtime() == runtime).cloned()
+    }
+
+    /// The loaded module `name`.
+    fn slot(&self, name: &str) -> Result<Arc<Slot>, NucleusError> {
+        self.slots
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NucleusError::NoSuchModule(name.to_owned()))
+    }
+
     async fn system(&self, name: &'static str, payload: Value) {
         let ev = Event::new(topic(name), "nucleus", payload);
         let d = self
@@ -1381,11 +1393,7 @@ impl Nucleus {
                 let slot = Arc::new(Slot::new(def, settings));
                 if !on {
                     slot.set_state(ModuleState::Disabled);
-                } else if !sh
-                    .hosts
-                    .iter()
-                    .any(|h| h.runtime() == slot.def().manifest.runtime)
-                {
+                } else if sh.host_for(slot.def().manifest.runtime).is_none() {
                     let e = format!(
                         "no host for runtime `{}` in this build (available: {})",
                         slot.def().manifest.runtime,
@@ -1441,12 +1449,7 @@ impl Nucleus {
         let Some(slot) = sh.slots.read().get(name).cloned() else {
             return false;
         };
-        let Some(host) = sh
-            .hosts
-            .iter()
-            .find(|h| h.runtime() == slot.def().manifest.runtime)
-            .cloned()
-        else {
+        let Some(host) = sh.host_for(slot.def().manifest.runtime) else {
             return false;
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -1565,12 +1568,7 @@ impl Nucleus {
     pub async fn reload(&self, name: &str) -> Result<ReloadReport, NucleusError> {
         let sh = &self.shared;
         let started = Instant::now();
-        let slot = sh
-            .slots
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| NucleusError::NoSuchModule(name.to_owned()))?;
+        let slot = sh.slot(name)?;
         let state = slot.state();
         if state != ModuleState::Running {
             return Err(NucleusError::NotRunning {
@@ -1652,10 +1650,7 @@ impl Nucleus {
             Origin::Builtin => old.clone(),
         };
         let host = sh
-            .hosts
-            .iter()
-            .find(|h| h.runtime() == def.manifest.runtime)
-            .cloned()
+            .host_for(def.manifest.runtime)
             .ok_or_else(|| format!("no host for runtime `{}`", def.manifest.runtime))?;
         let mut instance = host.instantiate(&def).await.map_err(|e| e.to_string())?;
         let cx = Context {
@@ -1705,15 +1700,25 @@ impl Nucleus {
         NucleusError::ReloadFailed { module, reason }
     }
 
-    /// Loads and starts the module folder `NAME` under the modules folder, while the nucleus runs.
-    /// Its dependencies must already be running.
+    /// Loads and starts the module folder `NAME` under the modules folder, while the nucleus runs
+    /// (also a module that is loaded but not running). Its dependencies must already be running.
     pub async fn load(&self, name: &str) -> Result<ModuleInfo, NucleusError> {
         let sh = &self.shared;
         let refused = |reason: String| NucleusError::Refused {
             module: name.to_owned(),
             reason,
         };
-        if sh.slots.read().contains_key(name) {
+        // A module that is not running (failed, stopped, disabled) may be loaded again, e.g.
+        // once the dependency it was missing runs; a running one is reloaded instead.
+        if let Ok(slot) = sh.slot(name)
+            && matches!(
+                slot.state(),
+                ModuleState::Starting
+                    | ModuleState::Running
+                    | ModuleState::Restarting
+                    | ModuleState::Stopping
+            )
+        {
             return Err(NucleusError::AlreadyLoaded(name.to_owned()));
         }
         let dir = sh
@@ -1728,32 +1733,28 @@ impl Nucleus {
                 manifest.name
             )));
         }
-        if !sh.hosts.iter().any(|h| h.runtime() == manifest.runtime) {
+        if sh.host_for(manifest.runtime).is_none() {
             return Err(refused(format!(
                 "no host for runtime `{}` in this build",
                 manifest.runtime
             )));
         }
-        for dep in &manifest.dependencies.modules {
-            let running = sh.slots.read().get(dep.name.as_str()).cloned();
-            match running {
-                Some(s) if s.state() == ModuleState::Running => {
-                    if let Some(req) = &dep.req
-                        && !req.matches(&s.def().manifest.version.0)
-                    {
-                        return Err(refused(format!(
-                            "needs `{dep}` but version {} is running",
-                            s.def().manifest.version
-                        )));
-                    }
-                }
-                _ => {
-                    return Err(refused(format!(
-                        "needs `{}`, which is not running",
-                        dep.name
-                    )));
-                }
-            }
+        // The same resolution as at start, against the modules running now.
+        let running: Vec<Arc<Manifest>> = sh
+            .slots
+            .read()
+            .values()
+            .filter(|s| s.state() == ModuleState::Running)
+            .map(|s| s.def().manifest)
+            .collect();
+        let resolution = deps::resolve(
+            running
+                .iter()
+                .map(|m| &**m)
+                .chain(std::iter::once(&manifest)),
+        );
+        if let Some(why) = resolution.errors.get(name) {
+            return Err(refused(why.clone()));
         }
         sh.broken.write().retain(|b| b.name != name);
         let settings = sh
@@ -1781,12 +1782,7 @@ impl Nucleus {
     /// depends on it.
     pub async fn remove(&self, name: &str) -> Result<(), NucleusError> {
         let sh = &self.shared;
-        let slot = sh
-            .slots
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| NucleusError::NoSuchModule(name.to_owned()))?;
+        let slot = sh.slot(name)?;
         let dependents: Vec<String> = sh
             .slots
             .read()
@@ -1854,6 +1850,9 @@ impl Nucleus {
 
     /// One module.
     pub fn module(&self, name: &str) -> Option<ModuleInfo> {
+        if let Ok(slot) = self.shared.slot(name) {
+            return Some(slot.info());
+        }
         self.modules().into_iter().find(|m| m.name == name)
     }
 
@@ -1917,6 +1916,3 @@ impl Nucleus {
         &self.shared.settings
     }
 }
-
-/// Re-exported for hosts that report invalid manifests.
-pub type InvalidManifest = ManifestError;

@@ -843,3 +843,49 @@ async fn reload_errors_are_clear() {
     );
     n.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn loading_a_module_at_run_time_checks_its_dependencies_like_start_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let modules = dir.path().join("modules");
+    std::fs::create_dir_all(modules.join("needy")).expect("mkdir");
+    std::fs::write(
+        modules.join("needy/manifest.yaml"),
+        "name: needy\nversion: 0.1.0\ntype: capability\nentry: echo\ndependencies:\n  modules: [\"ghost\"]\n",
+    )
+    .expect("write");
+    let n = NucleusBuilder::new(settings())
+        .log(Arc::new(
+            SqliteLog::open(&dir.path().join("streams.db")).expect("log"),
+        ))
+        .state(StateStore::open(&dir.path().join("state.db")).expect("state"))
+        .host(host())
+        .module(def(ECHO))
+        .modules_dir(modules.clone())
+        .build()
+        .expect("nucleus");
+    n.start().await;
+    assert_eq!(
+        n.module("needy").expect("listed").state,
+        ModuleState::Failed
+    );
+    // Loading again names the missing dependency the same way start did.
+    let err = n.load("needy").await.expect_err("missing dependency");
+    assert!(
+        err.to_string()
+            .contains("needy → ghost: module `ghost` is not installed or not enabled"),
+        "{err}"
+    );
+    std::fs::write(
+        modules.join("needy/manifest.yaml"),
+        "name: needy\nversion: 0.1.0\ntype: capability\nentry: echo\ndependencies:\n  modules: [\"echo@^0.1\"]\n",
+    )
+    .expect("write");
+    let info = n.load("needy").await.expect("echo runs, so needy loads");
+    assert_eq!(info.state, ModuleState::Running);
+    let err = n.remove("echo").await.expect_err("needy depends on echo");
+    assert!(err.to_string().contains("needy"), "{err}");
+    n.remove("needy").await.expect("remove needy");
+    n.remove("echo").await.expect("then echo");
+    n.shutdown().await.expect("shutdown");
+}

@@ -22,6 +22,16 @@ pub fn all() -> Vec<NativeModule> {
     ]
 }
 
+/// The manifests of the built-in modules.
+pub fn manifests() -> Vec<lotus_core::Manifest> {
+    all()
+        .iter()
+        .filter_map(|b| {
+            lotus_core::Manifest::parse(b.manifest, std::path::Path::new("<builtin>")).ok()
+        })
+        .collect()
+}
+
 /// The native host with every built-in module.
 pub fn native_host() -> Result<NativeHost, lotus_core::ManifestError> {
     all()

@@ -193,11 +193,8 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
             )),
         );
     }
-    let builtins: Vec<String> = lotus::builtin::all()
-        .iter()
-        .filter_map(|b| {
-            lotus_core::Manifest::parse(b.manifest, std::path::Path::new("<builtin>")).ok()
-        })
+    let builtins: Vec<String> = lotus::builtin::manifests()
+        .into_iter()
         .map(|m| m.name.to_string())
         .collect();
     r.add("built-in modules", Status::Ok, builtins.join(", "), None);

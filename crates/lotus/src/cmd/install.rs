@@ -101,10 +101,11 @@ async fn notify(home: &Home, name: &str) -> Result<Option<String>> {
     let Ok(client) = Client::new(home, &config) else {
         return Ok(None);
     };
+    // A running module is swapped live; a new or failed one is (re)loaded.
     let loaded = client
-        .get::<Value>(&format!("/api/v1/modules/{name}"), &[])
+        .get::<lotus_nucleus::ModuleInfo>(&format!("/api/v1/modules/{name}"), &[])
         .await
-        .is_ok();
+        .is_ok_and(|m| m.state == lotus_nucleus::ModuleState::Running);
     let said = if loaded {
         let r: lotus_nucleus::ReloadReport = client
             .post(&format!("/api/v1/modules/{name}/reload"), &Value::Null)

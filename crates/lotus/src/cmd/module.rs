@@ -75,9 +75,8 @@ pub(super) fn validate(path: &std::path::Path) -> Result<()> {
     match m.runtime {
         Runtime::Native => {
             let entry = m.entry.clone().unwrap_or_else(|| m.name.to_string());
-            let known: Vec<String> = lotus::builtin::all()
-                .iter()
-                .filter_map(|b| Manifest::parse(b.manifest, std::path::Path::new("<builtin>")).ok())
+            let known: Vec<String> = lotus::builtin::manifests()
+                .into_iter()
                 .map(|b| b.entry.unwrap_or_else(|| b.name.to_string()))
                 .collect();
             if !known.contains(&entry) {

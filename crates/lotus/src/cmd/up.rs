@@ -39,8 +39,7 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     home.ensure()?;
     let _log_guard = crate::logging::init_up(&config.log, &home)?;
     let _lock = home.lock()?;
-    home.ensure_token()?;
-    let token = home.read_token()?;
+    let token = home.ensure_token()?;
 
     let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
     let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;

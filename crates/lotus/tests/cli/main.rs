@@ -144,6 +144,19 @@ fn fixtures(kind: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Lays out module folder `modules/NAME` under `home` with a built guest component and `manifest`.
+fn wasm_folder(home: &Path, name: &str, component: &str, manifest: &str) -> PathBuf {
+    let folder = home.join("modules").join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::copy(
+        lotus_wasm::testkit::guest_components().join(component),
+        folder.join("module.wasm"),
+    )
+    .expect("copy component");
+    std::fs::write(folder.join("manifest.yaml"), manifest).expect("manifest");
+    folder
+}
+
 #[test]
 fn the_done_when_scenario() {
     let mut up = Up::start();
@@ -564,18 +577,12 @@ fn doctor_reports_and_fails_on_broken_module_folders() {
 #[test]
 fn a_wasm_module_folder_runs_under_lotus_up() {
     let home = tempfile::tempdir().expect("tempdir");
-    let folder = home.path().join("modules/wecho");
-    std::fs::create_dir_all(&folder).expect("mkdir");
-    std::fs::copy(
-        lotus_wasm::testkit::guest_components().join("echo_wasm.wasm"),
-        folder.join("module.wasm"),
-    )
-    .expect("copy component");
-    std::fs::write(
-        folder.join("manifest.yaml"),
+    let folder = wasm_folder(
+        home.path(),
+        "wecho",
+        "echo_wasm.wasm",
         "name: wecho\nversion: 0.1.0\ntype: capability\nruntime: wasm\nentry: module.wasm\nsubscriptions: [wecho.request]\npublications: [wecho.reply]\n",
-    )
-    .expect("manifest");
+    );
     let (code, out, err) = run(
         home.path(),
         &["module", "validate", folder.to_str().expect("utf8")],
@@ -740,19 +747,12 @@ fn new_build_install_reaches_the_tool_of_a_fresh_module() {
 #[test]
 fn a_hotload_module_reloads_when_its_folder_changes() {
     let home = tempfile::tempdir().expect("tempdir");
-    let folder = home.path().join("modules/wecho");
-    std::fs::create_dir_all(&folder).expect("mkdir");
-    std::fs::copy(
-        lotus_wasm::testkit::guest_components().join("echo_wasm.wasm"),
-        folder.join("module.wasm"),
-    )
-    .expect("copy component");
     let manifest = |v: &str| {
         format!(
             "name: wecho\nversion: {v}\ntype: capability\nruntime: wasm\nentry: module.wasm\nconfig:\n  hotload: true\n"
         )
     };
-    std::fs::write(folder.join("manifest.yaml"), manifest("0.1.0")).expect("manifest");
+    wasm_folder(home.path(), "wecho", "echo_wasm.wasm", &manifest("0.1.0"));
     let up = Up::start_in(home, &[]);
     std::fs::write(
         up.path().join("modules/wecho/manifest.yaml"),

@@ -43,10 +43,13 @@ pub struct HostError(pub String);
 pub trait ModuleHost: Send + Sync + 'static {
     /// The runtime this host serves.
     fn runtime(&self) -> Runtime;
-    /// A fresh instance of `def` (called at start and after every crash).
+    /// A fresh instance of `def`. `same_code` is the [`Module::code_id`] of the instance being
+    /// replaced after a crash: the host then runs exactly that code again, whatever the module's
+    /// files hold now. `None` (start, load, reload) takes the module's current code.
     fn instantiate<'a>(
         &'a self,
         def: &'a ModuleDef,
+        same_code: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Box<dyn Module>, HostError>>;
     /// Modules this host provides without a folder (compiled in).
     fn builtins(&self) -> Vec<ModuleDef> {
@@ -107,6 +110,7 @@ impl ModuleHost for NativeHost {
     fn instantiate<'a>(
         &'a self,
         def: &'a ModuleDef,
+        _same_code: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Box<dyn Module>, HostError>> {
         let entry = def
             .manifest

@@ -593,6 +593,8 @@ struct Actor {
     crash_times: VecDeque<Instant>,
     wiring: Option<Wiring>,
     limit: Duration,
+    /// [`Module::code_id`] of the running instance.
+    code: Option<String>,
 }
 
 impl Actor {
@@ -731,6 +733,7 @@ impl Actor {
             tracing::warn!(module = %self.slot.name(), error = %e, "old version's shutdown failed during reload");
         }
         *inst = new;
+        self.code = inst.code_id();
         self.limit = def.manifest.permissions.limits.call_timeout;
         self.cx = Context {
             manifest: def.manifest.clone(),
@@ -1042,13 +1045,16 @@ impl Actor {
         let mut restarting = false;
         loop {
             let def = self.slot.def();
-            let mut inst = match self.host.instantiate(&def).await {
+            // After a crash, the same code again: not whatever the module's files hold now.
+            let same_code = if restarting { self.code.clone() } else { None };
+            let mut inst = match self.host.instantiate(&def, same_code.as_deref()).await {
                 Ok(i) => i,
                 Err(e) => {
                     self.fail(format!("cannot load: {e}")).await;
                     break;
                 }
             };
+            self.code = inst.code_id();
             if self.wiring.is_none() {
                 let desc = inst.describe();
                 self.wire(desc, None).await;
@@ -1470,6 +1476,7 @@ impl Nucleus {
             crash_times: VecDeque::new(),
             wiring: None,
             limit: slot.def().manifest.permissions.limits.call_timeout,
+            code: None,
         };
         let (first_tx, first_rx) = oneshot::channel();
         let span = tracing::info_span!("module", module = %name);
@@ -1652,7 +1659,10 @@ impl Nucleus {
         let host = sh
             .host_for(def.manifest.runtime)
             .ok_or_else(|| format!("no host for runtime `{}`", def.manifest.runtime))?;
-        let mut instance = host.instantiate(&def).await.map_err(|e| e.to_string())?;
+        let mut instance = host
+            .instantiate(&def, None)
+            .await
+            .map_err(|e| e.to_string())?;
         let cx = Context {
             shared: sh.clone(),
             name: lotus_core::event::SmolStr::new(slot.name()),

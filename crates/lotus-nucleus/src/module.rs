@@ -249,6 +249,12 @@ pub trait Module: Send + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Identity of the code this instance runs (a WebAssembly component's hash), so that a
+    /// restart after a crash runs the same code. `None` for code compiled into the binary.
+    fn code_id(&self) -> Option<String> {
+        None
+    }
+
     /// Handles `ev` with handler number `handler` of [`ModuleDescription::handlers`].
     fn on_event<'a>(
         &'a mut self,

@@ -167,7 +167,8 @@ pub struct WasmHost {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache_dir: Option<PathBuf>,
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// Compiled components by the hex SHA-256 of their bytes.
+    compiled: Mutex<HashMap<String, Component>>,
     ticking: Arc<AtomicBool>,
 }
 
@@ -224,20 +225,27 @@ impl WasmHost {
     /// Compiles (or fetches from the cache) the component at `path` and checks that it speaks
     /// `lotus:module@0.1.0` and imports nothing else than WASI and the LOTUS host API.
     pub fn load(&self, path: &Path) -> Result<Component, HostError> {
+        self.load_hashed(path).map(|(_, c)| c)
+    }
+
+    /// Like [`load`](Self::load), with the hex SHA-256 that identifies the code.
+    fn load_hashed(&self, path: &Path) -> Result<(String, Component), HostError> {
         let bytes = std::fs::read(path)
             .map_err(|e| host_err(&format!("cannot read {}", path.display()), e))?;
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        let hash: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if let Some(c) = self.compiled.lock().get(&hash) {
-            return Ok(c.clone());
+            return Ok((hash, c.clone()));
         }
         let component = self.compile(&bytes, &hash)?;
         self.check(&component, path)?;
-        self.compiled.lock().insert(hash, component.clone());
-        Ok(component)
+        self.compiled.lock().insert(hash.clone(), component.clone());
+        Ok((hash, component))
     }
 
-    fn compile(&self, bytes: &[u8], hash: &[u8; 32]) -> Result<Component, HostError> {
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    fn compile(&self, bytes: &[u8], hex: &str) -> Result<Component, HostError> {
         let cached = self
             .cache_dir
             .as_ref()
@@ -321,9 +329,23 @@ impl WasmHost {
         }
     }
 
-    async fn instantiate_wasm(&self, def: &ModuleDef) -> Result<Box<dyn Module>, HostError> {
+    async fn instantiate_wasm(
+        &self,
+        def: &ModuleDef,
+        same_code: Option<&str>,
+    ) -> Result<Box<dyn Module>, HostError> {
         let path = Self::component_path(def)?;
-        let component = self.load(&path)?;
+        // A restart runs the code that was running; anything else reads the file now.
+        let pinned = same_code.and_then(|h| {
+            self.compiled
+                .lock()
+                .get(h)
+                .map(|c| (h.to_owned(), c.clone()))
+        });
+        let (code, component) = match pinned {
+            Some(found) => found,
+            None => self.load_hashed(&path)?,
+        };
         let limits = &def.manifest.permissions.limits;
         let state = HostState {
             wasi: WasiCtxBuilder::new().build(),
@@ -357,6 +379,7 @@ impl WasmHost {
             desc: ModuleDescription::default(),
             limit: limits.call_timeout,
             poisoned: false,
+            code,
         };
         let desc = module
             .call(None, |g, s| {
@@ -444,6 +467,8 @@ struct WasmModule {
     limit: Duration,
     /// A call was cut off midway (its future dropped): the instance may be inconsistent.
     poisoned: bool,
+    /// The hex SHA-256 of the component.
+    code: String,
 }
 
 /// Marks the module poisoned unless the call it guards completes.
@@ -507,6 +532,10 @@ fn lifecycle(r: Result<Result<(), String>, String>) -> ModuleResult {
 impl Module for WasmModule {
     fn describe(&self) -> ModuleDescription {
         self.desc.clone()
+    }
+
+    fn code_id(&self) -> Option<String> {
+        Some(self.code.clone())
     }
 
     fn initialize<'a>(&'a mut self, cx: &'a Context) -> BoxFuture<'a, ModuleResult> {
@@ -608,7 +637,8 @@ impl lotus_nucleus::ModuleHost for WasmHost {
     fn instantiate<'a>(
         &'a self,
         def: &'a ModuleDef,
+        same_code: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Box<dyn Module>, HostError>> {
-        Box::pin(self.instantiate_wasm(def))
+        Box::pin(self.instantiate_wasm(def, same_code))
     }
 }

@@ -475,3 +475,35 @@ async fn a_wasm_module_reloaded_under_load_handles_every_event_once() {
     assert_eq!((info.events_dropped, info.crashes), (0, 0), "{info:?}");
     n.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_restart_after_a_crash_runs_the_same_code_whatever_the_file_holds_now() {
+    let home = Home::new();
+    home.install("hostile", "hostile.wasm", HOSTILE);
+    let n = home.kernel();
+    n.start().await;
+    // The file changes on disk without a reload (an editor, a half-copied build)…
+    std::fs::write(
+        home.dir.path().join("modules/hostile/module.wasm"),
+        b"half-written",
+    )
+    .expect("write");
+    // …then the module crashes: the supervisor restarts the version that was running.
+    let err = n
+        .call_tool("hostile.spin", json!({}))
+        .await
+        .expect_err("spin");
+    assert_eq!(err.code(), "crashed", "{err}");
+    wait_until_hostile_answers(&n).await;
+    assert_eq!(
+        n.call_tool("hostile.ok", json!({})).await.expect("ok"),
+        json!("fine")
+    );
+    let info = n.module("hostile").expect("hostile");
+    assert_eq!(
+        (info.state, info.restarts),
+        (ModuleState::Running, 1),
+        "{info:?}"
+    );
+    n.shutdown().await.expect("shutdown");
+}

@@ -584,7 +584,10 @@ async fn reload(a: BenchReloadArgs) -> Result<()> {
     let mut inst_times = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
-        let m = host.instantiate(&def).await.map_err(|e| anyhow!("{e}"))?;
+        let m = host
+            .instantiate(&def, None)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         inst_times.push(t.elapsed());
         drop(m);
     }
@@ -594,7 +597,11 @@ async fn reload(a: BenchReloadArgs) -> Result<()> {
     let before = rss_kb(std::process::id(), "VmRSS:").unwrap_or(0);
     let mut kept = Vec::with_capacity(a.instances);
     for _ in 0..a.instances {
-        kept.push(host.instantiate(&def).await.map_err(|e| anyhow!("{e}"))?);
+        kept.push(
+            host.instantiate(&def, None)
+                .await
+                .map_err(|e| anyhow!("{e}"))?,
+        );
     }
     let after = rss_kb(std::process::id(), "VmRSS:").unwrap_or(0);
     let per_instance_kb = after.saturating_sub(before) as f64 / a.instances.max(1) as f64;

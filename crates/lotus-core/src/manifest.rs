@@ -258,9 +258,11 @@ pub struct Permissions {
     /// File system paths the module may use.
     #[serde(default)]
     pub paths: PathGrants,
-    /// Network hosts the module may reach (`host` or `host:port`).
+    /// Network hosts the module may reach: `api.example.com` (any port), `api.example.com:443`
+    /// (that port only), `*.example.com` (its subdomains), `127.0.0.1:8080`, `[::1]:8080`.
     #[serde(default)]
-    pub hosts: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub hosts: Vec<HostGrant>,
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
@@ -327,6 +329,119 @@ fn default_call_timeout() -> Duration {
 }
 fn default_queue() -> usize {
     1024
+}
+
+/// One entry of `permissions.hosts`: a host name or IP address, optionally `*.` in front (any
+/// subdomain, not the domain itself) and `:port` behind (only that port).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct HostGrant {
+    host: String,
+    port: Option<u16>,
+    subdomains: bool,
+}
+
+impl HostGrant {
+    /// Parses `host`, `host:port`, `*.domain`, `[v6]` or `[v6]:port`.
+    pub fn new(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "`{s}` is not a host grant: {why} (e.g. `api.example.com`, `api.example.com:443`, `*.example.com`, `127.0.0.1:8080`)"
+            ))
+        };
+        if s.contains("://") || s.contains('/') {
+            return bad("write the host alone, without a scheme or path");
+        }
+        let (subdomains, rest) = match s.strip_prefix("*.") {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let Some((addr, after)) = v6.split_once(']') else {
+                return bad("an IPv6 address needs its closing `]`");
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad("not an IPv6 address inside `[…]`");
+            }
+            match after {
+                "" => (addr.to_owned(), None),
+                p => match p.strip_prefix(':').map(str::parse::<u16>) {
+                    Some(Ok(n)) if n > 0 => (addr.to_owned(), Some(n)),
+                    _ => return bad("the port must be a number from 1 to 65535"),
+                },
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => match p.parse::<u16>() {
+                    Ok(n) if n > 0 => (h.to_ascii_lowercase(), Some(n)),
+                    _ => return bad("the port must be a number from 1 to 65535"),
+                },
+                None => (rest.to_ascii_lowercase(), None),
+            }
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.contains(':') {
+            if subdomains {
+                return bad("`*.` goes only in front of a domain name");
+            }
+        } else if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return bad("expected a domain name or an IP address");
+        }
+        Ok(Self {
+            host,
+            port,
+            subdomains,
+        })
+    }
+
+    /// Whether this grant lets a module reach `host` (a name or IP address, IPv6 without
+    /// brackets) on `port`.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host_ok = if self.subdomains {
+            host.strip_suffix(self.host.as_str())
+                .is_some_and(|head| head.ends_with('.') && head.len() > 1)
+        } else {
+            host == self.host
+        };
+        host_ok && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl fmt::Display for HostGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.subdomains {
+            f.write_str("*.")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<HostGrant> for String {
+    fn from(g: HostGrant) -> Self {
+        g.to_string()
+    }
+}
+
+impl<'de> Deserialize<'de> for HostGrant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HostGrant::new(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A validated module name.
@@ -660,6 +775,11 @@ impl Manifest {
         self.publications.iter().any(|p| p.matches(topic))
     }
 
+    /// Whether `permissions.hosts` lets the module reach `host` on `port`.
+    pub fn may_reach(&self, host: &str, port: u16) -> bool {
+        self.permissions.hosts.iter().any(|g| g.allows(host, port))
+    }
+
     /// Whether the manifest grants calling the tool `qualified` (`module.tool`).
     pub fn may_call_tool(&self, qualified: &str) -> bool {
         self.permissions
@@ -684,6 +804,38 @@ mod tests {
         assert_eq!(m.runtime, Runtime::Native);
         assert!(m.config.enabled);
         assert_eq!(m.permissions.limits.queue, 1024);
+    }
+
+    #[test]
+    fn host_grants_match_exactly_what_they_say() {
+        let g = |s: &str| HostGrant::new(s).expect(s);
+        assert!(g("api.example.com").allows("API.example.com", 443));
+        assert!(g("api.example.com").allows("api.example.com.", 80));
+        assert!(!g("api.example.com").allows("evil-api.example.com", 443));
+        assert!(!g("api.example.com").allows("api.example.com.evil.net", 443));
+        assert!(g("api.example.com:443").allows("api.example.com", 443));
+        assert!(!g("api.example.com:443").allows("api.example.com", 80));
+        assert!(g("*.example.com").allows("a.b.example.com", 443));
+        assert!(!g("*.example.com").allows("example.com", 443));
+        assert!(!g("*.example.com").allows("badexample.com", 443));
+        assert!(g("127.0.0.1:8080").allows("127.0.0.1", 8080));
+        assert!(!g("127.0.0.1:8080").allows("127.0.0.1", 6379));
+        assert!(g("[::1]:8080").allows("::1", 8080));
+        assert_eq!(g("[::1]:8080").to_string(), "[::1]:8080");
+        assert_eq!(g("*.Example.com").to_string(), "*.example.com");
+        for bad in [
+            "https://api.example.com",
+            "api.example.com/v1",
+            "host:0",
+            "host:99999",
+            "",
+            "*.[::1]",
+            "[::1",
+            "bad_host.com",
+            "-a.com",
+        ] {
+            assert!(HostGrant::new(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

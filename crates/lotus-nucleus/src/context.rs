@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lotus_bus::{BusError, Delivery, LocalBus};
+use lotus_bus::{BusError, Delivery};
 use lotus_core::event::SmolStr;
 use lotus_core::{Event, Manifest, Topic, TopicError};
 use serde::de::DeserializeOwned;
@@ -112,8 +112,20 @@ impl Context {
         topic: &str,
         payload: Value,
     ) -> Result<Delivery, PublishError> {
+        self.reply_with(request.correlation_id.unwrap_or(request.id), topic, payload)
+            .await
+    }
+
+    /// Publishes `payload` on `topic` carrying `correlation` (a request's correlation id), if the
+    /// manifest's `publications` allow it: [`reply`](Self::reply) when only the id is at hand.
+    pub async fn reply_with(
+        &self,
+        correlation: uuid::Uuid,
+        topic: &str,
+        payload: Value,
+    ) -> Result<Delivery, PublishError> {
         let topic = self.checked_topic(topic).await?;
-        let ev = LocalBus::reply_to(request, topic, &self.name, payload);
+        let ev = Event::new(topic, self.name.clone(), payload).with_correlation(correlation);
         Ok(self.shared.bus.publish(Arc::new(ev)).await)
     }
 
@@ -159,6 +171,27 @@ impl Context {
     /// Persists `value` under `key` for this module (survives restarts and reloads).
     pub async fn state_set(&self, key: &str, value: &Value) -> Result<(), StateError> {
         self.shared.state.set(&self.name, key, value).await
+    }
+
+    /// Checks that `permissions.hosts` lets this module reach `host` on `port`; a refusal is
+    /// published as `system.permission_denied` (and so lands in `action_log`). Sandboxed runtimes
+    /// call this before every connection they make for the module.
+    pub async fn authorize_host(&self, host: &str, port: u16) -> Result<(), String> {
+        if self.manifest.may_reach(host, port) {
+            return Ok(());
+        }
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        self.shared
+            .deny(&self.name, "connect", &target, "not in `permissions.hosts`")
+            .await;
+        Err(format!(
+            "module `{}` may not reach {target}: add it to `permissions.hosts` in its manifest",
+            self.name
+        ))
     }
 
     /// Removes `key` from this module's state.

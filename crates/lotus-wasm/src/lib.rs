@@ -1,12 +1,15 @@
 //! # lotus-wasm
 //!
 //! The host of `runtime: wasm` modules: WebAssembly components built against the WIT world
-//! `lotus:module@0.1.0` (`wit/lotus-module/0.1.0`), run by wasmtime.
+//! `lotus:module` (`wit/lotus-module/<version>`), run by wasmtime. Every released API version is
+//! served side by side: a component built against 0.1.0 keeps running next to 0.2.0 ones.
 //!
 //! - **Sandboxed by construction**: a component gets WASI with nothing granted (no files, no
 //!   network, no environment, no stdio) and the `lotus:module/host` interface, whose every call is
 //!   checked against the module's manifest by the nucleus. A component that imports anything else
-//!   is refused before it runs, with the import named.
+//!   is refused before it runs, with the import named. Outbound HTTP (`lotus:module/http`) is
+//!   linked only for modules whose manifest lists `permissions.hosts`, and every request (and
+//!   redirect) is checked against that list.
 //! - **Limits from the manifest**: linear memory is capped at `permissions.limits.memory_mb`; a
 //!   call that runs longer than `call_timeout` traps (epoch interruption, checked every 10 ms, and
 //!   the guest yields to other tasks at each check). A trap is a crash for the supervisor, never
@@ -17,7 +20,8 @@
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-mod bindings {
+/// `lotus:module@0.1.0`: the first API, still served.
+mod v0_1 {
     wasmtime::component::bindgen!({
         path: "../../wit/lotus-module/0.1.0",
         world: "module",
@@ -26,15 +30,25 @@ mod bindings {
     });
 }
 
+/// `lotus:module@0.2.0`: adds `reply`, `state-delete` and outbound HTTP.
+mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/lotus-module/0.2.0",
+        world: "module",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+mod http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bindings::exports::lotus::module::guest;
-use bindings::lotus::module::{host, types};
-use lotus_core::{Event, Pattern, Runtime};
+use lotus_core::{Event, Manifest, Pattern, Runtime};
 use lotus_nucleus::host::Origin;
 use lotus_nucleus::{
     BoxFuture, Context, HandlerDecl, HostError, Module, ModuleDef, ModuleDescription, ModuleError,
@@ -47,15 +61,63 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// The WIT package version this host serves.
-pub const API_VERSION: &str = "0.1.0";
+/// The newest WIT package version this host serves (what `lotus module new` builds against).
+pub const API_VERSION: &str = "0.2.0";
+/// Every WIT package version this host serves, oldest first.
+pub const API_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// How often the engine's epoch advances: the granularity of CPU limits and of yielding.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-const HOST_IMPORT: &str = "lotus:module/host@0.1.0";
-const TYPES_IMPORT: &str = "lotus:module/types@0.1.0";
-const GUEST_EXPORT: &str = "lotus:module/guest@0.1.0";
+/// The API version a component was built against, read from its imports and exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `lotus:module@0.1.0`.
+    V0_1,
+    /// `lotus:module@0.2.0`.
+    V0_2,
+}
+
+impl ApiVersion {
+    /// The version as text, e.g. `0.2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V0_1 => "0.1.0",
+            ApiVersion::V0_2 => "0.2.0",
+        }
+    }
+
+    fn of_export(name: &str) -> Option<Self> {
+        match name {
+            "lotus:module/guest@0.1.0" => Some(ApiVersion::V0_1),
+            "lotus:module/guest@0.2.0" => Some(ApiVersion::V0_2),
+            _ => None,
+        }
+    }
+
+    /// Whether the component may import `name` at this version (outbound HTTP is checked
+    /// against the manifest separately).
+    fn offers(self, name: &str) -> bool {
+        let v = self.as_str();
+        name.starts_with("wasi:")
+            || name == format!("lotus:module/host@{v}")
+            || name == format!("lotus:module/types@{v}")
+            || (self == ApiVersion::V0_2 && name == HTTP_IMPORT)
+    }
+}
+
+const HTTP_IMPORT: &str = "lotus:module/http@0.2.0";
+
+/// What [`WasmHost::inspect`] learns of a component.
+#[derive(Clone, Debug)]
+pub struct ComponentInfo {
+    /// The API version it was built against.
+    pub api: ApiVersion,
+    /// Whether it imports outbound HTTP.
+    pub uses_http: bool,
+    /// The hex SHA-256 of its bytes.
+    pub hash: String,
+}
 
 /// Per-instance state the host functions see.
 struct HostState {
@@ -66,6 +128,8 @@ struct HostState {
     cx: Option<Context>,
     /// When the call in progress started, and how long it may run.
     call: Option<(Instant, Duration)>,
+    /// The shared HTTP client (only for modules granted hosts).
+    http: Option<reqwest::Client>,
 }
 
 impl WasiView for HostState {
@@ -77,39 +141,46 @@ impl WasiView for HostState {
     }
 }
 
+/// A host call's outcome: the outer `Err` traps the guest, the inner one is its `result` error.
+type HostResult<T> = wasmtime::Result<Result<T, String>>;
+
+/// The host API, once for every version: each version's trait impl below forwards here.
 impl HostState {
     fn cx(&self) -> wasmtime::Result<Context> {
         self.cx
             .clone()
             .ok_or_else(|| wasmtime::Error::msg("a host function was called outside a module call"))
     }
-}
 
-impl types::Host for HostState {}
+    /// How long the call in progress may still run.
+    fn remaining(&self) -> Duration {
+        self.call.map_or(Duration::ZERO, |(t0, limit)| {
+            limit.saturating_sub(t0.elapsed())
+        })
+    }
 
-impl host::Host for HostState {
-    async fn publish(
+    async fn api_publish(
         &mut self,
         topic: String,
         payload: String,
-    ) -> wasmtime::Result<Result<(), String>> {
+        correlation: Option<String>,
+    ) -> HostResult<()> {
         let cx = self.cx()?;
         let value: Value = match serde_json::from_str(&payload) {
             Ok(v) => v,
             Err(e) => return Ok(Err(format!("the payload is not JSON: {e}"))),
         };
-        Ok(cx
-            .publish(&topic, value)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()))
+        let out = match correlation {
+            None => cx.publish(&topic, value).await,
+            Some(id) => match id.parse() {
+                Ok(id) => cx.reply_with(id, &topic, value).await,
+                Err(e) => return Ok(Err(format!("`{id}` is not a correlation id: {e}"))),
+            },
+        };
+        Ok(out.map(|_| ()).map_err(|e| e.to_string()))
     }
 
-    async fn call_tool(
-        &mut self,
-        name: String,
-        args: String,
-    ) -> wasmtime::Result<Result<String, String>> {
+    async fn api_call_tool(&mut self, name: String, args: String) -> HostResult<String> {
         let cx = self.cx()?;
         let args: Value = match serde_json::from_str(&args) {
             Ok(v) => v,
@@ -122,7 +193,7 @@ impl host::Host for HostState {
             .map_err(|e| e.to_string()))
     }
 
-    async fn state_get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, String>> {
+    async fn api_state_get(&mut self, key: String) -> HostResult<Option<String>> {
         let cx = self.cx()?;
         Ok(cx
             .state_get(&key)
@@ -131,11 +202,7 @@ impl host::Host for HostState {
             .map_err(|e| e.to_string()))
     }
 
-    async fn state_set(
-        &mut self,
-        key: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), String>> {
+    async fn api_state_set(&mut self, key: String, value: String) -> HostResult<()> {
         let cx = self.cx()?;
         let value: Value = match serde_json::from_str(&value) {
             Ok(v) => v,
@@ -144,31 +211,133 @@ impl host::Host for HostState {
         Ok(cx.state_set(&key, &value).await.map_err(|e| e.to_string()))
     }
 
-    async fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+    async fn api_state_delete(&mut self, key: String) -> HostResult<bool> {
         let cx = self.cx()?;
-        let level = match level {
-            types::LogLevel::Trace => tracing::Level::TRACE,
-            types::LogLevel::Debug => tracing::Level::DEBUG,
-            types::LogLevel::Info => tracing::Level::INFO,
-            types::LogLevel::Warn => tracing::Level::WARN,
-            types::LogLevel::Error => tracing::Level::ERROR,
-        };
-        cx.log(level, message);
-        Ok(())
+        Ok(cx.state_delete(&key).await.map_err(|e| e.to_string()))
     }
 
-    async fn now_us(&mut self) -> wasmtime::Result<i64> {
-        Ok(lotus_core::event::micros(std::time::SystemTime::now()))
+    fn api_log(&mut self, level: tracing::Level, message: String) -> wasmtime::Result<()> {
+        self.cx()?.log(level, message);
+        Ok(())
+    }
+}
+
+fn now_us() -> i64 {
+    lotus_core::event::micros(std::time::SystemTime::now())
+}
+
+/// The version-specific glue: types and host traits that differ only by their module path.
+macro_rules! serve_api_types {
+    ($v:ident) => {
+        impl $v::lotus::module::types::Host for HostState {}
+
+        impl From<$v::lotus::module::types::LogLevel> for tracing::Level {
+            fn from(l: $v::lotus::module::types::LogLevel) -> Self {
+                use $v::lotus::module::types::LogLevel as L;
+                match l {
+                    L::Trace => tracing::Level::TRACE,
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                }
+            }
+        }
+    };
+}
+serve_api_types!(v0_1);
+serve_api_types!(v0_2);
+
+/// The host functions every version has, forwarded to the one implementation above.
+macro_rules! common_host_fns {
+    ($v:ident) => {
+        async fn publish(&mut self, topic: String, payload: String) -> HostResult<()> {
+            self.api_publish(topic, payload, None).await
+        }
+        async fn call_tool(&mut self, name: String, args: String) -> HostResult<String> {
+            self.api_call_tool(name, args).await
+        }
+        async fn state_get(&mut self, key: String) -> HostResult<Option<String>> {
+            self.api_state_get(key).await
+        }
+        async fn state_set(&mut self, key: String, value: String) -> HostResult<()> {
+            self.api_state_set(key, value).await
+        }
+        async fn log(
+            &mut self,
+            level: $v::lotus::module::types::LogLevel,
+            message: String,
+        ) -> wasmtime::Result<()> {
+            self.api_log(level.into(), message)
+        }
+        async fn now_us(&mut self) -> wasmtime::Result<i64> {
+            Ok(now_us())
+        }
+    };
+}
+
+impl v0_1::lotus::module::host::Host for HostState {
+    common_host_fns!(v0_1);
+}
+
+impl v0_2::lotus::module::host::Host for HostState {
+    common_host_fns!(v0_2);
+
+    async fn reply(
+        &mut self,
+        correlation_id: String,
+        topic: String,
+        payload: String,
+    ) -> HostResult<()> {
+        self.api_publish(topic, payload, Some(correlation_id)).await
+    }
+    async fn state_delete(&mut self, key: String) -> HostResult<bool> {
+        self.api_state_delete(key).await
+    }
+}
+
+impl v0_2::lotus::module::http::Host for HostState {
+    async fn fetch(
+        &mut self,
+        req: v0_2::lotus::module::http::Request,
+    ) -> HostResult<v0_2::lotus::module::http::Response> {
+        let cx = self.cx()?;
+        let Some(client) = self.http.clone() else {
+            return Ok(Err(format!(
+                "module `{}` has no `permissions.hosts`: outbound HTTP is not granted",
+                cx.name()
+            )));
+        };
+        let budget = req.timeout_ms.map_or(self.remaining(), |ms| {
+            self.remaining().min(Duration::from_millis(ms.into()))
+        });
+        let request = http::Request {
+            method: req.method,
+            url: req.url,
+            headers: req.headers,
+            body: req.body,
+        };
+        Ok(http::fetch(&client, &cx, request, budget).await.map(|r| {
+            v0_2::lotus::module::http::Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }
+        }))
     }
 }
 
 /// The wasm module host. Cheap to share; one per nucleus.
 pub struct WasmHost {
     engine: Engine,
+    /// Every API version's host interfaces, without outbound HTTP.
     linker: Arc<Linker<HostState>>,
+    /// The same, with outbound HTTP: for modules granted `permissions.hosts`.
+    linker_net: Arc<Linker<HostState>>,
+    http: reqwest::Client,
     cache_dir: Option<PathBuf>,
     /// Compiled components by the hex SHA-256 of their bytes.
-    compiled: Mutex<HashMap<String, Component>>,
+    compiled: Mutex<HashMap<String, (Component, ComponentInfo)>>,
     ticking: Arc<AtomicBool>,
 }
 
@@ -182,6 +351,22 @@ fn host_err(what: &str, e: impl std::fmt::Display) -> HostError {
     HostError(format!("{what}: {e}"))
 }
 
+fn linker(engine: &Engine, net: bool) -> Result<Linker<HostState>, HostError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| host_err("cannot link WASI", e))?;
+    let api = |e| host_err("cannot link the LOTUS host API", e);
+    v0_1::lotus::module::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(api)?;
+    v0_1::lotus::module::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(api)?;
+    v0_2::lotus::module::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(api)?;
+    v0_2::lotus::module::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(api)?;
+    if net {
+        v0_2::lotus::module::http::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(api)?;
+    }
+    Ok(linker)
+}
+
 impl WasmHost {
     /// A host that caches compiled components under `cache_dir` (memory only when `None`).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, HostError> {
@@ -190,11 +375,6 @@ impl WasmHost {
         config.epoch_interruption(true);
         let engine =
             Engine::new(&config).map_err(|e| host_err("cannot start the wasm engine", e))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| host_err("cannot link WASI", e))?;
-        bindings::Module::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| host_err("cannot link the LOTUS host API", e))?;
         let ticking = Arc::new(AtomicBool::new(true));
         let (weak, flag) = (engine.weak(), ticking.clone());
         std::thread::Builder::new()
@@ -214,35 +394,62 @@ impl WasmHost {
                 .map_err(|e| host_err(&format!("cannot create {}", dir.display()), e))?;
         }
         Ok(Self {
+            linker: Arc::new(linker(&engine, false)?),
+            linker_net: Arc::new(linker(&engine, true)?),
+            http: http::client().map_err(|e| host_err("cannot build the HTTP client", e))?,
             engine,
-            linker: Arc::new(linker),
             cache_dir,
             compiled: Mutex::new(HashMap::new()),
             ticking,
         })
     }
 
-    /// Compiles (or fetches from the cache) the component at `path` and checks that it speaks
-    /// `lotus:module@0.1.0` and imports nothing else than WASI and the LOTUS host API.
+    /// Compiles (or fetches from the cache) the component at `path` and checks that it speaks a
+    /// `lotus:module` version this host serves and imports nothing else than WASI and that
+    /// version's LOTUS interfaces.
     pub fn load(&self, path: &Path) -> Result<Component, HostError> {
-        self.load_hashed(path).map(|(_, c)| c)
+        self.load_hashed(path).map(|(c, _)| c)
     }
 
-    /// Like [`load`](Self::load), with the hex SHA-256 that identifies the code.
-    fn load_hashed(&self, path: &Path) -> Result<(String, Component), HostError> {
+    /// Checks the component at `path` as [`load`](Self::load) does, and against `manifest`: a
+    /// component that imports outbound HTTP needs `permissions.hosts`.
+    pub fn inspect(&self, path: &Path, manifest: &Manifest) -> Result<ComponentInfo, HostError> {
+        let (_, info) = self.load_hashed(path)?;
+        Self::check_grants(&info, manifest, path)?;
+        Ok(info)
+    }
+
+    fn check_grants(
+        info: &ComponentInfo,
+        manifest: &Manifest,
+        path: &Path,
+    ) -> Result<(), HostError> {
+        if info.uses_http && manifest.permissions.hosts.is_empty() {
+            return Err(HostError(format!(
+                "{} imports `{HTTP_IMPORT}` (outbound HTTP), but the manifest of `{}` grants no hosts: list the hosts it may reach under `permissions.hosts`",
+                path.display(),
+                manifest.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn load_hashed(&self, path: &Path) -> Result<(Component, ComponentInfo), HostError> {
         let bytes = std::fs::read(path)
             .map_err(|e| host_err(&format!("cannot read {}", path.display()), e))?;
         let hash: String = Sha256::digest(&bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        if let Some(c) = self.compiled.lock().get(&hash) {
-            return Ok((hash, c.clone()));
+        if let Some(found) = self.compiled.lock().get(&hash) {
+            return Ok(found.clone());
         }
         let component = self.compile(&bytes, &hash)?;
-        self.check(&component, path)?;
-        self.compiled.lock().insert(hash.clone(), component.clone());
-        Ok((hash, component))
+        let info = self.check(&component, path, hash.clone())?;
+        self.compiled
+            .lock()
+            .insert(hash, (component.clone(), info.clone()));
+        Ok((component, info))
     }
 
     fn compile(&self, bytes: &[u8], hex: &str) -> Result<Component, HostError> {
@@ -283,37 +490,48 @@ impl WasmHost {
             .map_err(|e| host_err("cannot load the compiled component", e))
     }
 
-    fn check(&self, component: &Component, path: &Path) -> Result<(), HostError> {
+    fn check(
+        &self,
+        component: &Component,
+        path: &Path,
+        hash: String,
+    ) -> Result<ComponentInfo, HostError> {
         let ty = component.component_type();
-        for (name, _) in ty.imports(&self.engine) {
-            let allowed = name.starts_with("wasi:") || name == HOST_IMPORT || name == TYPES_IMPORT;
-            if !allowed {
-                return Err(HostError(format!(
-                    "{} imports `{name}`, which no manifest permission grants; the host offers WASI (nothing granted) and `{HOST_IMPORT}`",
-                    path.display()
-                )));
-            }
-        }
-        if !ty
+        let exports: Vec<String> = ty
             .exports(&self.engine)
-            .any(|(name, _)| name == GUEST_EXPORT)
-        {
-            let found = ty
-                .exports(&self.engine)
-                .map(|(n, _)| n.to_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let Some(api) = exports.iter().find_map(|n| ApiVersion::of_export(n)) else {
+            let served = API_VERSIONS
+                .map(|v| format!("`lotus:module/guest@{v}`"))
+                .join(" or ");
             return Err(HostError(format!(
-                "{} does not export `{GUEST_EXPORT}` (it exports: {}); build it against wit/lotus-module/{API_VERSION}",
+                "{} does not export {served} (it exports: {}); build it against wit/lotus-module/{API_VERSION}",
                 path.display(),
-                if found.is_empty() {
+                if exports.is_empty() {
                     "nothing".into()
                 } else {
-                    found
+                    exports.join(", ")
                 }
             )));
+        };
+        let mut uses_http = false;
+        for (name, _) in ty.imports(&self.engine) {
+            if !api.offers(name) {
+                return Err(HostError(format!(
+                    "{} imports `{name}`, which lotus:module@{} does not offer; the host offers WASI (nothing granted) and `lotus:module/host@{}`",
+                    path.display(),
+                    api.as_str(),
+                    api.as_str()
+                )));
+            }
+            uses_http |= name == HTTP_IMPORT;
         }
-        Ok(())
+        Ok(ComponentInfo {
+            api,
+            uses_http,
+            hash,
+        })
     }
 
     fn component_path(def: &ModuleDef) -> Result<PathBuf, HostError> {
@@ -336,16 +554,13 @@ impl WasmHost {
     ) -> Result<Box<dyn Module>, HostError> {
         let path = Self::component_path(def)?;
         // A restart runs the code that was running; anything else reads the file now.
-        let pinned = same_code.and_then(|h| {
-            self.compiled
-                .lock()
-                .get(h)
-                .map(|c| (h.to_owned(), c.clone()))
-        });
-        let (code, component) = match pinned {
+        let pinned = same_code.and_then(|h| self.compiled.lock().get(h).cloned());
+        let (component, info) = match pinned {
             Some(found) => found,
             None => self.load_hashed(&path)?,
         };
+        Self::check_grants(&info, &def.manifest, &path)?;
+        let granted_net = !def.manifest.permissions.hosts.is_empty();
         let limits = &def.manifest.permissions.limits;
         let state = HostState {
             wasi: WasiCtxBuilder::new().build(),
@@ -356,6 +571,7 @@ impl WasmHost {
                 .build(),
             cx: None,
             call: None,
+            http: granted_net.then(|| self.http.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -370,26 +586,92 @@ impl WasmHost {
             _ => Ok(UpdateDeadline::Yield(1)),
         });
         store.set_epoch_deadline(1);
-        let instance = bindings::Module::instantiate_async(&mut store, &component, &self.linker)
-            .await
-            .map_err(|e| host_err(&format!("cannot instantiate {}", path.display()), e))?;
+        let linker = if granted_net {
+            &self.linker_net
+        } else {
+            &self.linker
+        };
+        let cannot = |e| host_err(&format!("cannot instantiate {}", path.display()), e);
+        let instance = match info.api {
+            ApiVersion::V0_1 => Instance::V0_1(
+                v0_1::Module::instantiate_async(&mut store, &component, linker)
+                    .await
+                    .map_err(cannot)?,
+            ),
+            ApiVersion::V0_2 => Instance::V0_2(
+                v0_2::Module::instantiate_async(&mut store, &component, linker)
+                    .await
+                    .map_err(cannot)?,
+            ),
+        };
         let mut module = WasmModule {
             store,
             instance,
             desc: ModuleDescription::default(),
             limit: limits.call_timeout,
             poisoned: false,
-            code,
+            code: info.hash,
         };
         let desc = module
             .call(None, |g, s| {
-                Box::pin(async move { g.lotus_module_guest().call_describe(s).await })
+                Box::pin(async move {
+                    on_guest!(g, |m, v| {
+                        let d = m.lotus_module_guest().call_describe(s).await?;
+                        Ok(Description {
+                            handlers: d
+                                .handlers
+                                .into_iter()
+                                .map(|h| (h.name, h.pattern))
+                                .collect(),
+                            tools: d
+                                .tools
+                                .into_iter()
+                                .map(|t| (t.name, t.description, t.input_schema))
+                                .collect(),
+                            jobs: d.jobs.into_iter().map(|j| (j.name, j.every_ms)).collect(),
+                        })
+                    })
+                })
             })
             .await
             .map_err(|e| HostError(format!("`describe` failed: {e}")))?;
         module.desc = describe(def.name(), desc)?;
         Ok(Box::new(module))
     }
+}
+
+/// An instance of a component, by the API version it speaks.
+enum Instance {
+    V0_1(v0_1::Module),
+    V0_2(v0_2::Module),
+}
+
+/// Runs `$body` with `$m` bound to the instance's bindings and `$v` to its version's module:
+/// the body is written once and compiled for every version.
+macro_rules! on_guest {
+    ($inst:expr, |$m:ident, $v:ident| $body:expr) => {
+        match $inst {
+            Instance::V0_1($m) => {
+                #[allow(unused_imports)]
+                use v0_1 as $v;
+                $body
+            }
+            Instance::V0_2($m) => {
+                #[allow(unused_imports)]
+                use v0_2 as $v;
+                $body
+            }
+        }
+    };
+}
+use on_guest;
+
+/// A guest's description, version-independent: handlers (name, pattern), tools (name,
+/// description, schema), jobs (name, period in ms).
+struct Description {
+    handlers: Vec<(String, String)>,
+    tools: Vec<(String, String, String)>,
+    jobs: Vec<(String, u64)>,
 }
 
 /// `&'static str` for a handler or job name: each distinct name is leaked once, however often
@@ -406,15 +688,15 @@ fn intern(name: String) -> &'static str {
     leaked
 }
 
-fn describe(module: &str, d: guest::Description) -> Result<ModuleDescription, HostError> {
+fn describe(module: &str, d: Description) -> Result<ModuleDescription, HostError> {
     let handlers = d
         .handlers
         .into_iter()
-        .map(|h| {
-            let pattern = Pattern::new(&h.pattern)
-                .map_err(|e| HostError(format!("module `{module}` handler `{}`: {e}", h.name)))?;
+        .map(|(name, pattern)| {
+            let pattern = Pattern::new(&pattern)
+                .map_err(|e| HostError(format!("module `{module}` handler `{name}`: {e}")))?;
             Ok(HandlerDecl {
-                name: intern(h.name),
+                name: intern(name),
                 pattern,
             })
         })
@@ -422,16 +704,15 @@ fn describe(module: &str, d: guest::Description) -> Result<ModuleDescription, Ho
     let tools = d
         .tools
         .into_iter()
-        .map(|t| {
-            let input_schema: Value = serde_json::from_str(&t.input_schema).map_err(|e| {
+        .map(|(name, description, schema)| {
+            let input_schema: Value = serde_json::from_str(&schema).map_err(|e| {
                 HostError(format!(
-                    "module `{module}` tool `{}`: the schema is not JSON: {e}",
-                    t.name
+                    "module `{module}` tool `{name}`: the schema is not JSON: {e}"
                 ))
             })?;
             Ok(ToolDecl {
-                name: t.name,
-                description: t.description,
+                name,
+                description,
                 input_schema,
             })
         })
@@ -439,16 +720,15 @@ fn describe(module: &str, d: guest::Description) -> Result<ModuleDescription, Ho
     let periodic = d
         .jobs
         .into_iter()
-        .map(|j| {
-            if j.every_ms == 0 {
+        .map(|(name, every_ms)| {
+            if every_ms == 0 {
                 return Err(HostError(format!(
-                    "module `{module}` job `{}`: `every-ms` must be above 0",
-                    j.name
+                    "module `{module}` job `{name}`: `every-ms` must be above 0"
                 )));
             }
             Ok(PeriodicDecl {
-                name: intern(j.name),
-                every: Duration::from_millis(j.every_ms),
+                name: intern(name),
+                every: Duration::from_millis(every_ms),
             })
         })
         .collect::<Result<_, HostError>>()?;
@@ -462,7 +742,7 @@ fn describe(module: &str, d: guest::Description) -> Result<ModuleDescription, Ho
 /// One running instance of a wasm module.
 struct WasmModule {
     store: Store<HostState>,
-    instance: bindings::Module,
+    instance: Instance,
     desc: ModuleDescription,
     limit: Duration,
     /// A call was cut off midway (its future dropped): the instance may be inconsistent.
@@ -488,7 +768,7 @@ impl WasmModule {
     async fn call<T>(
         &mut self,
         cx: Option<&Context>,
-        f: impl for<'s> FnOnce(&'s bindings::Module, &'s mut Store<HostState>) -> GuestCall<'s, T>,
+        f: impl for<'s> FnOnce(&'s Instance, &'s mut Store<HostState>) -> GuestCall<'s, T>,
     ) -> Result<T, String> {
         if self.poisoned {
             return Err("an earlier call was cut off; the instance must be replaced".into());
@@ -507,17 +787,6 @@ impl WasmModule {
         data.cx = None;
         data.call = None;
         out.map_err(|e| format!("{e:#}"))
-    }
-}
-
-fn event_of(ev: &Event) -> types::Event {
-    types::Event {
-        id: ev.id.to_string(),
-        topic: ev.topic.to_string(),
-        source: ev.source.to_string(),
-        time_us: ev.time_micros(),
-        payload: ev.payload.to_string(),
-        correlation_id: ev.correlation_id.map(|c| c.to_string()),
     }
 }
 
@@ -543,9 +812,12 @@ impl Module for WasmModule {
         Box::pin(async move {
             lifecycle(
                 self.call(Some(cx), move |g, s| {
-                    Box::pin(
-                        async move { g.lotus_module_guest().call_initialize(s, &settings).await },
-                    )
+                    Box::pin(async move {
+                        on_guest!(g, |m, v| m
+                            .lotus_module_guest()
+                            .call_initialize(s, &settings)
+                            .await)
+                    })
                 })
                 .await,
             )
@@ -558,14 +830,23 @@ impl Module for WasmModule {
         handler: usize,
         ev: Arc<Event>,
     ) -> BoxFuture<'a, ModuleResult> {
-        let wev = event_of(&ev);
         let index = u32::try_from(handler).unwrap_or(u32::MAX);
         Box::pin(async move {
             lifecycle(
                 self.call(Some(cx), move |g, s| {
-                    Box::pin(
-                        async move { g.lotus_module_guest().call_on_event(s, index, &wev).await },
-                    )
+                    Box::pin(async move {
+                        on_guest!(g, |m, v| {
+                            let wev = v::lotus::module::types::Event {
+                                id: ev.id.to_string(),
+                                topic: ev.topic.to_string(),
+                                source: ev.source.to_string(),
+                                time_us: ev.time_micros(),
+                                payload: ev.payload.to_string(),
+                                correlation_id: ev.correlation_id.map(|c| c.to_string()),
+                            };
+                            m.lotus_module_guest().call_on_event(s, index, &wev).await
+                        })
+                    })
                 })
                 .await,
             )
@@ -583,9 +864,12 @@ impl Module for WasmModule {
             let name = tool.to_owned();
             let out = self
                 .call(Some(cx), move |g, s| {
-                    Box::pin(
-                        async move { g.lotus_module_guest().call_call_tool(s, &name, &args).await },
-                    )
+                    Box::pin(async move {
+                        on_guest!(g, |m, v| m
+                            .lotus_module_guest()
+                            .call_call_tool(s, &name, &args)
+                            .await)
+                    })
                 })
                 .await;
             match out {
@@ -610,7 +894,9 @@ impl Module for WasmModule {
         Box::pin(async move {
             lifecycle(
                 self.call(Some(cx), move |g, s| {
-                    Box::pin(async move { g.lotus_module_guest().call_tick(s, index).await })
+                    Box::pin(async move {
+                        on_guest!(g, |m, v| m.lotus_module_guest().call_tick(s, index).await)
+                    })
                 })
                 .await,
             )
@@ -621,7 +907,9 @@ impl Module for WasmModule {
         Box::pin(async move {
             lifecycle(
                 self.call(Some(cx), |g, s| {
-                    Box::pin(async move { g.lotus_module_guest().call_shutdown(s).await })
+                    Box::pin(async move {
+                        on_guest!(g, |m, v| m.lotus_module_guest().call_shutdown(s).await)
+                    })
                 })
                 .await,
             )

@@ -1,70 +1,38 @@
 //! `counter`: a count kept in the host's state store, so it survives reloads and restarts.
 
-wit_bindgen::generate!({ path: "../../wit/lotus-module/0.1.0", world: "module" });
+use lotus_module_sdk::{Context, ModuleError, json};
 
-use exports::lotus::module::guest::{Description, Event, Guest};
-use lotus::module::host;
-use lotus::module::types::{Job, Tool};
+#[derive(Default)]
+pub struct Counter;
 
-struct Counter;
-
-fn count() -> Result<u64, String> {
-    Ok(host::state_get("count")?
-        .and_then(|v| v.parse().ok())
+async fn count(cx: &Context) -> Result<u64, ModuleError> {
+    Ok(cx
+        .state_get("count")
+        .await?
+        .and_then(|v| v.as_u64())
         .unwrap_or(0))
 }
 
-impl Guest for Counter {
-    fn describe() -> Description {
-        let no_args = r#"{"type":"object","properties":{},"additionalProperties":false}"#;
-        Description {
-            handlers: vec![],
-            tools: vec![
-                Tool {
-                    name: "increment".into(),
-                    description: "Adds one and returns the count.".into(),
-                    input_schema: no_args.into(),
-                },
-                Tool {
-                    name: "get".into(),
-                    description: "The current count.".into(),
-                    input_schema: no_args.into(),
-                },
-            ],
-            jobs: vec![Job {
-                name: "announce".into(),
-                every_ms: 60_000,
-            }],
-        }
+#[lotus_module_sdk::module]
+impl Counter {
+    /// Adds one and returns the count.
+    #[tool("increment")]
+    async fn increment(&mut self, cx: &Context) -> Result<u64, ModuleError> {
+        let n = count(cx).await? + 1;
+        cx.state_set("count", &json!(n)).await?;
+        Ok(n)
     }
 
-    fn initialize(_settings: String) -> Result<(), String> {
-        Ok(())
+    /// The current count.
+    #[tool("get")]
+    async fn get(&mut self, cx: &Context) -> Result<u64, ModuleError> {
+        count(cx).await
     }
 
-    fn on_event(_handler: u32, _ev: Event) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn call_tool(name: String, _args: String) -> Result<String, String> {
-        match name.as_str() {
-            "increment" => {
-                let n = count()? + 1;
-                host::state_set("count", &n.to_string())?;
-                Ok(n.to_string())
-            }
-            "get" => Ok(count()?.to_string()),
-            other => Err(format!("no tool `{other}`")),
-        }
-    }
-
-    fn tick(_job: u32) -> Result<(), String> {
-        host::publish("counter.value", &count()?.to_string())
-    }
-
-    fn shutdown() -> Result<(), String> {
+    /// Publishes the count every minute.
+    #[periodic(every = "1m")]
+    async fn announce(&mut self, cx: &Context) -> Result<(), ModuleError> {
+        cx.publish("counter.value", json!(count(cx).await?)).await?;
         Ok(())
     }
 }
-
-export!(Counter);

@@ -1,57 +1,35 @@
-//! `echo-wasm`: the built-in echo as a WebAssembly module — a tool and an event handler.
+//! `echo-wasm`: the built-in echo as a WebAssembly module — a tool and an event handler, written
+//! with the SDK exactly as the native one is written with `lotus::module`.
 
-wit_bindgen::generate!({ path: "../../wit/lotus-module/0.1.0", world: "module" });
+use lotus_module_sdk::{Context, Event, ModuleError};
+use serde::Serialize;
 
-use exports::lotus::module::guest::{Description, Event, Guest};
-use lotus::module::host;
-use lotus::module::types::{Handler, LogLevel, Tool};
+#[derive(Default)]
+pub struct EchoWasm;
 
-struct EchoWasm;
+/// The answer of `echo`.
+#[derive(Serialize)]
+pub struct Echoed {
+    text: String,
+}
 
-impl Guest for EchoWasm {
-    fn describe() -> Description {
-        Description {
-            handlers: vec![Handler { name: "on_request".into(), pattern: "wecho.request".into() }],
-            tools: vec![Tool {
-                name: "echo".into(),
-                description: "Returns the text it is given.".into(),
-                input_schema: r#"{"type":"object","properties":{"text":{"type":"string"}},"required":["text"],"additionalProperties":false}"#.into(),
-            }],
-            jobs: vec![],
-        }
-    }
-
-    fn initialize(_settings: String) -> Result<(), String> {
-        host::log(LogLevel::Debug, "echo-wasm ready");
+#[lotus_module_sdk::module]
+impl EchoWasm {
+    async fn initialize(&mut self, cx: &Context) -> Result<(), ModuleError> {
+        cx.log(lotus_module_sdk::Level::Debug, "echo-wasm ready");
         Ok(())
     }
 
-    fn on_event(_handler: u32, ev: Event) -> Result<(), String> {
-        host::publish("wecho.reply", &ev.payload)
+    /// Returns the text it is given.
+    #[tool("echo")]
+    async fn echo(&mut self, text: String) -> Result<Echoed, ModuleError> {
+        Ok(Echoed { text })
     }
 
-    fn call_tool(name: String, args: String) -> Result<String, String> {
-        match name.as_str() {
-            "echo" => {
-                let v: serde_json::Value =
-                    serde_json::from_str(&args).map_err(|e| e.to_string())?;
-                let text = v
-                    .get("text")
-                    .and_then(|t| t.as_str())
-                    .ok_or("missing field `text`")?;
-                Ok(serde_json::json!({ "text": text }).to_string())
-            }
-            other => Err(format!("no tool `{other}`")),
-        }
-    }
-
-    fn tick(_job: u32) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn shutdown() -> Result<(), String> {
+    /// `wecho.request` → `wecho.reply` with the same payload.
+    #[on_event("wecho.request")]
+    async fn on_request(&mut self, cx: &Context, ev: &Event) -> Result<(), ModuleError> {
+        cx.reply(ev, "wecho.reply", ev.payload.clone()).await?;
         Ok(())
     }
 }
-
-export!(EchoWasm);

@@ -1,87 +1,81 @@
 //! `hostile`: misbehaves on purpose, so the sandbox can be tested. Never install it for real.
+//! Written with the SDK's plain (non-async) methods.
 
-wit_bindgen::generate!({ path: "../../wit/lotus-module/0.1.0", world: "module" });
+use lotus_module_sdk::{Context, ModuleError, Request, Value, json};
 
-use exports::lotus::module::guest::{Description, Event, Guest};
-use lotus::module::host;
-use lotus::module::types::Tool;
+#[derive(Default)]
+pub struct Hostile;
 
-struct Hostile;
-
-fn tool(name: &str, description: &str) -> Tool {
-    Tool {
-        name: name.into(),
-        description: description.into(),
-        input_schema: r#"{"type":"object"}"#.into(),
-    }
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    lotus_module_sdk::__private::block_on(f)
 }
 
-impl Guest for Hostile {
-    fn describe() -> Description {
-        Description {
-            handlers: vec![],
-            tools: vec![
-                tool("spin", "Loops forever."),
-                tool("bomb", "Allocates until memory runs out."),
-                tool("leak", "Publishes on a topic it was not granted."),
-                tool("steal", "Calls a tool it was not granted."),
-                tool("read_file", "Reads a file of the host it was not granted."),
-                tool("connect", "Opens a TCP connection it was not granted."),
-                tool("flood", "Publishes 20,000 events as fast as it can."),
-                tool("ok", "Behaves."),
-            ],
-            jobs: vec![],
+#[lotus_module_sdk::module]
+impl Hostile {
+    /// Loops forever.
+    #[tool("spin")]
+    fn spin(&mut self) -> Result<(), ModuleError> {
+        let mut x: u64 = 0;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
         }
     }
 
-    fn initialize(_settings: String) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn on_event(_handler: u32, _ev: Event) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn call_tool(name: String, _args: String) -> Result<String, String> {
-        match name.as_str() {
-            "spin" => {
-                let mut x: u64 = 0;
-                loop {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            }
-            "bomb" => {
-                let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    hoard.push(vec![1u8; 1 << 20]);
-                }
-            }
-            "leak" => host::publish("secret.leak", "\"x\"").map(|()| "published".into()),
-            "steal" => host::call_tool("echo.echo", r#"{"text":"hi"}"#),
-            "read_file" => std::fs::read_to_string("/etc/passwd")
-                .map(|text| serde_json::Value::String(text).to_string())
-                .map_err(|e| format!("read failed: {e}")),
-            "connect" => std::net::TcpStream::connect("127.0.0.1:6379")
-                .map(|_| "\"connected\"".into())
-                .map_err(|e| format!("connect failed: {e}")),
-            "flood" => {
-                for i in 0..20_000 {
-                    host::publish("hostile.out", &i.to_string())?;
-                }
-                Ok("20000".into())
-            }
-            "ok" => Ok("\"fine\"".into()),
-            other => Err(format!("no tool `{other}`")),
+    /// Allocates until memory runs out.
+    #[tool("bomb")]
+    fn bomb(&mut self) -> Result<(), ModuleError> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 1 << 20]);
         }
     }
 
-    fn tick(_job: u32) -> Result<(), String> {
-        Ok(())
+    /// Publishes on a topic it was not granted.
+    #[tool("leak")]
+    fn leak(&mut self, cx: &Context) -> Result<&'static str, ModuleError> {
+        run(cx.publish("secret.leak", json!("x")))?;
+        Ok("published")
     }
 
-    fn shutdown() -> Result<(), String> {
-        Ok(())
+    /// Calls a tool it was not granted.
+    #[tool("steal")]
+    fn steal(&mut self, cx: &Context) -> Result<Value, ModuleError> {
+        Ok(run(cx.call_tool("echo.echo", json!({"text": "hi"})))?)
+    }
+
+    /// Reads a file of the host it was not granted.
+    #[tool("read_file")]
+    fn read_file(&mut self) -> Result<String, ModuleError> {
+        std::fs::read_to_string("/etc/passwd")
+            .map_err(|e| ModuleError::msg(format!("read failed: {e}")))
+    }
+
+    /// Opens a TCP connection it was not granted.
+    #[tool("connect")]
+    fn connect(&mut self) -> Result<&'static str, ModuleError> {
+        std::net::TcpStream::connect("127.0.0.1:6379")
+            .map(|_| "connected")
+            .map_err(|e| ModuleError::msg(format!("connect failed: {e}")))
+    }
+
+    /// Fetches a URL through the host's HTTP, whatever its manifest grants.
+    #[tool("fetch")]
+    fn fetch(&mut self, cx: &Context, url: String) -> Result<u16, ModuleError> {
+        Ok(run(cx.fetch(Request::get(url)))?.status)
+    }
+
+    /// Publishes 20,000 events as fast as it can.
+    #[tool("flood")]
+    fn flood(&mut self, cx: &Context) -> Result<u32, ModuleError> {
+        for i in 0..20_000u32 {
+            run(cx.publish("hostile.out", json!(i)))?;
+        }
+        Ok(20_000)
+    }
+
+    /// Behaves.
+    #[tool("ok")]
+    fn ok(&mut self) -> Result<&'static str, ModuleError> {
+        Ok("fine")
     }
 }
-
-export!(Hostile);

@@ -211,7 +211,8 @@ async fn wasm_state_survives_a_restart_and_compiled_code_is_cached() {
     n.shutdown().await.expect("shutdown");
 }
 
-const HOSTILE: &str = "publications: [hostile.out]\npermissions:\n  limits:\n    call_timeout: 300ms\n    memory_mb: 16\n";
+/// The hostile module imports outbound HTTP, so it needs some host granted to load at all.
+const HOSTILE: &str = "publications: [hostile.out]\npermissions:\n  hosts: [example.com]\n  limits:\n    call_timeout: 300ms\n    memory_mb: 16\n";
 
 #[tokio::test]
 async fn an_infinite_loop_is_stopped_and_others_keep_working() {
@@ -346,7 +347,7 @@ async fn files_network_and_floods_are_contained() {
     home.install(
         "hostile",
         "hostile.wasm",
-        "publications: [hostile.out]\npermissions:\n  limits:\n    call_timeout: 10s\n",
+        "publications: [hostile.out]\npermissions:\n  hosts: [example.com]\n  limits:\n    call_timeout: 10s\n",
     );
     let n = home.kernel();
     n.start().await;
@@ -505,5 +506,179 @@ async fn a_restart_after_a_crash_runs_the_same_code_whatever_the_file_holds_now(
         (ModuleState::Running, 1),
         "{info:?}"
     );
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn components_built_against_the_old_api_run_next_to_new_ones() {
+    let host = WasmHost::new(None).expect("host");
+    let manifest = |name: &str| {
+        lotus_core::Manifest::parse(
+            &format!(
+                "name: {name}\nversion: 0.1.0\ntype: capability\nruntime: wasm\nentry: m.wasm\n"
+            ),
+            Path::new("manifest.yaml"),
+        )
+        .expect("manifest")
+    };
+    let old = host
+        .inspect(&components().join("legacy_echo.wasm"), &manifest("old"))
+        .expect("0.1.0 is served");
+    let new = host
+        .inspect(&components().join("echo_wasm.wasm"), &manifest("new"))
+        .expect("0.2.0 is served");
+    assert_eq!((old.api.as_str(), new.api.as_str()), ("0.1.0", "0.2.0"));
+
+    let home = Home::new();
+    let grants = "subscriptions: [wecho.request]\npublications: [wecho.reply]\n";
+    home.install("old", "legacy_echo.wasm", grants);
+    home.install("new", "echo_wasm.wasm", grants);
+    let n = home.kernel();
+    n.start().await;
+    for name in ["old", "new"] {
+        assert_eq!(n.module(name).expect(name).state, ModuleState::Running);
+        assert_eq!(
+            n.call_tool(&format!("{name}.echo"), json!({"text": name}))
+                .await
+                .expect("echo"),
+            json!({"text": name})
+        );
+    }
+    // One request, two replies: the new module's carries the request's id as correlation.
+    let replies = watch(&n, "wecho.reply");
+    let (request, _) = n
+        .publish("test", "wecho.request", json!({"n": 1}))
+        .await
+        .expect("publish");
+    let (a, b) = (next(&replies).await, next(&replies).await);
+    let from_new = if a.source == "new" { a } else { b };
+    assert_eq!(from_new.correlation_id, Some(request.id));
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn outbound_http_reaches_granted_hosts_only_and_refusals_are_audited() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let granted = MockServer::start().await;
+    let other = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/hello"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("hi there"))
+        .mount(&granted)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/away"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", format!("{}/secret", other.uri())),
+        )
+        .mount(&granted)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("secret"))
+        .expect(0)
+        .mount(&other)
+        .await;
+
+    let home = Home::new();
+    let port = granted.address().port();
+    home.install(
+        "fetch",
+        "fetch.wasm",
+        &format!("permissions:\n  hosts: [\"127.0.0.1:{port}\"]\n"),
+    );
+    // The same component with no hosts granted is refused before it runs.
+    home.install("nonet", "fetch.wasm", "");
+    let n = home.kernel();
+    let denials = watch(&n, "system.permission_denied");
+    n.start().await;
+
+    let nonet = n.module("nonet").expect("listed");
+    assert_eq!(nonet.state, ModuleState::Failed);
+    assert!(
+        nonet
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("grants no hosts") && e.contains("permissions.hosts")),
+        "{nonet:?}"
+    );
+
+    let page = n
+        .call_tool(
+            "fetch.get",
+            json!({"url": format!("{}/hello", granted.uri())}),
+        )
+        .await
+        .expect("a granted host");
+    assert_eq!(
+        (page["status"].as_u64(), page["body"].as_str()),
+        (Some(200), Some("hi there"))
+    );
+
+    let err = n
+        .call_tool(
+            "fetch.get",
+            json!({"url": format!("{}/secret", other.uri())}),
+        )
+        .await
+        .expect_err("another port of the same host");
+    assert!(
+        err.to_string().contains("may not reach 127.0.0.1:"),
+        "{err}"
+    );
+    let err = n
+        .call_tool(
+            "fetch.get",
+            json!({"url": format!("{}/away", granted.uri())}),
+        )
+        .await
+        .expect_err("a redirect to an ungranted host");
+    assert!(err.to_string().contains("permissions.hosts"), "{err}");
+    let err = n
+        .call_tool("fetch.get", json!({"url": "file:///etc/passwd"}))
+        .await
+        .expect_err("not http");
+    assert!(
+        err.to_string().contains("only http:// and https://"),
+        "{err}"
+    );
+
+    for _ in 0..2 {
+        let d = next(&denials).await;
+        assert_eq!(
+            (d.payload["module"].as_str(), d.payload["action"].as_str()),
+            (Some("fetch"), Some("connect"))
+        );
+        assert_eq!(
+            d.payload["target"].as_str(),
+            Some(format!("127.0.0.1:{}", other.address().port()).as_str())
+        );
+    }
+    assert_eq!(n.module("fetch").expect("fetch").crashes, 0);
+    n.shutdown().await.expect("shutdown");
+    let mut q = StreamQuery::new(StreamName::ActionLog);
+    q.topic = Some(Pattern::new("system.permission_denied").expect("pattern"));
+    assert_eq!(n.log().query(q).await.expect("query").len(), 2);
+}
+
+#[tokio::test]
+async fn a_hostile_module_cannot_reach_hosts_beyond_its_grant() {
+    let home = Home::new();
+    home.install("hostile", "hostile.wasm", HOSTILE);
+    let n = home.kernel();
+    n.start().await;
+    for url in [
+        "http://127.0.0.1:6379/",
+        "http://example.com.evil.test/",
+        "http://[::1]:5432/",
+    ] {
+        let err = n
+            .call_tool("hostile.fetch", json!({ "url": url }))
+            .await
+            .expect_err(url);
+        assert!(err.to_string().contains("may not reach"), "{url}: {err}");
+    }
+    echo_answers_within(&n, Duration::from_secs(1)).await;
     n.shutdown().await.expect("shutdown");
 }

@@ -44,14 +44,14 @@ impl Report {
     }
 }
 
-fn lotus_wasm_version() -> &'static str {
+fn lotus_wasm_version() -> String {
     #[cfg(feature = "wasm")]
     {
-        lotus_wasm::API_VERSION
+        lotus_wasm::API_VERSIONS.join(", ")
     }
     #[cfg(not(feature = "wasm"))]
     {
-        "-"
+        "-".into()
     }
 }
 

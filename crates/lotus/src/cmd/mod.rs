@@ -6,6 +6,7 @@ mod events;
 mod install;
 mod module;
 mod scaffold;
+mod sdk;
 mod tool;
 mod up;
 mod watch;

@@ -45,8 +45,8 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
             );
         }
         ModuleCmd::Validate { path } => validate(&path)?,
-        ModuleCmd::New { name, dir } => super::scaffold::new(&name, dir.as_deref())?,
-        ModuleCmd::Build { path } => super::scaffold::build(&path, false)?,
+        ModuleCmd::New { name, dir } => super::scaffold::new(home, &name, dir.as_deref())?,
+        ModuleCmd::Build { path } => super::scaffold::build(home, &path, false)?,
         ModuleCmd::Install { path } => super::install::install(home, &path).await?,
         ModuleCmd::Remove { name } => super::install::remove(home, &name).await?,
         ModuleCmd::History { name, json } => super::install::history(home, &name, json)?,
@@ -95,7 +95,7 @@ pub(super) fn validate(path: &std::path::Path) -> Result<()> {
                     file.display()
                 );
             } else {
-                check_component(&file)?;
+                check_component(&file, &m)?;
             }
         }
         Runtime::Mcp | Runtime::Process => {
@@ -123,14 +123,25 @@ pub(super) fn validate(path: &std::path::Path) -> Result<()> {
 
 /// Compiles the component and checks its imports and exports against the API this lotus serves.
 #[cfg(feature = "wasm")]
-fn check_component(file: &std::path::Path) -> Result<()> {
+fn check_component(file: &std::path::Path, manifest: &lotus_core::Manifest) -> Result<()> {
     let host = lotus_wasm::WasmHost::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    host.load(file).map_err(|e| bad_input(e.to_string()))?;
+    let info = host
+        .inspect(file, manifest)
+        .map_err(|e| bad_input(e.to_string()))?;
+    println!(
+        "component: lotus:module@{}{}",
+        info.api.as_str(),
+        if info.uses_http {
+            ", outbound HTTP (permissions.hosts)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
 #[cfg(not(feature = "wasm"))]
-fn check_component(_: &std::path::Path) -> Result<()> {
+fn check_component(_: &std::path::Path, _: &lotus_core::Manifest) -> Result<()> {
     eprintln!("note: this lotus was built without wasm support; the component was not checked");
     Ok(())
 }

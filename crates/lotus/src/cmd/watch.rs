@@ -99,9 +99,9 @@ pub async fn dev(nucleus: Nucleus, home: Home, project: PathBuf) -> Result<Watch
             let (nucleus, home, project, name) =
                 (nucleus.clone(), home.clone(), project.clone(), name.clone());
             async move {
-                let p = project.clone();
+                let (h, p) = (home.clone(), project.clone());
                 let built =
-                    tokio::task::spawn_blocking(move || super::scaffold::build(&p, true)).await;
+                    tokio::task::spawn_blocking(move || super::scaffold::build(&h, &p, true)).await;
                 match built {
                     Ok(Ok(())) => {
                         if let Err(e) = super::install::install(&home, &project).await {

@@ -1,0 +1,283 @@
+//! Anthropic's Messages API.
+
+use std::collections::HashMap;
+
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+
+use crate::error::ProviderError;
+use crate::types::{ChatEvent, ChatRequest, Message, Part, Role, StopReason, Usage};
+use crate::wire::{self, Decoder, Frame};
+use crate::{ChatStream, Provider, Secret};
+
+/// The API version header this client speaks.
+pub const API_VERSION: &str = "2023-06-01";
+/// `max_tokens` is required by the API; this is used when the request sets none.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// A client of the Messages API.
+pub struct Anthropic {
+    base_url: String,
+    key: Option<Secret>,
+    http: reqwest::Client,
+}
+
+impl Anthropic {
+    /// A client for `base_url` (e.g. `https://api.anthropic.com/v1`).
+    pub fn new(base_url: &str, key: Option<Secret>, http: reqwest::Client) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            key,
+            http,
+        }
+    }
+
+    fn authorize(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(k) = &self.key {
+            req = req.header("x-api-key", k.expose());
+        }
+        req.header("anthropic-version", API_VERSION)
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.key.iter().collect()
+    }
+}
+
+/// The request body for `req` (streamed). System messages go to `system`; tool results become
+/// `tool_result` blocks of a user turn; consecutive turns of one role are merged.
+pub fn body(req: &ChatRequest) -> Value {
+    let system: Vec<String> = req
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(Message::text)
+        .collect();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for m in req.messages.iter().filter(|m| m.role != Role::System) {
+        let (role, blocks) = match m.role {
+            Role::User => ("user", parts(&m.parts)),
+            Role::Assistant => {
+                let mut b = parts(&m.parts);
+                b.extend(m.tool_calls.iter().map(|c| {
+                    json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments})
+                }));
+                ("assistant", b)
+            }
+            Role::Tool => (
+                "user",
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
+                    "content": m.text(),
+                })],
+            ),
+            Role::System => continue,
+        };
+        match turns.last_mut() {
+            Some((last, b)) if *last == role => b.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let mut body = json!({
+        "model": req.model,
+        "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        "messages": turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect::<Vec<_>>(),
+        "stream": true,
+    });
+    if !system.is_empty() {
+        body["system"] = json!(system.join("\n\n"));
+    }
+    if !req.tools.is_empty() {
+        body["tools"] = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+            .collect();
+    }
+    if let Some(t) = req.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(p) = req.top_p {
+        body["top_p"] = json!(p);
+    }
+    if !req.stop.is_empty() {
+        body["stop_sequences"] = json!(req.stop);
+    }
+    body
+}
+
+fn parts(parts: &[Part]) -> Vec<Value> {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Text { text } => json!({"type": "text", "text": text}),
+            Part::Image { media_type, data } => json!({
+                "type": "image",
+                "source": {"type": "base64", "media_type": media_type, "data": data},
+            }),
+        })
+        .collect()
+}
+
+fn stop_reason(s: &str) -> StopReason {
+    match s {
+        "end_turn" | "stop_sequence" => StopReason::Stop,
+        "max_tokens" | "model_context_window_exceeded" => StopReason::Length,
+        "tool_use" => StopReason::ToolCalls,
+        "refusal" => StopReason::ContentFilter,
+        other => StopReason::Other(other.to_owned()),
+    }
+}
+
+/// Decodes the `message_start` … `message_stop` event sequence.
+#[derive(Default)]
+pub struct StreamDecoder {
+    usage: Usage,
+    stop: Option<StopReason>,
+    /// Content block index → tool call index.
+    tools: HashMap<u64, usize>,
+    done: bool,
+}
+
+impl Decoder for StreamDecoder {
+    fn frame(&mut self, frame: Frame) -> Result<Vec<ChatEvent>, String> {
+        if frame.data.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let v = wire::json(&frame.data)?;
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(&frame.event);
+        let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let mut out = Vec::new();
+        match kind {
+            "message_start" => {
+                let u = &v["message"]["usage"];
+                let (cached, created) = (
+                    n(u, "cache_read_input_tokens"),
+                    n(u, "cache_creation_input_tokens"),
+                );
+                self.usage.input_tokens = n(u, "input_tokens") + cached + created;
+                self.usage.cached_input_tokens = cached;
+                self.usage.output_tokens = n(u, "output_tokens");
+            }
+            "content_block_start" => {
+                let block = &v["content_block"];
+                match block.get("type").and_then(Value::as_str) {
+                    Some("tool_use") => {
+                        let index = self.tools.len();
+                        self.tools.insert(n(&v, "index"), index);
+                        out.push(ChatEvent::ToolCallStart {
+                            index,
+                            id: block["id"].as_str().unwrap_or_default().to_owned(),
+                            name: block["name"].as_str().unwrap_or_default().to_owned(),
+                        });
+                    }
+                    Some("text") => {
+                        if let Some(t) = block["text"].as_str().filter(|t| !t.is_empty()) {
+                            out.push(ChatEvent::Text {
+                                delta: t.to_owned(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let d = &v["delta"];
+                match d.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        if let Some(t) = d["text"].as_str().filter(|t| !t.is_empty()) {
+                            out.push(ChatEvent::Text {
+                                delta: t.to_owned(),
+                            });
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let index = *self
+                            .tools
+                            .get(&n(&v, "index"))
+                            .ok_or("a tool input delta for a block that is not a tool call")?;
+                        if let Some(p) = d["partial_json"].as_str().filter(|p| !p.is_empty()) {
+                            out.push(ChatEvent::ToolCallDelta {
+                                index,
+                                arguments: p.to_owned(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(r) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    self.stop = Some(stop_reason(r));
+                }
+                // Cumulative; newer versions may repeat the input side here too.
+                let u = &v["usage"];
+                if let Some(o) = u.get("output_tokens").and_then(Value::as_u64) {
+                    self.usage.output_tokens = o;
+                }
+                if let Some(i) = u.get("input_tokens").and_then(Value::as_u64) {
+                    let (cached, created) = (
+                        n(u, "cache_read_input_tokens"),
+                        n(u, "cache_creation_input_tokens"),
+                    );
+                    self.usage.input_tokens = i + cached + created;
+                    self.usage.cached_input_tokens = cached;
+                }
+            }
+            "message_stop" => {
+                self.done = true;
+                out.push(ChatEvent::Finished {
+                    stop_reason: self.stop.take().unwrap_or(StopReason::Stop),
+                    usage: Some(self.usage),
+                });
+            }
+            "error" => {
+                let e = &v["error"];
+                return Err(format!(
+                    "the server reported an error mid-stream: {} ({})",
+                    e["message"].as_str().unwrap_or("no message"),
+                    e["type"].as_str().unwrap_or("error")
+                ));
+            }
+            _ => {} // ping, content_block_stop, and whatever comes later
+        }
+        Ok(out)
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        "anthropic"
+    }
+
+    fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
+        Box::pin(async move {
+            let http = self
+                .authorize(self.http.post(format!("{}/messages", self.base_url)))
+                .json(&body(&req));
+            let resp = wire::send("anthropic", http, &self.secrets()).await?;
+            Ok(wire::decode(
+                "anthropic",
+                wire::sse("anthropic", resp),
+                StreamDecoder::default(),
+            ))
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let req = self.authorize(self.http.get(format!("{}/models", self.base_url)));
+            wire::send("anthropic", req, &self.secrets())
+                .await
+                .map(|_| ())
+        })
+    }
+}

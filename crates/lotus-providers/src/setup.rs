@@ -1,0 +1,314 @@
+//! `[providers]` in `lotus.toml`, and building a [`Router`] from it and the environment: keys
+//! from `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY` (or `GOOGLE_API_KEY`),
+//! `OPENROUTER_API_KEY`; base URLs from the configuration or `OPENAI_BASE_URL` /
+//! `ANTHROPIC_BASE_URL`; Ollama at `OLLAMA_HOST`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::anthropic::Anthropic;
+use crate::catalog::Catalog;
+use crate::gemini::Gemini;
+use crate::ledger::Ledger;
+use crate::ollama::{self, Ollama};
+use crate::openai::OpenAi;
+use crate::router::{Router, RouterConfig};
+use crate::{Provider, Secret};
+
+/// `[providers]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    /// The fallback chain (model names or aliases, in order). Empty: chosen from what is
+    /// available — providers with keys, then Ollama.
+    pub default: Vec<String>,
+    /// Extra aliases, e.g. `fast = "ollama:qwen2.5"`.
+    pub aliases: BTreeMap<String, String>,
+    /// Longest wait for an answer to start, and between streamed pieces.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of one provider on a retryable error.
+    pub retries: u32,
+    /// How long a provider that failed repeatedly is skipped.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Spending limits.
+    pub budget: BudgetConfig,
+    /// OpenAI (or any OpenAI-compatible server).
+    pub openai: EndpointConfig,
+    /// Anthropic.
+    pub anthropic: EndpointConfig,
+    /// Google Gemini.
+    pub gemini: EndpointConfig,
+    /// OpenRouter.
+    pub openrouter: EndpointConfig,
+    /// Ollama.
+    pub ollama: EndpointConfig,
+}
+
+/// `[providers.budget]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// USD per UTC day; calls stop once spent.
+    pub daily_usd: Option<f64>,
+    /// USD per UTC month.
+    pub monthly_usd: Option<f64>,
+}
+
+/// `[providers.NAME]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointConfig {
+    /// The API's base URL (its default, or the `*_BASE_URL` variable, when unset).
+    pub base_url: Option<String>,
+    /// The model used for this provider in the automatic chain.
+    pub model: Option<String>,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        let r = RouterConfig::default();
+        Self {
+            default: Vec::new(),
+            aliases: BTreeMap::new(),
+            timeout: r.timeout,
+            retries: r.retries,
+            cooldown: r.cooldown,
+            budget: BudgetConfig::default(),
+            openai: EndpointConfig::default(),
+            anthropic: EndpointConfig::default(),
+            gemini: EndpointConfig::default(),
+            openrouter: EndpointConfig::default(),
+            ollama: EndpointConfig::default(),
+        }
+    }
+}
+
+/// What `lotus provider list` shows of one provider.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    /// `openai`, …
+    pub name: String,
+    /// Whether it is set up (a key, or a server address).
+    pub configured: bool,
+    /// Where it is reached.
+    pub base_url: String,
+    /// Where the setup came from, or what is missing.
+    pub source: String,
+    /// The model it contributes to the automatic chain.
+    pub model: Option<String>,
+}
+
+/// The router and what was found.
+pub struct Setup {
+    /// The router.
+    pub router: Arc<Router>,
+    /// Every provider, configured or not.
+    pub status: Vec<ProviderStatus>,
+}
+
+/// Builds the router from `config`, the environment `env` (a lookup, so tests can pass their
+/// own), the catalog override file and the ledger.
+pub async fn build(
+    config: &ProvidersConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    catalog_file: Option<&Path>,
+    ledger: Option<Arc<Ledger>>,
+) -> Result<Setup, String> {
+    let mut catalog = Catalog::builtin();
+    if let Some(file) = catalog_file.filter(|f| f.exists()) {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        catalog.merge(&text, &file.display().to_string())?;
+    }
+    for (alias, target) in &config.aliases {
+        catalog
+            .alias(alias, target)
+            .map_err(|e| format!("providers.aliases.{alias}: {e}"))?;
+    }
+    let http = crate::http_client().map_err(|e| e.to_string())?;
+    let key = |vars: &[&'static str]| -> Option<(&'static str, String)> {
+        vars.iter()
+            .find_map(|v| env(v).filter(|k| !k.trim().is_empty()).map(|k| (*v, k)))
+    };
+    let base = |c: &EndpointConfig, var: Option<&str>, default: &str| {
+        c.base_url
+            .clone()
+            .or_else(|| var.and_then(env))
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+    let mut status = Vec::new();
+    let mut chain = Vec::new();
+    let mut add = |name: &str,
+                   found: Option<(&str, String)>,
+                   base_url: String,
+                   model: String,
+                   make: &dyn Fn(Secret, &str) -> Arc<dyn Provider>| {
+        let configured = found.is_some();
+        if let Some((var, k)) = found {
+            providers.push(make(Secret::new(k), &base_url));
+            chain.push(format!("{name}:{model}"));
+            status.push(ProviderStatus {
+                name: name.into(),
+                configured,
+                base_url,
+                source: format!("key from ${var}"),
+                model: Some(model),
+            });
+        } else {
+            status.push(ProviderStatus {
+                name: name.into(),
+                configured,
+                base_url,
+                source: "no key".into(),
+                model: None,
+            });
+        }
+    };
+    let h = http.clone();
+    add(
+        "openai",
+        key(&["OPENAI_API_KEY"]),
+        base(
+            &config.openai,
+            Some("OPENAI_BASE_URL"),
+            "https://api.openai.com/v1",
+        ),
+        config
+            .openai
+            .model
+            .clone()
+            .unwrap_or_else(|| "gpt-4o-mini".into()),
+        &|k, b| Arc::new(OpenAi::new("openai", b, Some(k), h.clone())),
+    );
+    let h = http.clone();
+    add(
+        "anthropic",
+        key(&["ANTHROPIC_API_KEY"]),
+        base(
+            &config.anthropic,
+            Some("ANTHROPIC_BASE_URL"),
+            "https://api.anthropic.com/v1",
+        ),
+        config
+            .anthropic
+            .model
+            .clone()
+            .unwrap_or_else(|| "claude-sonnet-4".into()),
+        &|k, b| Arc::new(Anthropic::new(b, Some(k), h.clone())),
+    );
+    let h = http.clone();
+    add(
+        "gemini",
+        key(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
+        base(
+            &config.gemini,
+            None,
+            "https://generativelanguage.googleapis.com/v1beta",
+        ),
+        config
+            .gemini
+            .model
+            .clone()
+            .unwrap_or_else(|| "gemini-2.0-flash".into()),
+        &|k, b| Arc::new(Gemini::new(b, Some(k), h.clone())),
+    );
+    let h = http.clone();
+    add(
+        "openrouter",
+        key(&["OPENROUTER_API_KEY"]),
+        base(&config.openrouter, None, "https://openrouter.ai/api/v1"),
+        config
+            .openrouter
+            .model
+            .clone()
+            .unwrap_or_else(|| "openai/gpt-4o-mini".into()),
+        &|k, b| {
+            Arc::new(
+                OpenAi::new("openrouter", b, Some(k), h.clone())
+                    .with_header("X-Title", "LOTUS")
+                    .with_header("HTTP-Referer", "https://lotus.local"),
+            )
+        },
+    );
+
+    // Ollama: configured in lotus.toml, or at $OLLAMA_HOST.
+    let ollama_host = env("OLLAMA_HOST");
+    let ollama_source = if config.ollama.base_url.is_some() {
+        Some("providers.ollama.base_url".to_owned())
+    } else {
+        ollama_host.as_ref().map(|_| "$OLLAMA_HOST".to_owned())
+    };
+    let ollama_url = config
+        .ollama
+        .base_url
+        .clone()
+        .unwrap_or_else(|| ollama::base_url(ollama_host.as_deref()));
+    let mut ollama_status = ProviderStatus {
+        name: "ollama".into(),
+        configured: ollama_source.is_some(),
+        base_url: ollama_url.clone(),
+        source: ollama_source
+            .clone()
+            .unwrap_or_else(|| "OLLAMA_HOST not set".into()),
+        model: None,
+    };
+    if ollama_source.is_some() {
+        let client = Arc::new(Ollama::new(&ollama_url, http.clone()));
+        let model = match &config.ollama.model {
+            Some(m) => Some(m.clone()),
+            None => first_ollama_model(&http, &ollama_url).await,
+        };
+        if let Some(m) = &model {
+            chain.push(format!("ollama:{m}"));
+        }
+        ollama_status.model = model;
+        providers.push(client);
+    }
+    status.push(ollama_status);
+
+    let router_config = RouterConfig {
+        chain: if config.default.is_empty() {
+            chain
+        } else {
+            config.default.clone()
+        },
+        retries: config.retries,
+        timeout: config.timeout,
+        cooldown: config.cooldown,
+        daily_usd: config.budget.daily_usd,
+        monthly_usd: config.budget.monthly_usd,
+        ..RouterConfig::default()
+    };
+    let router = providers.into_iter().fold(
+        Router::new(catalog, router_config, ledger),
+        Router::with_provider,
+    );
+    Ok(Setup {
+        router: Arc::new(router),
+        status,
+    })
+}
+
+/// The first model an Ollama server has, if it answers within a second.
+async fn first_ollama_model(http: &reqwest::Client, base: &str) -> Option<String> {
+    let resp = http
+        .get(format!("{base}/api/tags"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = resp.json().await.ok()?;
+    v.get("models")?
+        .as_array()?
+        .first()?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
+}

@@ -237,7 +237,7 @@ impl Router {
             return Err(ProviderError::new(
                 "router",
                 ErrorKind::NotConfigured,
-                "no model to use: set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, start Ollama, or name a model with --model",
+                "no model to use: set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, point OLLAMA_HOST at an Ollama server, or name a model with --model",
             ));
         }
         Ok(out)

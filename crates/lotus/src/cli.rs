@@ -32,6 +32,9 @@ pub enum Command {
     /// Watch, publish and query events.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// LLM providers: what is configured, direct completions, costs.
+    #[command(subcommand)]
+    Provider(ProviderCmd),
     /// Check what runs, what is configured and what is missing.
     Doctor(JsonFlag),
     /// Measure performance.
@@ -198,6 +201,19 @@ pub enum BenchCmd {
     /// WebAssembly modules: compile time, instantiate time, live swap time, handler throughput
     /// against native, memory per instance with 1,000 loaded.
     Reload(BenchReloadArgs),
+    /// LLM router overhead per call against a local mock server (excluding the server's time).
+    Providers(BenchProvidersArgs),
+}
+
+/// `lotus bench providers`.
+#[derive(Debug, Args)]
+pub struct BenchProvidersArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Calls per measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub calls: usize,
 }
 
 /// `lotus bench reload`.
@@ -233,6 +249,56 @@ pub struct BenchBusArgs {
     /// Ping-pong samples for latency.
     #[arg(long, default_value_t = 100_000)]
     pub samples: u64,
+}
+
+/// `lotus provider …`.
+#[derive(Debug, Subcommand)]
+pub enum ProviderCmd {
+    /// Every provider: configured or not, where, from what, reachable, and the default chain.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not contact the providers (no reachability column).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Check one provider: reach it, then ask it for a one-word answer.
+    Test {
+        /// `openai`, `anthropic`, `gemini`, `openrouter`, `ollama`, or a model (`provider:model`,
+        /// alias).
+        name: String,
+    },
+    /// Spending by day, provider, model and module, from the cost ledger.
+    Costs {
+        /// How many days back (today included).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A direct, streamed completion (no reasoning loop, no tools).
+    Chat {
+        /// What to ask.
+        prompt: String,
+        /// Model or alias to use; repeat for a fallback chain (default: `[providers] default`, or
+        /// what is configured).
+        #[arg(long = "model", short = 'm', value_name = "MODEL")]
+        models: Vec<String>,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Sampling temperature.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Most tokens to generate.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// Print the whole answer as JSON at the end instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `lotus config …`.

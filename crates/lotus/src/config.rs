@@ -29,6 +29,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// Which topics each durable stream records.
     pub streams: StreamsConfig,
+    /// LLM providers: fallback chain, aliases, timeouts, budgets, endpoints.
+    pub providers: lotus_providers::setup::ProvidersConfig,
     /// Per-module settings: `[modules.NAME]` with `enabled`, `every.JOB` and the module's own keys.
     pub modules: BTreeMap<String, Value>,
 }

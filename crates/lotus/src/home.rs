@@ -78,6 +78,14 @@ impl Home {
     pub fn streams_db(&self) -> PathBuf {
         self.data().join("streams.db")
     }
+    /// The cost ledger of provider calls.
+    pub fn ledger_db(&self) -> PathBuf {
+        self.data().join("ledger.db")
+    }
+    /// `catalog.toml`: the user's additions to the model catalog.
+    pub fn catalog_file(&self) -> PathBuf {
+        self.root.join("catalog.toml")
+    }
     /// The module state database.
     pub fn state_db(&self) -> PathBuf {
         self.data().join("state.db")

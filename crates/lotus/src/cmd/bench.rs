@@ -10,13 +10,14 @@ use lotus_bus::LocalBus;
 use lotus_core::{Event, Overflow, Pattern, Topic};
 use serde_json::{Value, json};
 
-use crate::cli::{BenchBusArgs, BenchCmd, BenchReloadArgs};
+use crate::cli::{BenchBusArgs, BenchCmd, BenchProvidersArgs, BenchReloadArgs};
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Bus(args) => bus(args).await,
         BenchCmd::Up(f) => up(f.json).await,
         BenchCmd::Reload(a) => reload(a).await,
+        BenchCmd::Providers(a) => providers(a).await,
     }
 }
 
@@ -689,4 +690,124 @@ async fn reload(a: BenchReloadArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Router overhead: the same streamed completion from a local server, straight through the
+/// OpenAI wire client and through the router (name resolution, budget check, first-event
+/// timeout, metering, ledger write). The difference is what the router adds.
+async fn providers(args: BenchProvidersArgs) -> Result<()> {
+    use lotus_providers::openai::OpenAi;
+    use lotus_providers::router::ChatCall;
+    use lotus_providers::{
+        Catalog, ChatRequest, Ledger, Message, Provider, Router, RouterConfig, Secret,
+    };
+
+    const BODY: &str = include_str!("../../../lotus-providers/tests/fixtures/openai-text.sse");
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                BODY,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let http = lotus_providers::http_client().map_err(|e| anyhow!("{e}"))?;
+    let provider = Arc::new(OpenAi::new(
+        "openai",
+        &base,
+        Some(Secret::new("sk-bench")),
+        http,
+    ));
+    let dir = tempfile_dir()?;
+    let ledger = Arc::new(Ledger::open(&dir.join("ledger.db")).map_err(|e| anyhow!(e))?);
+    let router = Arc::new(
+        Router::new(
+            Catalog::builtin(),
+            RouterConfig {
+                chain: vec!["fast".into()],
+                daily_usd: Some(1e9),
+                ..RouterConfig::default()
+            },
+            Some(ledger),
+        )
+        .with_provider(provider.clone()),
+    );
+    let request = ChatRequest {
+        model: "gpt-4o-mini".into(),
+        messages: vec![Message::user("What is the capital of France?")],
+        ..ChatRequest::default()
+    };
+    let direct = || async {
+        let s = provider
+            .chat(request.clone())
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        lotus_providers::collect("openai", s)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let routed = || async {
+        let call = ChatCall {
+            module: "bench".into(),
+            chain: Vec::new(),
+            request: request.clone(),
+        };
+        router
+            .complete(call)
+            .await
+            .map(|(_, r)| r)
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let mut hd = Histogram::<u64>::new(3)?;
+    let mut hr = Histogram::<u64>::new(3)?;
+    for _ in 0..200 {
+        direct().await?;
+        routed().await?;
+    }
+    // Interleaved, so both see the same machine.
+    for _ in 0..args.calls {
+        let t = Instant::now();
+        direct().await?;
+        hd.record(t.elapsed().as_nanos() as u64)?;
+        let t = Instant::now();
+        routed().await?;
+        hr.record(t.elapsed().as_nanos() as u64)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = json!({
+        "calls": args.calls,
+        "direct_p50_us": us(&hd, 0.5),
+        "routed_p50_us": us(&hr, 0.5),
+        "direct_mean_us": (hd.mean() / 10.0).round() / 100.0,
+        "routed_mean_us": (hr.mean() / 10.0).round() / 100.0,
+        "overhead_p50_us": ((us(&hr, 0.5) - us(&hd, 0.5)) * 100.0).round() / 100.0,
+        "overhead_mean_us": ((hr.mean() - hd.mean()) / 10.0).round() / 100.0,
+        "load_avg": load_avg(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "router overhead per call: p50 {} µs, mean {} µs (direct p50 {} µs, routed p50 {} µs, {} calls; load {})",
+            out["overhead_p50_us"],
+            out["overhead_mean_us"],
+            out["direct_p50_us"],
+            out["routed_p50_us"],
+            args.calls,
+            out["load_avg"]
+        );
+    }
+    Ok(())
+}
+
+/// A fresh private folder under the system's temporary directory.
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lotus-bench-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -5,6 +5,7 @@ mod doctor;
 mod events;
 mod install;
 mod module;
+mod provider;
 mod scaffold;
 mod sdk;
 mod tool;
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Module(c) => module::run(&home, c).await,
         Command::Tool(c) => tool::run(&home, &load()?, c).await,
         Command::Events(c) => events::run(&home, c).await,
+        Command::Provider(c) => provider::run(&home, &load()?, c).await,
         Command::Doctor(f) => doctor::run(&home, f.json).await,
         Command::Bench(c) => bench::run(c).await,
         Command::Config(ConfigCmd::Show { defaults }) => {

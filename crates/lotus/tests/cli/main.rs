@@ -774,3 +774,154 @@ fn a_hotload_module_reloads_when_its_folder_changes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `lotus provider …` with keys and servers from the environment, against real HTTP servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_chat_streams_falls_back_and_records_costs() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const KEY: &str = "sk-test-CLIKEY-000111222";
+    let fixture = |name: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../lotus-providers/tests/fixtures")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    let openai = MockServer::start().await;
+    let ollama = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(fixture("openai-text.sse")),
+        )
+        .up_to_n_times(1)
+        .mount(&openai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"object":"list","data":[]}"#))
+        .mount(&openai)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/tags"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            r#"{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest","size":2019393189}]}"#,
+        ))
+        .mount(&ollama)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(fixture("ollama-text.ndjson")))
+        .mount(&ollama)
+        .await;
+
+    let home = tempfile::tempdir().expect("tempdir");
+    let (openai_url, ollama_url) = (format!("{}/v1", openai.uri()), ollama.uri());
+    let home_path = home.path().to_owned();
+    let cli = move |args: &[&str]| {
+        let mut c = lotus(&home_path);
+        for var in [
+            "ANTHROPIC_API_KEY",
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "OPENROUTER_API_KEY",
+        ] {
+            c.env_remove(var);
+        }
+        let out = c
+            .env("OPENAI_API_KEY", KEY)
+            .env("OPENAI_BASE_URL", &openai_url)
+            .env("OLLAMA_HOST", &ollama_url)
+            .env("LOTUS_PROVIDERS__RETRIES", "0")
+            .args(args)
+            .output()
+            .expect("run lotus");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let run = |args: &'static [&'static str]| {
+        let cli = cli.clone();
+        tokio::task::spawn_blocking(move || cli(args))
+    };
+
+    let (code, out, err) = run(&["provider", "list", "--json"]).await.expect("join");
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["default_chain"],
+        json!(["openai:gpt-4o-mini", "ollama:llama3.2:latest"])
+    );
+    let openai_row = &v["providers"][0];
+    assert_eq!(
+        (
+            &openai_row["configured"],
+            &openai_row["reachable"],
+            &openai_row["source"]
+        ),
+        (
+            &json!(true),
+            &json!(true),
+            &json!("key from $OPENAI_API_KEY")
+        )
+    );
+
+    // The first model answers, streamed.
+    let (code, out, err) = run(&["provider", "chat", "What is the capital of France?"])
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "The capital of France is Paris.");
+    assert!(err.contains("(openai:gpt-4o-mini"), "{err}");
+
+    // The first model now fails: the chain's next one answers; the ledger has both.
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_string(r#"{"error":{"message":"upstream exploded"}}"#),
+        )
+        .mount(&openai)
+        .await;
+    let (code, out, err) = run(&["provider", "chat", "What is the capital of France?"])
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Paris"), "{out}");
+    assert!(
+        err.contains("openai:gpt-4o-mini failed: HTTP 500: upstream exploded"),
+        "{err}"
+    );
+    assert!(err.contains("(ollama:llama3.2:latest"), "{err}");
+
+    let (code, out, err) = run(&["provider", "costs", "--json"]).await.expect("join");
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let rows = v["rows"].as_array().expect("rows");
+    let row = |p: &str| rows.iter().find(|r| r["provider"] == p).cloned().expect(p);
+    assert_eq!(
+        (&row("openai")["calls"], &row("openai")["failures"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(
+        (&row("ollama")["calls"], &row("ollama")["failures"]),
+        (&json!(1), &json!(0))
+    );
+    assert!(row("openai")["cost_usd"].as_f64().expect("cost") > 0.0);
+    for text in [out, err] {
+        assert!(!text.contains(KEY));
+    }
+
+    let (code, _, err) = run(&["provider", "chat", "-m", "gpt-4o", "hi"])
+        .await
+        .expect("join");
+    assert_eq!(code, 2, "a bad model name is bad input");
+    assert!(err.contains("provider:model"), "{err}");
+}

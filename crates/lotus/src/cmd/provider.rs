@@ -1,0 +1,329 @@
+//! `lotus provider list|test|costs|chat`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use lotus_providers::router::ChatCall;
+use lotus_providers::setup::{self, Setup};
+use lotus_providers::{ChatEvent, ChatRequest, ErrorKind, Ledger, Message, ProviderError};
+use serde_json::json;
+
+use crate::cli::ProviderCmd;
+use crate::config::Config;
+use crate::exit::{CliError, ExitCode};
+use crate::home::Home;
+
+/// Builds the router from the configuration, the environment and `$LOTUS_HOME`.
+pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
+    std::fs::create_dir_all(home.data())?;
+    let ledger =
+        Ledger::open(&home.ledger_db()).map_err(|e| CliError::new(ExitCode::Failure, e))?;
+    let env = |name: &str| std::env::var(name).ok();
+    setup::build(
+        &cfg.providers,
+        &env,
+        Some(&home.catalog_file()),
+        Some(Arc::new(ledger)),
+    )
+    .await
+    .map_err(|e| CliError::new(ExitCode::BadInput, e).into())
+}
+
+fn failure(e: &ProviderError) -> anyhow::Error {
+    let code = match e.kind {
+        ErrorKind::NotConfigured => ExitCode::BadInput,
+        _ => ExitCode::Failure,
+    };
+    CliError::new(code, e.to_string()).into()
+}
+
+/// Runs a `lotus provider` command.
+pub async fn run(home: &Home, cfg: &Config, cmd: ProviderCmd) -> Result<()> {
+    match cmd {
+        ProviderCmd::List { json, offline } => list(home, cfg, json, offline).await,
+        ProviderCmd::Test { name } => test(home, cfg, &name).await,
+        ProviderCmd::Costs { days, json } => costs(home, days, json),
+        ProviderCmd::Chat {
+            prompt,
+            models,
+            system,
+            temperature,
+            max_tokens,
+            json,
+        } => {
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(Message::system(s));
+            }
+            messages.push(Message::user(prompt));
+            let request = ChatRequest {
+                messages,
+                temperature,
+                max_tokens,
+                ..ChatRequest::default()
+            };
+            chat(home, cfg, models, request, json).await
+        }
+    }
+}
+
+async fn list(home: &Home, cfg: &Config, json: bool, offline: bool) -> Result<()> {
+    let setup = router(home, cfg).await?;
+    let mut reach = std::collections::HashMap::new();
+    if !offline {
+        let checks = setup.router.providers().map(|p| {
+            let p = p.clone();
+            async move {
+                let t0 = Instant::now();
+                let out = tokio::time::timeout(Duration::from_secs(5), p.check()).await;
+                let verdict = match out {
+                    Ok(Ok(())) => Ok(t0.elapsed()),
+                    Ok(Err(e)) => Err(e.message),
+                    Err(_) => Err("no answer within 5 s".to_owned()),
+                };
+                (p.name().to_owned(), verdict)
+            }
+        });
+        reach.extend(futures_util::future::join_all(checks).await);
+    }
+    let chain = setup.router.config().chain.clone();
+    if json {
+        let providers: Vec<_> = setup
+            .status
+            .iter()
+            .map(|s| {
+                let r = reach.get(&s.name);
+                json!({
+                    "name": s.name,
+                    "configured": s.configured,
+                    "base_url": s.base_url,
+                    "source": s.source,
+                    "model": s.model,
+                    "reachable": r.map(|r| r.is_ok()),
+                    "error": r.and_then(|r| r.as_ref().err()),
+                    "latency_ms": r.and_then(|r| r.as_ref().ok()).map(|d| d.as_secs_f64() * 1e3),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"providers": providers, "default_chain": chain}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<11} {:<11} {:<10} {:<28} {:<44} BASE URL",
+        "PROVIDER", "CONFIGURED", "REACHABLE", "MODEL", "SOURCE"
+    );
+    for s in &setup.status {
+        let reachable = match reach.get(&s.name) {
+            None if offline || !s.configured => "-".to_owned(),
+            None => "-".to_owned(),
+            Some(Ok(d)) => format!("yes {:.0}ms", d.as_secs_f64() * 1e3),
+            Some(Err(_)) => "no".to_owned(),
+        };
+        println!(
+            "{:<11} {:<11} {:<10} {:<28} {:<44} {}",
+            s.name,
+            if s.configured { "yes" } else { "no" },
+            reachable,
+            super::clip(s.model.as_deref().unwrap_or("-"), 28),
+            super::clip(&s.source, 44),
+            s.base_url
+        );
+        if let Some(Err(e)) = reach.get(&s.name) {
+            println!("  └ {}", super::clip(e, 110));
+        }
+    }
+    if chain.is_empty() {
+        println!(
+            "\ndefault chain: none — set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, or point OLLAMA_HOST at an Ollama server"
+        );
+    } else {
+        let shown: Vec<String> = chain
+            .iter()
+            .map(|n| match setup.router.catalog().resolve(n) {
+                Ok(m) if m.to_string() != *n => format!("{n} ({m})"),
+                _ => n.clone(),
+            })
+            .collect();
+        println!("\ndefault chain: {}", shown.join(" → "));
+    }
+    Ok(())
+}
+
+async fn test(home: &Home, cfg: &Config, name: &str) -> Result<()> {
+    let setup = router(home, cfg).await?;
+    // A provider name tests its chain model; anything else is a model name or alias.
+    let model = match setup.status.iter().find(|s| s.name == name) {
+        Some(s) if !s.configured => {
+            return Err(CliError::new(
+                ExitCode::BadInput,
+                format!(
+                    "`{name}` is not configured ({}); see `lotus provider list`",
+                    s.source
+                ),
+            )
+            .into());
+        }
+        Some(s) => match &s.model {
+            Some(m) => format!("{name}:{m}"),
+            None => {
+                return Err(CliError::new(
+                    ExitCode::BadInput,
+                    format!("`{name}` has no model to test with: set [providers.{name}] model"),
+                )
+                .into());
+            }
+        },
+        None => name.to_owned(),
+    };
+    let m = setup
+        .router
+        .catalog()
+        .resolve(&model)
+        .map_err(|e| failure(&e))?;
+    if let Some(p) = setup.router.providers().find(|p| p.name() == m.provider) {
+        let t0 = Instant::now();
+        p.check().await.map_err(|e| failure(&e))?;
+        println!(
+            "reached {} in {:.0} ms",
+            m.provider,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let call = ChatCall {
+        module: "cli".into(),
+        chain: vec![model.clone()],
+        request: ChatRequest {
+            messages: vec![Message::user("Reply with the single word OK.")],
+            max_tokens: Some(16),
+            temperature: Some(0.0),
+            ..ChatRequest::default()
+        },
+    };
+    let t0 = Instant::now();
+    let (m, r) = setup.router.complete(call).await.map_err(|e| failure(&e))?;
+    println!(
+        "{m} answered in {:.0} ms: {:?} ({} in, {} out tokens)",
+        t0.elapsed().as_secs_f64() * 1e3,
+        r.text.trim(),
+        r.usage.input_tokens,
+        r.usage.output_tokens
+    );
+    Ok(())
+}
+
+fn costs(home: &Home, days: u32, json: bool) -> Result<()> {
+    let ledger =
+        Ledger::open(&home.ledger_db()).map_err(|e| CliError::new(ExitCode::Failure, e))?;
+    let since =
+        std::time::SystemTime::now() - Duration::from_secs(86_400 * u64::from(days.max(1) - 1));
+    let (since_day, _) = lotus_providers::ledger::utc_day(since);
+    let rows = ledger
+        .costs(&since_day)
+        .map_err(|e| CliError::new(ExitCode::Failure, e))?;
+    let (today, month) = ledger.spent();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "since": since_day, "rows": rows, "today_usd": today, "month_usd": month,
+            }))?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no provider calls since {since_day}");
+    } else {
+        println!(
+            "{:<10} {:<10} {:<32} {:<12} {:>6} {:>6} {:>10} {:>10} {:>11}",
+            "DAY", "PROVIDER", "MODEL", "MODULE", "CALLS", "FAILED", "IN TOK", "OUT TOK", "USD"
+        );
+        for r in &rows {
+            println!(
+                "{:<10} {:<10} {:<32} {:<12} {:>6} {:>6} {:>10} {:>10} {:>11.6}",
+                r.day,
+                r.provider,
+                super::clip(&r.model, 32),
+                super::clip(&r.module, 12),
+                r.calls,
+                r.failures,
+                r.input_tokens,
+                r.output_tokens,
+                r.cost_usd
+            );
+        }
+        let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
+        println!("total since {since_day}: ${total:.6}");
+    }
+    println!("spent today: ${today:.6}; this month: ${month:.6} (UTC)");
+    Ok(())
+}
+
+async fn chat(
+    home: &Home,
+    cfg: &Config,
+    models: Vec<String>,
+    request: ChatRequest,
+    json: bool,
+) -> Result<()> {
+    let setup = router(home, cfg).await?;
+    let call = ChatCall {
+        module: "cli".into(),
+        chain: models,
+        request,
+    };
+    let t0 = Instant::now();
+    let routed = setup.router.chat(call).await.map_err(|e| failure(&e))?;
+    for a in &routed.attempts {
+        eprintln!("({} failed: {})", a.model, a.error.message);
+    }
+    let model = routed.model.clone();
+    if json {
+        let r = lotus_providers::collect(&model.provider, routed.stream)
+            .await
+            .map_err(|e| failure(&e))?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "model": model.to_string(),
+                "text": r.text,
+                "stop_reason": r.stop_reason,
+                "usage": r.usage,
+                "failed_attempts": routed.attempts.iter().map(|a| json!({"model": a.model, "error": a.error.message, "code": a.error.code()})).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    let mut stream = routed.stream;
+    let mut out = std::io::stdout();
+    let mut usage = None;
+    while let Some(ev) = stream.next().await {
+        match ev.map_err(|e| failure(&e))? {
+            ChatEvent::Text { delta } => {
+                out.write_all(delta.as_bytes())?;
+                out.flush()?;
+            }
+            ChatEvent::Finished { usage: u, .. } => usage = u,
+            ChatEvent::ToolCallStart { .. } | ChatEvent::ToolCallDelta { .. } => {}
+        }
+    }
+    println!();
+    let cost = usage
+        .as_ref()
+        .and_then(|u| setup.router.catalog().info(&model).map(|i| i.cost(u)));
+    eprintln!(
+        "({model}, {:.1} s{}{})",
+        t0.elapsed().as_secs_f64(),
+        usage.map_or(String::new(), |u| format!(
+            ", {} in / {} out tokens",
+            u.input_tokens, u.output_tokens
+        )),
+        cost.map_or(String::new(), |c| format!(", ${c:.6}"))
+    );
+    Ok(())
+}

@@ -48,6 +48,28 @@ pub struct ProvidersConfig {
     pub openrouter: EndpointConfig,
     /// Ollama.
     pub ollama: EndpointConfig,
+    /// The local CPU models.
+    pub local: LocalConfig,
+}
+
+/// `[providers.local]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Whether the local model ends the automatic chain.
+    pub enabled: bool,
+    /// Whether `lotus provider chat` pulls the local model on first use when nothing else is
+    /// configured.
+    pub auto_pull: bool,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auto_pull: true,
+        }
+    }
 }
 
 /// `[providers.budget]`.
@@ -85,6 +107,7 @@ impl Default for ProvidersConfig {
             gemini: EndpointConfig::default(),
             openrouter: EndpointConfig::default(),
             ollama: EndpointConfig::default(),
+            local: LocalConfig::default(),
         }
     }
 }
@@ -112,13 +135,25 @@ pub struct Setup {
     pub status: Vec<ProviderStatus>,
 }
 
+/// A provider supplied by the caller (the local models live in another crate).
+pub struct Extra {
+    /// The provider.
+    pub provider: Arc<dyn Provider>,
+    /// What `lotus provider list` shows of it.
+    pub status: ProviderStatus,
+    /// The model it adds at the end of the automatic chain, if any.
+    pub chain: Option<String>,
+}
+
 /// Builds the router from `config`, the environment `env` (a lookup, so tests can pass their
-/// own), the catalog override file and the ledger.
+/// own), the catalog override file, the ledger, and providers supplied by the caller (added
+/// after the others, last in the automatic chain).
 pub async fn build(
     config: &ProvidersConfig,
     env: &dyn Fn(&str) -> Option<String>,
     catalog_file: Option<&Path>,
     ledger: Option<Arc<Ledger>>,
+    extra: Vec<Extra>,
 ) -> Result<Setup, String> {
     let mut catalog = Catalog::builtin();
     if let Some(file) = catalog_file.filter(|f| f.exists()) {
@@ -272,6 +307,13 @@ pub async fn build(
         providers.push(client);
     }
     status.push(ollama_status);
+    for e in extra {
+        if let Some(m) = e.chain {
+            chain.push(m);
+        }
+        status.push(e.status);
+        providers.push(e.provider);
+    }
 
     let router_config = RouterConfig {
         chain: if config.default.is_empty() {

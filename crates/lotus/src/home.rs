@@ -82,6 +82,10 @@ impl Home {
     pub fn ledger_db(&self) -> PathBuf {
         self.data().join("ledger.db")
     }
+    /// `models/`: the local models.
+    pub fn models(&self) -> PathBuf {
+        self.root.join("models")
+    }
     /// `catalog.toml`: the user's additions to the model catalog.
     pub fn catalog_file(&self) -> PathBuf {
         self.root.join("catalog.toml")

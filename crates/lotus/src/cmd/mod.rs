@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod events;
 mod install;
+mod model;
 mod module;
 mod provider;
 mod scaffold;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Module(c) => module::run(&home, c).await,
         Command::Tool(c) => tool::run(&home, &load()?, c).await,
         Command::Events(c) => events::run(&home, c).await,
+        Command::Model(c) => model::run(&home, c).await,
         Command::Provider(c) => provider::run(&home, &load()?, c).await,
         Command::Doctor(f) => doctor::run(&home, f.json).await,
         Command::Bench(c) => bench::run(c).await,

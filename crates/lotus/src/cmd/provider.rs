@@ -27,9 +27,74 @@ pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
         &env,
         Some(&home.catalog_file()),
         Some(Arc::new(ledger)),
+        local(home, cfg),
     )
     .await
     .map_err(|e| CliError::new(ExitCode::BadInput, e).into())
+}
+
+/// The local provider, last in the automatic chain.
+#[cfg(feature = "local")]
+fn local(home: &Home, cfg: &Config) -> Vec<setup::Extra> {
+    if !cfg.providers.local.enabled {
+        return Vec::new();
+    }
+    let models = home.models();
+    let ready = lotus_local::ready(&models, lotus_local::CHAT_MODEL);
+    vec![setup::Extra {
+        provider: Arc::new(lotus_local::LocalProvider::new(&models)),
+        status: setup::ProviderStatus {
+            name: "local".into(),
+            configured: ready,
+            base_url: models.display().to_string(),
+            source: if ready {
+                "installed".into()
+            } else {
+                "not pulled: lotus model pull smollm2".into()
+            },
+            model: Some(lotus_local::CHAT_MODEL.into()),
+        },
+        chain: Some(format!("local:{}", lotus_local::CHAT_MODEL)),
+    }]
+}
+
+#[cfg(not(feature = "local"))]
+fn local(_: &Home, _: &Config) -> Vec<setup::Extra> {
+    Vec::new()
+}
+
+/// With nothing else configured, the local model is fetched on first use (`auto_pull`).
+async fn pull_local_if_alone(
+    home: &Home,
+    cfg: &Config,
+    setup: &Setup,
+    chain: &[String],
+) -> Result<()> {
+    #[cfg(feature = "local")]
+    {
+        let chain = setup.router.chain(chain).map_err(|e| failure(&e))?;
+        let wants_local = chain.iter().any(|m| m.provider == "local");
+        let others = chain.iter().any(|m| {
+            m.provider != "local"
+                && setup
+                    .status
+                    .iter()
+                    .any(|s| s.name == m.provider && s.configured)
+        });
+        if wants_local
+            && !others
+            && cfg.providers.local.auto_pull
+            && !lotus_local::ready(&home.models(), lotus_local::CHAT_MODEL)
+        {
+            eprintln!(
+                "no provider is configured: fetching the local model once (lotus model pull smollm2)"
+            );
+            super::model::pull(home, lotus_local::CHAT_MODEL, None).await?;
+        }
+    }
+    #[cfg(not(feature = "local"))]
+    let _ = (home, cfg, setup, chain);
+    Ok(())
 }
 
 fn failure(e: &ProviderError) -> anyhow::Error {
@@ -272,6 +337,7 @@ async fn chat(
     json: bool,
 ) -> Result<()> {
     let setup = router(home, cfg).await?;
+    pull_local_if_alone(home, cfg, &setup, &models).await?;
     let call = ChatCall {
         module: "cli".into(),
         chain: models,

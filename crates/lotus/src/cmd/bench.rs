@@ -12,12 +12,13 @@ use serde_json::{Value, json};
 
 use crate::cli::{BenchBusArgs, BenchCmd, BenchProvidersArgs, BenchReloadArgs};
 
-pub async fn run(cmd: BenchCmd) -> Result<()> {
+pub async fn run(home: &crate::home::Home, cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Bus(args) => bus(args).await,
         BenchCmd::Up(f) => up(f.json).await,
         BenchCmd::Reload(a) => reload(a).await,
         BenchCmd::Providers(a) => providers(a).await,
+        BenchCmd::Local(f) => local(home, f.json).await,
     }
 }
 
@@ -810,4 +811,108 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("lotus-bench-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Local model speed on this machine's CPU, with the models of `$LOTUS_HOME/models`.
+#[cfg(feature = "local")]
+async fn local(home: &crate::home::Home, as_json: bool) -> Result<()> {
+    use lotus_providers::{ChatEvent, ChatRequest, Message};
+
+    let models = home.models();
+    for name in [lotus_local::CHAT_MODEL, lotus_local::EMBED_MODEL] {
+        if !lotus_local::ready(&models, name) {
+            return Err(anyhow!(
+                "`{name}` is not installed: run `lotus model pull {name}` first"
+            ));
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || -> Result<Value> {
+        let path = lotus_local::store::dir(&models, lotus_local::CHAT_MODEL)
+            .join("SmolLM2-135M-Instruct.Q8_0.gguf");
+        let t = Instant::now();
+        let mut chat = lotus_local::chat::Chat::load(&path).map_err(|e| anyhow!(e))?;
+        let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        let req = ChatRequest {
+            model: lotus_local::CHAT_MODEL.into(),
+            messages: vec![Message::user(
+                "Write a long story about a robot who learns to paint.",
+            )],
+            max_tokens: Some(128),
+            temperature: Some(0.0),
+            ..ChatRequest::default()
+        };
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut first = None;
+            let mut usage = None;
+            chat.generate(&req, &mut |ev| {
+                match ev {
+                    ChatEvent::Text { .. } if first.is_none() => first = Some(t.elapsed()),
+                    ChatEvent::Finished { usage: u, .. } => usage = u,
+                    _ => {}
+                }
+                true
+            })
+            .map_err(|e| anyhow!(e))?;
+            let total = t.elapsed();
+            let u = usage.unwrap_or_default();
+            let first = first.unwrap_or(total);
+            let decode_tps =
+                (u.output_tokens.saturating_sub(1)) as f64 / (total - first).as_secs_f64();
+            let prefill_tps = u.input_tokens as f64 / first.as_secs_f64();
+            runs.push((decode_tps, prefill_tps, u.input_tokens, u.output_tokens));
+        }
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (decode_tps, prefill_tps, prompt, generated) = runs[runs.len() / 2];
+        let embedder = lotus_local::embed::Embedder::load(&lotus_local::store::dir(
+            &models,
+            lotus_local::EMBED_MODEL,
+        ))
+        .map_err(|e| anyhow!(e))?;
+        let sentences: Vec<String> = (0..200)
+            .map(|i| {
+                format!("Sentence number {i} is about cats, markets and the weather in Paris.")
+            })
+            .collect();
+        let t = Instant::now();
+        for s in &sentences {
+            embedder.embed(s).map_err(|e| anyhow!(e))?;
+        }
+        let embed_per_sec = sentences.len() as f64 / t.elapsed().as_secs_f64();
+        Ok(json!({
+            "chat_model": "smollm2 (Q8_0)",
+            "load_ms": (load_ms * 10.0).round() / 10.0,
+            "prompt_tokens": prompt,
+            "generated_tokens": generated,
+            "prefill_tokens_per_sec": (prefill_tps * 10.0).round() / 10.0,
+            "decode_tokens_per_sec": (decode_tps * 10.0).round() / 10.0,
+            "minilm_embeddings_per_sec": (embed_per_sec * 10.0).round() / 10.0,
+            "threads": std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "default".into()),
+            "avx2": cfg!(target_feature = "avx2"),
+            "load_avg": load_avg(),
+        }))
+    })
+    .await??;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "smollm2: decode {} tok/s, prefill {} tok/s; minilm: {} embeddings/s (threads {}, avx2 {}, load {})",
+            out["decode_tokens_per_sec"],
+            out["prefill_tokens_per_sec"],
+            out["minilm_embeddings_per_sec"],
+            out["threads"],
+            out["avx2"],
+            out["load_avg"]
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "local"))]
+async fn local(_: &crate::home::Home, _: bool) -> Result<()> {
+    Err(anyhow!(
+        "this lotus was built without local models (feature `local`)"
+    ))
 }

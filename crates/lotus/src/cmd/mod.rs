@@ -35,7 +35,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Model(c) => model::run(&home, c).await,
         Command::Provider(c) => provider::run(&home, &load()?, c).await,
         Command::Doctor(f) => doctor::run(&home, f.json).await,
-        Command::Bench(c) => bench::run(c).await,
+        Command::Bench(c) => bench::run(&home, c).await,
         Command::Config(ConfigCmd::Show { defaults }) => {
             if defaults {
                 print!("{}", Config::default().to_toml());

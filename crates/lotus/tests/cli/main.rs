@@ -857,7 +857,11 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(
         v["default_chain"],
-        json!(["openai:gpt-4o-mini", "ollama:llama3.2:latest", "local:smollm2"])
+        json!([
+            "openai:gpt-4o-mini",
+            "ollama:llama3.2:latest",
+            "local:smollm2"
+        ])
     );
     let openai_row = &v["providers"][0];
     assert_eq!(

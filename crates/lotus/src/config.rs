@@ -160,7 +160,9 @@ impl Config {
             .merge(
                 Env::prefixed("LOTUS_")
                     .split("__")
-                    .filter(|k| !["home", "log"].iter().any(|x| k.as_str().eq_ignore_ascii_case(x))),
+                    // Only `LOTUS_SECTION__KEY`: other LOTUS_* variables (LOTUS_HOME, LOTUS_LOG,
+                    // a CI script's own) are not configuration.
+                    .filter(|k| k.as_str().contains("__") || k.as_str().contains('.')),
             )
             .extract::<Config>()
             .map_err(|e| {

@@ -222,6 +222,43 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
     r.add("runtimes", Status::Info, runtimes, None);
 
     if let Some(config) = &config {
+        match super::provider::router(home, config).await {
+            Ok(setup) => {
+                let configured: Vec<String> = setup
+                    .status
+                    .iter()
+                    .filter(|s| s.configured)
+                    .map(|s| format!("{} ({})", s.name, s.source))
+                    .collect();
+                let chain = setup.router.config().chain.join(" → ");
+                let only_unpulled_local = configured.is_empty();
+                r.add(
+                    "providers",
+                    if only_unpulled_local {
+                        Status::Warn
+                    } else {
+                        Status::Ok
+                    },
+                    if only_unpulled_local {
+                        format!("none ready; default chain: {chain}")
+                    } else {
+                        format!("{}; default chain: {chain}", configured.join(", "))
+                    },
+                    only_unpulled_local.then_some(
+                        "set OPENAI_API_KEY (or ANTHROPIC_/GEMINI_/OPENROUTER_API_KEY), point OLLAMA_HOST at Ollama, or `lotus model pull smollm2`",
+                    ),
+                );
+            }
+            Err(e) => r.add(
+                "providers",
+                Status::Fail,
+                format!("{e:#}"),
+                Some("fix [providers] in lotus.toml (`lotus config show`)"),
+            ),
+        }
+    }
+
+    if let Some(config) = &config {
         match Client::new(home, config) {
             Ok(client) => match client.get::<Health>("/api/v1/health", &[]).await {
                 Ok(h) => {

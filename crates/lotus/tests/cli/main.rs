@@ -496,6 +496,8 @@ fn config_is_layered_and_bad_config_is_named() {
     let out = lotus(home.path())
         .args(["config", "show"])
         .env("LOTUS_API__LISTEN", "127.0.0.1:9999")
+        // Other LOTUS_* variables (a CI script's, a test's) are not configuration.
+        .env("LOTUS_CI_CACHE", "/tmp/elsewhere")
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);

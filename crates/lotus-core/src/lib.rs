@@ -17,3 +17,21 @@ pub use topic::{Pattern, PatternToken, Topic, TopicError};
 
 /// Re-exported so that users of [`Event::payload`] need no extra dependency.
 pub use serde_json::{Value, json};
+
+/// The causes of `e` (its `source()`, that one's source, …), not `e` itself.
+pub fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |c| c.source())
+}
+
+/// `e` and its causes as one line: `e: cause: cause…` (what a user needs to see of an error whose
+/// own message hides the reason, like a connection failure's).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    for c in causes(e) {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+    }
+    out
+}

@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::error::ProviderError;
-use crate::types::{ChatEvent, ChatRequest, Message, Part, Role, StopReason, Usage};
+use crate::types::{ChatEvent, ChatRequest, Part, Role, StopReason, Usage};
 use crate::wire::{self, Decoder, Frame};
 use crate::{ChatStream, Provider, Secret};
 
@@ -17,76 +17,50 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// A client of the Messages API.
 pub struct Anthropic {
-    base_url: String,
-    key: Option<Secret>,
-    http: reqwest::Client,
+    api: wire::Endpoint,
 }
 
 impl Anthropic {
     /// A client for `base_url` (e.g. `https://api.anthropic.com/v1`).
     pub fn new(base_url: &str, key: Option<Secret>, http: reqwest::Client) -> Self {
         Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            key,
-            http,
+            api: wire::Endpoint::new("anthropic", base_url, http)
+                .with_key("x-api-key", "", key)
+                .with_header("anthropic-version", API_VERSION),
         }
-    }
-
-    fn authorize(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        if let Some(k) = &self.key {
-            req = req.header("x-api-key", k.expose());
-        }
-        req.header("anthropic-version", API_VERSION)
-    }
-
-    fn secrets(&self) -> Vec<&Secret> {
-        self.key.iter().collect()
     }
 }
 
 /// The request body for `req` (streamed). System messages go to `system`; tool results become
 /// `tool_result` blocks of a user turn; consecutive turns of one role are merged.
 pub fn body(req: &ChatRequest) -> Value {
-    let system: Vec<String> = req
-        .messages
-        .iter()
-        .filter(|m| m.role == Role::System)
-        .map(Message::text)
-        .collect();
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for m in req.messages.iter().filter(|m| m.role != Role::System) {
-        let (role, blocks) = match m.role {
-            Role::User => ("user", parts(&m.parts)),
-            Role::Assistant => {
-                let mut b = parts(&m.parts);
-                b.extend(m.tool_calls.iter().map(|c| {
-                    json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments})
-                }));
-                ("assistant", b)
-            }
-            Role::Tool => (
-                "user",
-                vec![json!({
-                    "type": "tool_result",
-                    "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
-                    "content": m.text(),
-                })],
-            ),
-            Role::System => continue,
-        };
-        match turns.last_mut() {
-            Some((last, b)) if *last == role => b.extend(blocks),
-            _ => turns.push((role, blocks)),
+    let turns = req.messages.iter().filter_map(|m| match m.role {
+        Role::System => None,
+        Role::User => Some(("user", parts(&m.parts))),
+        Role::Assistant => {
+            let mut b = parts(&m.parts);
+            b.extend(m.tool_calls.iter().map(
+                |c| json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}),
+            ));
+            Some(("assistant", b))
         }
-    }
+        Role::Tool => Some((
+            "user",
+            vec![json!({
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
+                "content": m.text(),
+            })],
+        )),
+    });
     let mut body = json!({
         "model": req.model,
         "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        "messages": turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect::<Vec<_>>(),
+        "messages": wire::merge_turns(turns, "content"),
         "stream": true,
     });
-    if !system.is_empty() {
-        body["system"] = json!(system.join("\n\n"));
+    if let Some(system) = wire::system_text(&req.messages) {
+        body["system"] = json!(system);
     }
     if !req.tools.is_empty() {
         body["tools"] = req
@@ -95,14 +69,16 @@ pub fn body(req: &ChatRequest) -> Value {
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
             .collect();
     }
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
-    if let Some(p) = req.top_p {
-        body["top_p"] = json!(p);
-    }
-    if !req.stop.is_empty() {
-        body["stop_sequences"] = json!(req.stop);
+    if let Value::Object(o) = &mut body {
+        o.extend(wire::sampling(
+            req,
+            [
+                Some("temperature"),
+                Some("top_p"),
+                None,
+                Some("stop_sequences"),
+            ],
+        ));
     }
     body
 }
@@ -255,15 +231,15 @@ impl Decoder for StreamDecoder {
 
 impl Provider for Anthropic {
     fn name(&self) -> &str {
-        "anthropic"
+        self.api.provider()
     }
 
     fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
-            let http = self
-                .authorize(self.http.post(format!("{}/messages", self.base_url)))
-                .json(&body(&req));
-            let resp = wire::send("anthropic", http, &self.secrets()).await?;
+            let resp = self
+                .api
+                .send(self.api.post("/messages", &body(&req)))
+                .await?;
             Ok(wire::decode(
                 "anthropic",
                 wire::sse("anthropic", resp),
@@ -273,11 +249,6 @@ impl Provider for Anthropic {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let req = self.authorize(self.http.get(format!("{}/models", self.base_url)));
-            wire::send("anthropic", req, &self.secrets())
-                .await
-                .map(|_| ())
-        })
+        Box::pin(self.api.check("/models"))
     }
 }

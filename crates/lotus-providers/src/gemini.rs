@@ -3,88 +3,58 @@
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use crate::error::{ErrorKind, ProviderError};
-use crate::types::{ChatEvent, ChatRequest, Embeddings, Message, Part, Role, StopReason, Usage};
+use crate::error::ProviderError;
+use crate::types::{ChatEvent, ChatRequest, Embeddings, Part, Role, StopReason, Usage};
 use crate::wire::{self, Decoder, Frame};
 use crate::{ChatStream, Provider, Secret};
 
 /// A client of the Gemini API.
 pub struct Gemini {
-    base_url: String,
-    key: Option<Secret>,
-    http: reqwest::Client,
+    api: wire::Endpoint,
 }
 
 impl Gemini {
     /// A client for `base_url` (e.g. `https://generativelanguage.googleapis.com/v1beta`).
     pub fn new(base_url: &str, key: Option<Secret>, http: reqwest::Client) -> Self {
         Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            key,
-            http,
+            api: wire::Endpoint::new("gemini", base_url, http).with_key("x-goog-api-key", "", key),
         }
-    }
-
-    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.key {
-            Some(k) => req.header("x-goog-api-key", k.expose()),
-            None => req,
-        }
-    }
-
-    fn secrets(&self) -> Vec<&Secret> {
-        self.key.iter().collect()
     }
 }
 
 /// The request body for `req`.
 pub fn body(req: &ChatRequest) -> Value {
-    let system: Vec<String> = req
-        .messages
-        .iter()
-        .filter(|m| m.role == Role::System)
-        .map(Message::text)
-        .collect();
-    let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for m in req.messages.iter().filter(|m| m.role != Role::System) {
-        let (role, parts) = match m.role {
-            Role::User => ("user", parts(&m.parts)),
-            Role::Assistant => {
-                let mut p = parts(&m.parts);
-                p.extend(
-                    m.tool_calls
-                        .iter()
-                        .map(|c| json!({"functionCall": {"name": c.name, "args": c.arguments}})),
-                );
-                ("model", p)
-            }
-            Role::Tool => {
-                let text = m.text();
-                let response = match serde_json::from_str::<Value>(&text) {
-                    Ok(Value::Object(o)) => Value::Object(o),
-                    Ok(other) => json!({ "result": other }),
-                    Err(_) => json!({ "result": text }),
-                };
-                (
-                    "user",
-                    vec![json!({"functionResponse": {
-                        "name": m.tool_name.clone().unwrap_or_default(),
-                        "response": response,
-                    }})],
-                )
-            }
-            Role::System => continue,
-        };
-        match contents.last_mut() {
-            Some((last, p)) if *last == role => p.extend(parts),
-            _ => contents.push((role, parts)),
+    let turns = req.messages.iter().filter_map(|m| match m.role {
+        Role::System => None,
+        Role::User => Some(("user", parts(&m.parts))),
+        Role::Assistant => {
+            let mut p = parts(&m.parts);
+            p.extend(
+                m.tool_calls
+                    .iter()
+                    .map(|c| json!({"functionCall": {"name": c.name, "args": c.arguments}})),
+            );
+            Some(("model", p))
         }
-    }
-    let mut body = json!({
-        "contents": contents.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect::<Vec<_>>(),
+        Role::Tool => {
+            let text = m.text();
+            let response = match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(o)) => Value::Object(o),
+                Ok(other) => json!({ "result": other }),
+                Err(_) => json!({ "result": text }),
+            };
+            Some((
+                "user",
+                vec![json!({"functionResponse": {
+                    "name": m.tool_name.clone().unwrap_or_default(),
+                    "response": response,
+                }})],
+            ))
+        }
     });
-    if !system.is_empty() {
-        body["systemInstruction"] = json!({"parts": [{"text": system.join("\n\n")}]});
+    let mut body = json!({ "contents": wire::merge_turns(turns, "parts") });
+    if let Some(system) = wire::system_text(&req.messages) {
+        body["systemInstruction"] = json!({"parts": [{"text": system}]});
     }
     if !req.tools.is_empty() {
         body["tools"] = json!([{"functionDeclarations": req.tools.iter().map(|t| json!({
@@ -93,19 +63,15 @@ pub fn body(req: &ChatRequest) -> Value {
             "parameters": schema(&t.input_schema),
         })).collect::<Vec<_>>()}]);
     }
-    let mut config = Map::new();
-    if let Some(t) = req.temperature {
-        config.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        config.insert("topP".into(), json!(p));
-    }
-    if let Some(m) = req.max_tokens {
-        config.insert("maxOutputTokens".into(), json!(m));
-    }
-    if !req.stop.is_empty() {
-        config.insert("stopSequences".into(), json!(req.stop));
-    }
+    let config = wire::sampling(
+        req,
+        [
+            Some("temperature"),
+            Some("topP"),
+            Some("maxOutputTokens"),
+            Some("stopSequences"),
+        ],
+    );
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }
@@ -295,17 +261,13 @@ impl Decoder for StreamDecoder {
 
 impl Provider for Gemini {
     fn name(&self) -> &str {
-        "gemini"
+        self.api.provider()
     }
 
     fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
-            let url = format!(
-                "{}/models/{}:streamGenerateContent?alt=sse",
-                self.base_url, req.model
-            );
-            let http = self.authorize(self.http.post(url)).json(&body(&req));
-            let resp = wire::send("gemini", http, &self.secrets()).await?;
+            let path = format!("/models/{}:streamGenerateContent?alt=sse", req.model);
+            let resp = self.api.send(self.api.post(&path, &body(&req))).await?;
             Ok(wire::decode(
                 "gemini",
                 wire::sse("gemini", resp),
@@ -324,50 +286,17 @@ impl Provider for Gemini {
                 "model": format!("models/{model}"),
                 "content": {"parts": [{"text": t}]},
             })).collect::<Vec<_>>()});
-            let url = format!("{}/models/{model}:batchEmbedContents", self.base_url);
-            let resp = wire::send(
-                "gemini",
-                self.authorize(self.http.post(url)).json(&body),
-                &self.secrets(),
-            )
-            .await?;
-            let v: Value = resp
-                .json()
-                .await
-                .map_err(|e| wire::transport("gemini", &e, &self.secrets()))?;
-            let bad = |why: &str| {
-                ProviderError::new("gemini", ErrorKind::Protocol, format!("embeddings: {why}"))
-            };
+            let path = format!("/models/{model}:batchEmbedContents");
+            let v = self.api.json(self.api.post(&path, &body)).await?;
             let vectors = v
                 .get("embeddings")
                 .and_then(Value::as_array)
-                .ok_or_else(|| bad("no `embeddings` array"))?
-                .iter()
-                .map(|e| {
-                    e.get("values")
-                        .and_then(Value::as_array)
-                        .and_then(|a| a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect())
-                })
-                .collect::<Option<Vec<Vec<f32>>>>()
-                .ok_or_else(|| bad("an embedding has no numeric `values`"))?;
-            if vectors.len() != inputs.len() {
-                return Err(bad(&format!(
-                    "{} vectors for {} inputs",
-                    vectors.len(),
-                    inputs.len()
-                )));
-            }
-            Ok(Embeddings {
-                vectors,
-                input_tokens: 0,
-            })
+                .and_then(|all| all.iter().map(|e| wire::floats(e.get("values")?)).collect());
+            wire::embeddings("gemini", vectors, inputs.len(), 0)
         })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let req = self.authorize(self.http.get(format!("{}/models", self.base_url)));
-            wire::send("gemini", req, &self.secrets()).await.map(|_| ())
-        })
+        Box::pin(self.api.check("/models"))
     }
 }

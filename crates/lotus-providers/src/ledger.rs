@@ -61,10 +61,16 @@ pub struct Ledger {
 /// Spending of the current UTC day and month, kept in memory so budget checks cost nothing.
 #[derive(Default)]
 struct Totals {
+    /// Days since the Unix epoch of the totals (a new month always starts a new day).
+    day_index: u64,
     day: String,
     day_usd: f64,
     month: String,
     month_usd: f64,
+}
+
+fn day_index(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400
 }
 
 /// The UTC civil date of `t`: (`YYYY-MM-DD`, `YYYY-MM`).
@@ -137,6 +143,7 @@ impl Ledger {
             .map_err(|e| format!("cannot read the ledger: {e}"))
         };
         let t = Totals {
+            day_index: day_index(now),
             day_usd: sum("day", &day)?,
             month_usd: sum("month", &month)?,
             day,
@@ -146,19 +153,15 @@ impl Ledger {
         Ok(())
     }
 
-    /// USD spent today and this month (UTC).
-    pub fn spent(&self) -> (f64, f64) {
+    /// USD spent today and this month (UTC). Costs nothing unless the day changed, when the
+    /// totals are read again from the ledger.
+    pub fn spent(&self) -> Result<(f64, f64), String> {
         let now = SystemTime::now();
-        let (day, month) = utc_day(now);
-        let stale = {
-            let t = self.totals.lock();
-            t.day != day || t.month != month
-        };
-        if stale && self.reload_totals(now).is_err() {
-            return (0.0, 0.0);
+        if self.totals.lock().day_index != day_index(now) {
+            self.reload_totals(now)?;
         }
         let t = self.totals.lock();
-        (t.day_usd, t.month_usd)
+        Ok((t.day_usd, t.month_usd))
     }
 
     /// Records an attempt.
@@ -277,10 +280,10 @@ mod tests {
         ledger
             .record(&entry("openai", "cli", 0.5, "ok"))
             .expect("record");
-        assert_eq!(ledger.spent(), (0.75, 0.75));
+        assert_eq!(ledger.spent().expect("spent"), (0.75, 0.75));
         drop(ledger);
         let ledger = Ledger::open(&path).expect("reopen");
-        assert_eq!(ledger.spent(), (0.75, 0.75));
+        assert_eq!(ledger.spent().expect("spent"), (0.75, 0.75));
         let rows = ledger.costs("1970-01-01").expect("costs");
         assert_eq!(rows.len(), 2);
         let openai = &rows[0];

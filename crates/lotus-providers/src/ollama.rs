@@ -1,9 +1,9 @@
 //! Ollama's native API (`/api/chat`, `/api/embed`), streamed as NDJSON.
 
 use futures_util::future::BoxFuture;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::error::{ErrorKind, ProviderError};
+use crate::error::ProviderError;
 use crate::types::{ChatEvent, ChatRequest, Embeddings, Part, Role, StopReason, Usage};
 use crate::wire::{self, Decoder, Frame};
 use crate::{ChatStream, Provider};
@@ -34,16 +34,14 @@ pub fn base_url(ollama_host: Option<&str>) -> String {
 
 /// A client of an Ollama server.
 pub struct Ollama {
-    base_url: String,
-    http: reqwest::Client,
+    api: wire::Endpoint,
 }
 
 impl Ollama {
     /// A client for `base_url` (see [`base_url`]).
     pub fn new(base_url: &str, http: reqwest::Client) -> Self {
         Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            http,
+            api: wire::Endpoint::new("ollama", base_url, http),
         }
     }
 }
@@ -87,29 +85,17 @@ pub fn body(req: &ChatRequest) -> Value {
         .collect();
     let mut body = json!({"model": req.model, "messages": messages, "stream": true});
     if !req.tools.is_empty() {
-        body["tools"] = req
-            .tools
-            .iter()
-            .map(|t| {
-                json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.input_schema,
-                }})
-            })
-            .collect();
+        body["tools"] = crate::openai::tools(&req.tools);
     }
-    let mut options = Map::new();
-    if let Some(t) = req.temperature {
-        options.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        options.insert("top_p".into(), json!(p));
-    }
-    if let Some(m) = req.max_tokens {
-        options.insert("num_predict".into(), json!(m));
-    }
-    if !req.stop.is_empty() {
-        options.insert("stop".into(), json!(req.stop));
-    }
+    let options = wire::sampling(
+        req,
+        [
+            Some("temperature"),
+            Some("top_p"),
+            Some("num_predict"),
+            Some("stop"),
+        ],
+    );
     if !options.is_empty() {
         body["options"] = Value::Object(options);
     }
@@ -198,16 +184,15 @@ impl Decoder for StreamDecoder {
 
 impl Provider for Ollama {
     fn name(&self) -> &str {
-        "ollama"
+        self.api.provider()
     }
 
     fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
-            let http = self
-                .http
-                .post(format!("{}/api/chat", self.base_url))
-                .json(&body(&req));
-            let resp = wire::send("ollama", http, &[]).await?;
+            let resp = self
+                .api
+                .send(self.api.post("/api/chat", &body(&req)))
+                .await?;
             Ok(wire::decode(
                 "ollama",
                 wire::ndjson("ollama", resp),
@@ -222,51 +207,22 @@ impl Provider for Ollama {
         inputs: Vec<String>,
     ) -> BoxFuture<'a, Result<Embeddings, ProviderError>> {
         Box::pin(async move {
-            let http = self
-                .http
-                .post(format!("{}/api/embed", self.base_url))
-                .json(&json!({"model": model, "input": inputs}));
-            let v: Value = wire::send("ollama", http, &[])
-                .await?
-                .json()
-                .await
-                .map_err(|e| wire::transport("ollama", &e, &[]))?;
-            let bad = |why: &str| {
-                ProviderError::new("ollama", ErrorKind::Protocol, format!("embeddings: {why}"))
-            };
+            let body = json!({"model": model, "input": inputs});
+            let v = self.api.json(self.api.post("/api/embed", &body)).await?;
             let vectors = v
                 .get("embeddings")
                 .and_then(Value::as_array)
-                .ok_or_else(|| bad("no `embeddings` array"))?
-                .iter()
-                .map(|e| {
-                    e.as_array()
-                        .and_then(|a| a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect())
-                })
-                .collect::<Option<Vec<Vec<f32>>>>()
-                .ok_or_else(|| bad("an embedding holds something else than numbers"))?;
-            if vectors.len() != inputs.len() {
-                return Err(bad(&format!(
-                    "{} vectors for {} inputs",
-                    vectors.len(),
-                    inputs.len()
-                )));
-            }
-            Ok(Embeddings {
-                vectors,
-                input_tokens: v
-                    .get("prompt_eval_count")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            })
+                .and_then(|all| all.iter().map(wire::floats).collect());
+            let tokens = v
+                .get("prompt_eval_count")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            wire::embeddings("ollama", vectors, inputs.len(), tokens)
         })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let req = self.http.get(format!("{}/api/tags", self.base_url));
-            wire::send("ollama", req, &[]).await.map(|_| ())
-        })
+        Box::pin(self.api.check("/api/tags"))
     }
 }
 

@@ -4,55 +4,47 @@
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::error::{ErrorKind, ProviderError};
-use crate::types::{ChatEvent, ChatRequest, Embeddings, Message, Part, Role, StopReason, Usage};
+use crate::error::ProviderError;
+use crate::types::{
+    ChatEvent, ChatRequest, Embeddings, Message, Part, Role, StopReason, ToolSpec, Usage,
+};
 use crate::wire::{self, Decoder, Frame};
 use crate::{ChatStream, Provider, Secret};
 
 /// An OpenAI-compatible endpoint.
 pub struct OpenAi {
-    name: String,
-    base_url: String,
-    key: Option<Secret>,
-    headers: Vec<(String, String)>,
-    http: reqwest::Client,
+    api: wire::Endpoint,
 }
 
 impl OpenAi {
     /// A client for `base_url` (e.g. `https://api.openai.com/v1`) named `name`.
     pub fn new(name: &str, base_url: &str, key: Option<Secret>, http: reqwest::Client) -> Self {
         Self {
-            name: name.to_owned(),
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            key,
-            headers: Vec::new(),
-            http,
+            api: wire::Endpoint::new(name, base_url, http).with_key(
+                "authorization",
+                "Bearer ",
+                key,
+            ),
         }
     }
 
     /// Adds a header sent with every request (OpenRouter's `X-Title`, …).
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
+        self.api = self.api.with_header(name, value);
         self
     }
+}
 
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.authorize(self.http.post(format!("{}{path}", self.base_url)))
-    }
-
-    fn authorize(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        if let Some(k) = &self.key {
-            req = req.bearer_auth(k.expose());
-        }
-        for (n, v) in &self.headers {
-            req = req.header(n, v);
-        }
-        req
-    }
-
-    fn secrets(&self) -> Vec<&Secret> {
-        self.key.iter().collect()
-    }
+/// The `tools` array of OpenAI's format (Ollama takes the same).
+pub fn tools(specs: &[ToolSpec]) -> Value {
+    specs
+        .iter()
+        .map(|t| {
+            json!({"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.input_schema,
+            }})
+        })
+        .collect()
 }
 
 /// The request body for `req` (streamed, with usage).
@@ -64,27 +56,18 @@ pub fn body(req: &ChatRequest) -> Value {
         "stream_options": {"include_usage": true},
     });
     if !req.tools.is_empty() {
-        body["tools"] = req
-            .tools
-            .iter()
-            .map(|t| {
-                json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.input_schema,
-                }})
-            })
-            .collect();
+        body["tools"] = tools(&req.tools);
     }
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
-    if let Some(p) = req.top_p {
-        body["top_p"] = json!(p);
-    }
-    if let Some(m) = req.max_tokens {
-        body["max_tokens"] = json!(m);
-    }
-    if !req.stop.is_empty() {
-        body["stop"] = json!(req.stop);
+    if let Value::Object(o) = &mut body {
+        o.extend(wire::sampling(
+            req,
+            [
+                Some("temperature"),
+                Some("top_p"),
+                Some("max_tokens"),
+                Some("stop"),
+            ],
+        ));
     }
     body
 }
@@ -273,20 +256,19 @@ impl Decoder for StreamDecoder {
 
 impl Provider for OpenAi {
     fn name(&self) -> &str {
-        &self.name
+        self.api.provider()
     }
 
     fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
-            let resp = wire::send(
-                &self.name,
-                self.post("/chat/completions").json(&body(&req)),
-                &self.secrets(),
-            )
-            .await?;
+            let resp = self
+                .api
+                .send(self.api.post("/chat/completions", &body(&req)))
+                .await?;
+            let name = self.api.provider();
             Ok(wire::decode(
-                &self.name,
-                wire::sse(&self.name, resp),
+                name,
+                wire::sse(name, resp),
                 StreamDecoder::default(),
             ))
         })
@@ -299,27 +281,13 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<Embeddings, ProviderError>> {
         Box::pin(async move {
             let body = json!({"model": model, "input": inputs, "encoding_format": "float"});
-            let resp = wire::send(
-                &self.name,
-                self.post("/embeddings").json(&body),
-                &self.secrets(),
-            )
-            .await?;
-            let v: Value = resp
-                .json()
-                .await
-                .map_err(|e| wire::transport(&self.name, &e, &self.secrets()))?;
-            parse_embeddings(&self.name, &v, inputs.len())
+            let v = self.api.json(self.api.post("/embeddings", &body)).await?;
+            parse_embeddings(self.api.provider(), &v, inputs.len())
         })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let req = self.authorize(self.http.get(format!("{}/models", self.base_url)));
-            wire::send(&self.name, req, &self.secrets())
-                .await
-                .map(|_| ())
-        })
+        Box::pin(self.api.check("/models"))
     }
 }
 
@@ -329,41 +297,21 @@ pub fn parse_embeddings(
     v: &Value,
     expected: usize,
 ) -> Result<Embeddings, ProviderError> {
-    let bad =
-        |why: &str| ProviderError::new(provider, ErrorKind::Protocol, format!("embeddings: {why}"));
-    let data = v
-        .get("data")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("no `data` array"))?;
-    let mut vectors = vec![Vec::new(); data.len()];
-    for (pos, item) in data.iter().enumerate() {
-        let index = item
-            .get("index")
-            .and_then(Value::as_u64)
-            .map_or(pos, |i| i as usize);
-        let vector = item
-            .get("embedding")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("an item has no `embedding`"))?
-            .iter()
-            .map(|x| x.as_f64().map(|f| f as f32))
-            .collect::<Option<Vec<f32>>>()
-            .ok_or_else(|| bad("an embedding holds something else than numbers"))?;
-        *vectors
-            .get_mut(index)
-            .ok_or_else(|| bad("an index is out of range"))? = vector;
-    }
-    if vectors.len() != expected {
-        return Err(bad(&format!(
-            "{} vectors for {expected} inputs",
-            vectors.len()
-        )));
-    }
-    Ok(Embeddings {
-        vectors,
-        input_tokens: v
-            .pointer("/usage/prompt_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
-    })
+    // Items carry their input's index; place each there.
+    let vectors = v.get("data").and_then(Value::as_array).and_then(|data| {
+        let mut vectors = vec![None; data.len()];
+        for (pos, item) in data.iter().enumerate() {
+            let index = item
+                .get("index")
+                .and_then(Value::as_u64)
+                .map_or(pos, |i| i as usize);
+            *vectors.get_mut(index)? = Some(wire::floats(item.get("embedding")?)?);
+        }
+        vectors.into_iter().collect::<Option<Vec<_>>>()
+    });
+    let tokens = v
+        .pointer("/usage/prompt_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    wire::embeddings(provider, vectors, expected, tokens)
 }

@@ -173,12 +173,40 @@ impl Router {
         }
     }
 
+    /// How long to wait before retry number `retry + 1` after `e`, or `None` when it is not
+    /// worth retrying: not retryable, retries used up, or a `Retry-After` beyond `max_wait`
+    /// (the next model is the better bet).
+    fn retry_pause(&self, e: &ProviderError, retry: u32) -> Option<Duration> {
+        let wait = e.retry_after();
+        let worth = e.retryable()
+            && retry < self.config.retries
+            && wait.is_none_or(|w| w <= self.config.max_wait);
+        worth.then(|| {
+            let backoff = self
+                .config
+                .backoff_initial
+                .saturating_mul(1 << retry.min(16))
+                .min(self.config.backoff_max);
+            jitter(backoff).max(wait.unwrap_or_default())
+        })
+    }
+
     /// Stops the call if a budget is spent.
     fn check_budget(&self) -> Result<(), ProviderError> {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
-        let (day, month) = ledger.spent();
+        if self.config.daily_usd.is_none() && self.config.monthly_usd.is_none() {
+            return Ok(());
+        }
+        // A ledger that cannot be read cannot vouch for a budget: stop rather than overspend.
+        let (day, month) = ledger.spent().map_err(|e| {
+            ProviderError::new(
+                "router",
+                ErrorKind::Budget,
+                format!("{e}; budgets cannot be checked, so no call is made (is another program holding the ledger?)"),
+            )
+        })?;
         let over = |what: &str, limit: f64, spent: f64, when: &str| {
             ProviderError::new(
                 "router",
@@ -315,20 +343,10 @@ impl Router {
                         self.record(m, &call.module, Usage::default(), e.code(), t0);
                         self.mark(&m.provider, Err(&e));
                         tracing::warn!(model = %m, error = %e, retry, "provider attempt failed");
-                        let wait = e.retry_after();
-                        let may_retry = e.retryable()
-                            && retry < self.config.retries
-                            && wait.is_none_or(|w| w <= self.config.max_wait);
+                        let pause = self.retry_pause(&e, retry);
                         attempts.push(fail(e));
-                        if !may_retry {
-                            break;
-                        }
-                        let backoff = self
-                            .config
-                            .backoff_initial
-                            .saturating_mul(1 << retry.min(16))
-                            .min(self.config.backoff_max);
-                        tokio::time::sleep(jitter(backoff).max(wait.unwrap_or_default())).await;
+                        let Some(pause) = pause else { break };
+                        tokio::time::sleep(pause).await;
                         retry += 1;
                     }
                 }
@@ -407,18 +425,10 @@ impl Router {
                 Err(e) => {
                     self.record(&m, module, Usage::default(), e.code(), t0);
                     self.mark(&m.provider, Err(&e));
-                    if !e.retryable() || retry >= self.config.retries {
+                    let Some(pause) = self.retry_pause(&e, retry) else {
                         return Err(e);
-                    }
-                    let backoff = self
-                        .config
-                        .backoff_initial
-                        .saturating_mul(1 << retry.min(16));
-                    tokio::time::sleep(
-                        jitter(backoff.min(self.config.backoff_max))
-                            .max(e.retry_after().unwrap_or_default()),
-                    )
-                    .await;
+                    };
+                    tokio::time::sleep(pause).await;
                     retry += 1;
                 }
             }

@@ -127,6 +127,64 @@ pub struct ProviderStatus {
     pub model: Option<String>,
 }
 
+/// A provider that is configured by an API key in the environment.
+struct Keyed {
+    name: &'static str,
+    /// Variables that may hold the key, in order.
+    key_vars: &'static [&'static str],
+    /// The variable that may hold the base URL (as the official SDKs read it).
+    base_var: Option<&'static str>,
+    base_default: &'static str,
+    model_default: &'static str,
+    config: fn(&ProvidersConfig) -> &EndpointConfig,
+    make: fn(&str, Secret, reqwest::Client) -> Arc<dyn Provider>,
+}
+
+const KEYED: [Keyed; 4] = [
+    Keyed {
+        name: "openai",
+        key_vars: &["OPENAI_API_KEY"],
+        base_var: Some("OPENAI_BASE_URL"),
+        base_default: "https://api.openai.com/v1",
+        model_default: "gpt-4o-mini",
+        config: |c| &c.openai,
+        make: |base, key, http| Arc::new(OpenAi::new("openai", base, Some(key), http)),
+    },
+    Keyed {
+        name: "anthropic",
+        key_vars: &["ANTHROPIC_API_KEY"],
+        base_var: Some("ANTHROPIC_BASE_URL"),
+        base_default: "https://api.anthropic.com/v1",
+        model_default: "claude-sonnet-4",
+        config: |c| &c.anthropic,
+        make: |base, key, http| Arc::new(Anthropic::new(base, Some(key), http)),
+    },
+    Keyed {
+        name: "gemini",
+        key_vars: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+        base_var: None,
+        base_default: "https://generativelanguage.googleapis.com/v1beta",
+        model_default: "gemini-2.0-flash",
+        config: |c| &c.gemini,
+        make: |base, key, http| Arc::new(Gemini::new(base, Some(key), http)),
+    },
+    Keyed {
+        name: "openrouter",
+        key_vars: &["OPENROUTER_API_KEY"],
+        base_var: None,
+        base_default: "https://openrouter.ai/api/v1",
+        model_default: "openai/gpt-4o-mini",
+        config: |c| &c.openrouter,
+        make: |base, key, http| {
+            Arc::new(
+                OpenAi::new("openrouter", base, Some(key), http)
+                    .with_header("X-Title", "LOTUS")
+                    .with_header("HTTP-Referer", "https://lotus.local"),
+            )
+        },
+    },
+];
+
 /// The router and what was found.
 pub struct Setup {
     /// The router.
@@ -167,111 +225,40 @@ pub async fn build(
             .map_err(|e| format!("providers.aliases.{alias}: {e}"))?;
     }
     let http = crate::http_client().map_err(|e| e.to_string())?;
-    let key = |vars: &[&'static str]| -> Option<(&'static str, String)> {
-        vars.iter()
-            .find_map(|v| env(v).filter(|k| !k.trim().is_empty()).map(|k| (*v, k)))
-    };
-    let base = |c: &EndpointConfig, var: Option<&str>, default: &str| {
-        c.base_url
-            .clone()
-            .or_else(|| var.and_then(env))
-            .unwrap_or_else(|| default.to_owned())
-    };
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     let mut status = Vec::new();
     let mut chain = Vec::new();
-    let mut add = |name: &str,
-                   found: Option<(&str, String)>,
-                   base_url: String,
-                   model: String,
-                   make: &dyn Fn(Secret, &str) -> Arc<dyn Provider>| {
-        let configured = found.is_some();
-        if let Some((var, k)) = found {
-            providers.push(make(Secret::new(k), &base_url));
-            chain.push(format!("{name}:{model}"));
-            status.push(ProviderStatus {
-                name: name.into(),
-                configured,
-                base_url,
-                source: format!("key from ${var}"),
-                model: Some(model),
-            });
-        } else {
-            status.push(ProviderStatus {
-                name: name.into(),
-                configured,
-                base_url,
-                source: "no key".into(),
-                model: None,
-            });
-        }
-    };
-    let h = http.clone();
-    add(
-        "openai",
-        key(&["OPENAI_API_KEY"]),
-        base(
-            &config.openai,
-            Some("OPENAI_BASE_URL"),
-            "https://api.openai.com/v1",
-        ),
-        config
-            .openai
-            .model
+    for p in &KEYED {
+        let endpoint = (p.config)(config);
+        let base_url = endpoint
+            .base_url
             .clone()
-            .unwrap_or_else(|| "gpt-4o-mini".into()),
-        &|k, b| Arc::new(OpenAi::new("openai", b, Some(k), h.clone())),
-    );
-    let h = http.clone();
-    add(
-        "anthropic",
-        key(&["ANTHROPIC_API_KEY"]),
-        base(
-            &config.anthropic,
-            Some("ANTHROPIC_BASE_URL"),
-            "https://api.anthropic.com/v1",
-        ),
-        config
-            .anthropic
-            .model
-            .clone()
-            .unwrap_or_else(|| "claude-sonnet-4".into()),
-        &|k, b| Arc::new(Anthropic::new(b, Some(k), h.clone())),
-    );
-    let h = http.clone();
-    add(
-        "gemini",
-        key(&["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
-        base(
-            &config.gemini,
-            None,
-            "https://generativelanguage.googleapis.com/v1beta",
-        ),
-        config
-            .gemini
-            .model
-            .clone()
-            .unwrap_or_else(|| "gemini-2.0-flash".into()),
-        &|k, b| Arc::new(Gemini::new(b, Some(k), h.clone())),
-    );
-    let h = http.clone();
-    add(
-        "openrouter",
-        key(&["OPENROUTER_API_KEY"]),
-        base(&config.openrouter, None, "https://openrouter.ai/api/v1"),
-        config
-            .openrouter
-            .model
-            .clone()
-            .unwrap_or_else(|| "openai/gpt-4o-mini".into()),
-        &|k, b| {
-            Arc::new(
-                OpenAi::new("openrouter", b, Some(k), h.clone())
-                    .with_header("X-Title", "LOTUS")
-                    .with_header("HTTP-Referer", "https://lotus.local"),
-            )
-        },
-    );
+            .or_else(|| p.base_var.and_then(env))
+            .unwrap_or_else(|| p.base_default.to_owned());
+        let found = p
+            .key_vars
+            .iter()
+            .find_map(|v| env(v).filter(|k| !k.trim().is_empty()).map(|k| (*v, k)));
+        let (source, model) = match found {
+            Some((var, key)) => {
+                let model = endpoint
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| p.model_default.to_owned());
+                providers.push((p.make)(&base_url, Secret::new(key), http.clone()));
+                chain.push(format!("{}:{model}", p.name));
+                (format!("key from ${var}"), Some(model))
+            }
+            None => ("no key".to_owned(), None),
+        };
+        status.push(ProviderStatus {
+            name: p.name.into(),
+            configured: model.is_some(),
+            base_url,
+            source,
+            model,
+        });
+    }
 
     // Ollama: configured in lotus.toml, or at $OLLAMA_HOST.
     let ollama_host = env("OLLAMA_HOST");

@@ -8,8 +8,190 @@ use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 
 use crate::error::{ErrorKind, ProviderError, parse_retry_after};
-use crate::types::ChatEvent;
+use serde_json::{Map, Value};
+
+use crate::types::{ChatEvent, ChatRequest, Embeddings, Message, Role};
 use crate::{ChatStream, Secret};
+
+/// One HTTP API: its base URL, the client, and the headers every request carries — the key
+/// among them, which is scrubbed from every error built from a response.
+pub struct Endpoint {
+    provider: String,
+    base: String,
+    http: reqwest::Client,
+    key: Option<(&'static str, &'static str, Secret)>,
+    headers: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// `base` (trailing `/` dropped) for `provider`, without a key.
+    pub fn new(provider: &str, base: &str, http: reqwest::Client) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            key: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sends `key` in header `name`, after `prefix` (`"Bearer "` for `authorization`).
+    pub fn with_key(
+        mut self,
+        name: &'static str,
+        prefix: &'static str,
+        key: Option<Secret>,
+    ) -> Self {
+        self.key = key.map(|k| (name, prefix, k));
+        self
+    }
+
+    /// Adds a header sent with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The provider's name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some((name, prefix, k)) = &self.key {
+            req = req.header(*name, format!("{prefix}{}", k.expose()));
+        }
+        for (n, v) in &self.headers {
+            req = req.header(n, v);
+        }
+        req
+    }
+
+    /// A GET of `path` (below the base URL).
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    /// A POST of `body` as JSON to `path`.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path).json(body)
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.key.iter().map(|(_, _, k)| k).collect()
+    }
+
+    /// Sends `req`: the response, or the classified error (see [`send`]).
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ProviderError> {
+        send(&self.provider, req, &self.secrets()).await
+    }
+
+    /// Sends `req` and parses its JSON answer.
+    pub async fn json(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<serde_json::Value, ProviderError> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(|e| transport(&self.provider, &e, &self.secrets()))
+    }
+
+    /// Whether the API answers an authenticated GET of `path`.
+    pub async fn check(&self, path: &str) -> Result<(), ProviderError> {
+        self.send(self.get(path)).await.map(|_| ())
+    }
+}
+
+/// The system messages' text, joined, for formats that take it apart from the conversation.
+pub fn system_text(messages: &[Message]) -> Option<String> {
+    let parts: Vec<String> = messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(Message::text)
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("\n\n"))
+}
+
+/// Turns of `(role, pieces)` as `{"role": …, content_key: [pieces]}`, consecutive turns of one
+/// role merged (for formats that want user and model turns to alternate).
+pub fn merge_turns(
+    turns: impl Iterator<Item = (&'static str, Vec<Value>)>,
+    content_key: &str,
+) -> Vec<Value> {
+    let mut merged: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (role, pieces) in turns {
+        match merged.last_mut() {
+            Some((last, p)) if *last == role => p.extend(pieces),
+            _ => merged.push((role, pieces)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(role, pieces)| {
+            let mut turn = Map::new();
+            turn.insert("role".into(), Value::from(role));
+            turn.insert(content_key.into(), Value::Array(pieces));
+            Value::Object(turn)
+        })
+        .collect()
+}
+
+/// The sampling settings of `req` under the format's own key names (temperature, top-p, most
+/// tokens, stop sequences); `None` leaves one out.
+pub fn sampling(req: &ChatRequest, keys: [Option<&str>; 4]) -> Map<String, Value> {
+    let mut m = Map::new();
+    let values = [
+        req.temperature.map(|t| serde_json::json!(t)),
+        req.top_p.map(|p| serde_json::json!(p)),
+        req.max_tokens.map(|n| serde_json::json!(n)),
+        (!req.stop.is_empty()).then(|| serde_json::json!(req.stop)),
+    ];
+    for (key, value) in keys.into_iter().zip(values) {
+        if let (Some(k), Some(v)) = (key, value) {
+            m.insert(k.to_owned(), v);
+        }
+    }
+    m
+}
+
+/// A JSON array of numbers as an embedding.
+pub fn floats(v: &Value) -> Option<Vec<f32>> {
+    v.as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect()
+}
+
+/// Embeddings from parsed `vectors` (`None`: the answer held something else), checked against
+/// the number of inputs.
+pub fn embeddings(
+    provider: &str,
+    vectors: Option<Vec<Vec<f32>>>,
+    expected: usize,
+    input_tokens: u64,
+) -> Result<Embeddings, ProviderError> {
+    let bad = |why: String| {
+        ProviderError::new(provider, ErrorKind::Protocol, format!("embeddings: {why}"))
+    };
+    let vectors =
+        vectors.ok_or_else(|| bad("the answer holds no list of numeric vectors".into()))?;
+    if vectors.len() != expected {
+        return Err(bad(format!(
+            "{} vectors for {expected} inputs",
+            vectors.len()
+        )));
+    }
+    Ok(Embeddings {
+        vectors,
+        input_tokens,
+    })
+}
 
 /// Sends `req` and returns the response if its status is a success; otherwise the error, with
 /// the provider's message and any `Retry-After`, and every secret in `redact` blotted out.
@@ -71,13 +253,7 @@ pub fn transport(provider: &str, e: &reqwest::Error, redact: &[&Secret]) -> Prov
     } else {
         ErrorKind::Network
     };
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    ProviderError::new(provider, kind, scrub(&msg, redact))
+    ProviderError::new(provider, kind, scrub(&lotus_core::error_chain(e), redact))
 }
 
 /// `text` with every secret's value replaced by `[redacted]`.

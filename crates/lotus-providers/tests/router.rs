@@ -8,7 +8,8 @@ use lotus_providers::ollama::Ollama;
 use lotus_providers::openai::OpenAi;
 use lotus_providers::router::ChatCall;
 use lotus_providers::{
-    Catalog, ChatRequest, ErrorKind, Ledger, Message, Router, RouterConfig, Secret, collect,
+    Catalog, ChatRequest, ErrorKind, Ledger, Message, Provider, Router, RouterConfig, Secret,
+    collect,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -57,6 +58,16 @@ struct Setup {
     ledger_path: std::path::PathBuf,
 }
 
+impl Setup {
+    /// A router over the built-in catalog writing to this ledger, with `providers`.
+    fn router(&self, cfg: RouterConfig, providers: Vec<Arc<dyn Provider>>) -> Arc<Router> {
+        Arc::new(providers.into_iter().fold(
+            Router::new(Catalog::builtin(), cfg, Some(self.ledger.clone())),
+            Router::with_provider,
+        ))
+    }
+}
+
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger_path = dir.path().join("ledger.db");
@@ -67,7 +78,7 @@ fn setup() -> Setup {
     }
 }
 
-fn openai_like(name: &str, server: &MockServer) -> Arc<OpenAi> {
+fn openai_like(name: &str, server: &MockServer) -> Arc<dyn Provider> {
     Arc::new(OpenAi::new(
         name,
         &format!("{}/v1", server.uri()),
@@ -102,22 +113,21 @@ async fn a_chain_falls_back_across_two_failing_providers_to_a_third() {
         .expect(1)
         .mount(&answering)
         .await;
-    let router = Arc::new(
-        Router::new(
-            Catalog::builtin(),
-            config(&[
-                "openai:gpt-4o-mini",
-                "openrouter:openai/gpt-4o-mini",
-                "ollama:llama3.2",
-            ]),
-            Some(s.ledger.clone()),
-        )
-        .with_provider(openai_like("openai", &failing))
-        .with_provider(openai_like("openrouter", &refusing))
-        .with_provider(Arc::new(Ollama::new(
-            &answering.uri(),
-            lotus_providers::http_client().expect("http"),
-        ))),
+    let ollama: Arc<dyn Provider> = Arc::new(Ollama::new(
+        &answering.uri(),
+        lotus_providers::http_client().expect("http"),
+    ));
+    let router = s.router(
+        config(&[
+            "openai:gpt-4o-mini",
+            "openrouter:openai/gpt-4o-mini",
+            "ollama:llama3.2",
+        ]),
+        vec![
+            openai_like("openai", &failing),
+            openai_like("openrouter", &refusing),
+            ollama,
+        ],
     );
     let routed = router.chat(call()).await.expect("the third answers");
     assert_eq!(routed.model.to_string(), "ollama:llama3.2");
@@ -180,14 +190,7 @@ async fn retry_after_is_honoured_and_the_same_provider_then_answers() {
         .respond_with(ok_openai())
         .mount(&server)
         .await;
-    let router = Arc::new(
-        Router::new(
-            Catalog::builtin(),
-            config(&["fast"]),
-            Some(s.ledger.clone()),
-        )
-        .with_provider(openai_like("openai", &server)),
-    );
+    let router = s.router(config(&["fast"]), vec![openai_like("openai", &server)]);
     let t0 = Instant::now();
     let (model, r) = router
         .complete(call())
@@ -207,7 +210,7 @@ async fn retry_after_is_honoured_and_the_same_provider_then_answers() {
     assert_eq!((rows[0].calls, rows[0].failures), (2, 1));
     let expected = (14.0 * 0.15 + 8.0 * 0.60) / 1e6;
     assert!((rows[0].cost_usd - expected).abs() < 1e-15, "{rows:?}");
-    assert!((s.ledger.spent().0 - expected).abs() < 1e-15);
+    assert!((s.ledger.spent().expect("spent").0 - expected).abs() < 1e-15);
 }
 
 #[tokio::test]
@@ -225,10 +228,12 @@ async fn a_provider_that_keeps_failing_cools_down() {
     let mut cfg = config(&["openai:gpt-4o-mini", "openrouter:openai/gpt-4o-mini"]);
     cfg.retries = 0;
     cfg.cooldown_after = 2;
-    let router = Arc::new(
-        Router::new(Catalog::builtin(), cfg, Some(s.ledger.clone()))
-            .with_provider(openai_like("openai", &bad))
-            .with_provider(openai_like("openrouter", &good)),
+    let router = s.router(
+        cfg,
+        vec![
+            openai_like("openai", &bad),
+            openai_like("openrouter", &good),
+        ],
     );
     for _ in 0..4 {
         let routed = router.chat(call()).await.expect("the second answers");
@@ -257,10 +262,12 @@ async fn a_server_that_does_not_answer_in_time_is_a_timeout_and_falls_back() {
     let mut cfg = config(&["openai:gpt-4o-mini", "openrouter:openai/gpt-4o-mini"]);
     cfg.timeout = Duration::from_millis(300);
     cfg.retries = 0;
-    let router = Arc::new(
-        Router::new(Catalog::builtin(), cfg, Some(s.ledger.clone()))
-            .with_provider(openai_like("openai", &slow))
-            .with_provider(openai_like("openrouter", &good)),
+    let router = s.router(
+        cfg,
+        vec![
+            openai_like("openai", &slow),
+            openai_like("openrouter", &good),
+        ],
     );
     let t0 = Instant::now();
     let routed = router.chat(call()).await.expect("falls back");
@@ -280,10 +287,7 @@ async fn a_spent_budget_stops_calls_before_they_reach_a_provider() {
         .await;
     let mut cfg = config(&["fast"]);
     cfg.daily_usd = Some(0.000_005); // less than one answer costs (6.9e-6)
-    let router = Arc::new(
-        Router::new(Catalog::builtin(), cfg, Some(s.ledger.clone()))
-            .with_provider(openai_like("openai", &server)),
-    );
+    let router = s.router(cfg, vec![openai_like("openai", &server)]);
     router.complete(call()).await.expect("the first call fits");
     let e = router.chat(call()).await.err().expect("over budget");
     assert_eq!(e.kind, ErrorKind::Budget);
@@ -327,14 +331,7 @@ async fn keys_never_reach_logs_errors_or_the_ledger() {
         )))
         .mount(&server)
         .await;
-    let router = Arc::new(
-        Router::new(
-            Catalog::builtin(),
-            config(&["fast"]),
-            Some(s.ledger.clone()),
-        )
-        .with_provider(openai_like("openai", &server)),
-    );
+    let router = s.router(config(&["fast"]), vec![openai_like("openai", &server)]);
     let e = router.chat(call()).await.err().expect("refused");
     let shown = format!("{e} {e:?}");
     assert!(

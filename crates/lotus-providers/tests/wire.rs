@@ -10,8 +10,8 @@ use lotus_providers::gemini::Gemini;
 use lotus_providers::ollama::Ollama;
 use lotus_providers::openai::OpenAi;
 use lotus_providers::{
-    ChatRequest, ErrorKind, Message, Provider, Secret, StopReason, ToolCall, ToolSpec, Usage,
-    collect,
+    ChatRequest, ChatResponse, ErrorKind, Message, Provider, ProviderError, Secret, StopReason,
+    ToolCall, ToolSpec, Usage, collect,
 };
 use serde_json::json;
 use wiremock::matchers::{body_partial_json, header, method, path, query_param};
@@ -93,6 +93,15 @@ fn tool_fixture(kind: &str) -> ResponseTemplate {
     }
 }
 
+/// `req` sent to the `kind` provider at `server`, its stream collected.
+async fn answer(
+    kind: &str,
+    server: &MockServer,
+    req: ChatRequest,
+) -> Result<ChatResponse, ProviderError> {
+    collect(kind, provider(kind, server).chat(req).await?).await
+}
+
 fn question() -> ChatRequest {
     ChatRequest {
         model: "m".into(),
@@ -125,12 +134,7 @@ async fn streamed_text_is_the_same_from_every_provider() {
     for kind in ["openai", "openrouter", "anthropic", "gemini", "ollama"] {
         let server = MockServer::start().await;
         mount_chat(kind, &server, text_fixture(kind)).await;
-        let p = provider(kind, &server);
-        let stream = p
-            .chat(question())
-            .await
-            .unwrap_or_else(|e| panic!("{kind}: {e}"));
-        let r = collect(kind, stream)
+        let r = answer(kind, &server, question())
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(r.text, "The capital of France is Paris.", "{kind}");
@@ -155,7 +159,7 @@ async fn tool_calls_streamed_in_pieces_come_out_whole() {
         mount_chat(kind, &server, tool_fixture(kind)).await;
         let mut req = question();
         req.tools = vec![weather_tool()];
-        let r = collect(kind, provider(kind, &server).chat(req).await.expect("chat"))
+        let r = answer(kind, &server, req)
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(r.stop_reason, StopReason::ToolCalls, "{kind}");
@@ -266,11 +270,9 @@ async fn requests_carry_each_formats_shape() {
             .expect(1)
             .mount(&server)
             .await;
-        let stream = provider(kind, &server)
-            .chat(req.clone())
+        answer(kind, &server, req.clone())
             .await
             .unwrap_or_else(|e| panic!("{kind}: the request did not have the expected shape: {e}"));
-        collect(kind, stream).await.expect(kind);
         if kind == "gemini" {
             let body: serde_json::Value = server.received_requests().await.expect("recorded")[0]
                 .body_json()
@@ -373,15 +375,9 @@ async fn broken_streams_are_protocol_errors_not_answers() {
         ),
     )
     .await;
-    let e = collect(
-        "openai",
-        provider("openai", &server)
-            .chat(question())
-            .await
-            .expect("starts"),
-    )
-    .await
-    .expect_err("malformed");
+    let e = answer("openai", &server, question())
+        .await
+        .expect_err("malformed");
     assert_eq!(e.kind, ErrorKind::Protocol);
     assert!(e.message.contains("not JSON"), "{e}");
 
@@ -395,15 +391,9 @@ async fn broken_streams_are_protocol_errors_not_answers() {
         ResponseTemplate::new(200).set_body_string(cut),
     )
     .await;
-    let e = collect(
-        "anthropic",
-        provider("anthropic", &server)
-            .chat(question())
-            .await
-            .expect("starts"),
-    )
-    .await
-    .expect_err("cut");
+    let e = answer("anthropic", &server, question())
+        .await
+        .expect_err("cut");
     assert!(
         e.message.contains("ended before the answer was complete"),
         "{e}"
@@ -412,15 +402,9 @@ async fn broken_streams_are_protocol_errors_not_answers() {
     // An error event inside a 200 stream.
     let server = MockServer::start().await;
     mount_chat("anthropic", &server, sse("anthropic-overloaded.sse")).await;
-    let e = collect(
-        "anthropic",
-        provider("anthropic", &server)
-            .chat(question())
-            .await
-            .expect("starts"),
-    )
-    .await
-    .expect_err("overloaded");
+    let e = answer("anthropic", &server, question())
+        .await
+        .expect_err("overloaded");
     assert!(e.message.contains("Overloaded"), "{e}");
 }
 

@@ -185,7 +185,6 @@ async fn list(home: &Home, cfg: &Config, json: bool, offline: bool) -> Result<()
     );
     for s in &setup.status {
         let reachable = match reach.get(&s.name) {
-            None if offline || !s.configured => "-".to_owned(),
             None => "-".to_owned(),
             Some(Ok(d)) => format!("yes {:.0}ms", d.as_secs_f64() * 1e3),
             Some(Err(_)) => "no".to_owned(),
@@ -291,7 +290,9 @@ fn costs(home: &Home, days: u32, json: bool) -> Result<()> {
     let rows = ledger
         .costs(&since_day)
         .map_err(|e| CliError::new(ExitCode::Failure, e))?;
-    let (today, month) = ledger.spent();
+    let (today, month) = ledger
+        .spent()
+        .map_err(|e| CliError::new(ExitCode::Failure, e))?;
     if json {
         println!(
             "{}",

@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
-use lotus_providers::{ChatEvent, ChatRequest, Role, StopReason, Usage};
+use lotus_providers::{ChatEvent, ChatRequest, ErrorKind, ProviderError, Role, StopReason, Usage};
 use tokenizers::Tokenizer;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -61,6 +61,11 @@ pub fn requantize(src: &Path, dst: &Path, progress: &dyn Fn(usize, usize)) -> Re
     std::fs::rename(&tmp, dst).map_err(|e| format!("cannot write {}: {e}", dst.display()))
 }
 
+/// A failure of the model itself (not of the request).
+pub fn failed(message: String) -> ProviderError {
+    ProviderError::new("local", ErrorKind::Server { retry_after: None }, message)
+}
+
 /// The system prompt used when a request has none.
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 
@@ -68,7 +73,8 @@ pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
 pub struct Chat {
     model: ModelWeights,
     tokenizer: Tokenizer,
-    template: Option<String>,
+    /// The model's chat template, parsed once (`chat`), when it has one that parses.
+    templates: Option<minijinja::Environment<'static>>,
     stops: Vec<u32>,
     device: Device,
 }
@@ -97,7 +103,16 @@ impl Chat {
                 PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
             ]))));
         }
-        let template = meta_string(&ct, "tokenizer.chat_template");
+        let templates = meta_string(&ct, "tokenizer.chat_template").and_then(|t| {
+            let mut env = minijinja::Environment::new();
+            match env.add_template_owned("chat", t) {
+                Ok(()) => Some(env),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the model's chat template does not parse; using ChatML");
+                    None
+                }
+            }
+        });
         let mut stops: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))
@@ -114,7 +129,7 @@ impl Chat {
         Ok(Self {
             model,
             tokenizer,
-            template,
+            templates,
             stops,
             device,
         })
@@ -138,10 +153,8 @@ impl Chat {
                 serde_json::json!({"role": role, "content": m.text()})
             }))
             .collect();
-        if let Some(t) = &self.template {
-            let mut env = minijinja::Environment::new();
-            if env.add_template("chat", t).is_ok()
-                && let Ok(tpl) = env.get_template("chat")
+        if let Some(env) = &self.templates {
+            if let Ok(tpl) = env.get_template("chat")
                 && let Ok(s) = tpl.render(minijinja::context! {
                     messages => messages,
                     add_generation_prompt => true,
@@ -170,20 +183,24 @@ impl Chat {
         &mut self,
         req: &ChatRequest,
         emit: &mut dyn FnMut(ChatEvent) -> bool,
-    ) -> Result<(), String> {
-        let fail = |e: candle_core::Error| format!("generating: {e}");
+    ) -> Result<(), ProviderError> {
+        let fail = |e: candle_core::Error| failed(format!("generating: {e}"));
         let prompt = self.prompt(req);
         let ids = self
             .tokenizer
             .encode(prompt.as_str(), false)
-            .map_err(|e| format!("tokenizing: {e}"))?
+            .map_err(|e| failed(format!("tokenizing: {e}")))?
             .get_ids()
             .to_vec();
         let max_new = req.max_tokens.map_or(512, |m| m as usize);
         if ids.len() + 1 >= MAX_SEQ_LEN {
-            return Err(format!(
-                "the conversation is {} tokens; the local model takes at most {MAX_SEQ_LEN}",
-                ids.len()
+            return Err(ProviderError::new(
+                "local",
+                ErrorKind::BadRequest,
+                format!(
+                    "the conversation is {} tokens; the local model takes at most {MAX_SEQ_LEN}: shorten it or use another model",
+                    ids.len()
+                ),
             ));
         }
         let max_new = max_new.min(MAX_SEQ_LEN - ids.len() - 1);
@@ -229,7 +246,7 @@ impl Chat {
             let text = self
                 .tokenizer
                 .decode(&out, true)
-                .map_err(|e| format!("decoding: {e}"))?;
+                .map_err(|e| failed(format!("decoding: {e}")))?;
             if text.len() > shown && !text.ends_with('\u{FFFD}') {
                 let delta = text[shown..].to_owned();
                 shown = text.len();

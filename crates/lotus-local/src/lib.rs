@@ -97,14 +97,7 @@ impl LocalProvider {
     }
 }
 
-fn failed(msg: String) -> ProviderError {
-    let kind = if msg.starts_with("the conversation is") {
-        ErrorKind::BadRequest
-    } else {
-        ErrorKind::Server { retry_after: None }
-    };
-    ProviderError::new("local", kind, msg)
-}
+use chat::failed;
 
 impl Provider for LocalProvider {
     fn name(&self) -> &str {
@@ -132,9 +125,8 @@ impl Provider for LocalProvider {
                     }
                 }
                 let Some(model) = guard.as_mut() else { return };
-                let out = model.generate(&req, &mut |ev| tx.send(Ok(ev)).is_ok());
-                if let Err(e) = out {
-                    let _ = tx.send(Err(failed(e)));
+                if let Err(e) = model.generate(&req, &mut |ev| tx.send(Ok(ev)).is_ok()) {
+                    let _ = tx.send(Err(e));
                 }
             });
             let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));

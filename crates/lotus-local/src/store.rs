@@ -101,7 +101,7 @@ fn sha256(mut r: impl Read, mut sink: impl Write) -> std::io::Result<String> {
         h.update(&buf[..n]);
         sink.write_all(&buf[..n])?;
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// The pip command to use: `python3 -m pip`, `pip3` or `pip`.

@@ -51,11 +51,11 @@ impl ModuleError {
     /// The message, with the chain of causes.
     pub fn message(&self) -> String {
         let mut out = self.message.clone();
-        let mut cause = self.source.as_deref().and_then(|s| s.source());
-        while let Some(c) = cause {
-            out.push_str(": ");
-            out.push_str(&c.to_string());
-            cause = c.source();
+        if let Some(source) = self.source.as_deref() {
+            for c in lotus_core::causes(source) {
+                out.push_str(": ");
+                out.push_str(&c.to_string());
+            }
         }
         out
     }

@@ -149,11 +149,5 @@ async fn exchange(
 }
 
 fn describe(url: &Url, e: &reqwest::Error) -> String {
-    let mut msg = format!("request to {url} failed: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
+    format!("request to {url} failed: {}", lotus_core::error_chain(e))
 }

@@ -437,10 +437,7 @@ impl WasmHost {
     fn load_hashed(&self, path: &Path) -> Result<(Component, ComponentInfo), HostError> {
         let bytes = std::fs::read(path)
             .map_err(|e| host_err(&format!("cannot read {}", path.display()), e))?;
-        let hash: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = format!("{:x}", Sha256::digest(&bytes));
         if let Some(found) = self.compiled.lock().get(&hash) {
             return Ok(found.clone());
         }

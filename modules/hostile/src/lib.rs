@@ -1,14 +1,10 @@
 //! `hostile`: misbehaves on purpose, so the sandbox can be tested. Never install it for real.
 //! Written with the SDK's plain (non-async) methods.
 
-use lotus_module_sdk::{Context, ModuleError, Request, Value, json};
+use lotus_module_sdk::{Context, ModuleError, Request, Value, block_on, json};
 
 #[derive(Default)]
 pub struct Hostile;
-
-fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-    lotus_module_sdk::__private::block_on(f)
-}
 
 #[lotus_module_sdk::module]
 impl Hostile {
@@ -33,14 +29,14 @@ impl Hostile {
     /// Publishes on a topic it was not granted.
     #[tool("leak")]
     fn leak(&mut self, cx: &Context) -> Result<&'static str, ModuleError> {
-        run(cx.publish("secret.leak", json!("x")))?;
+        block_on(cx.publish("secret.leak", json!("x")))?;
         Ok("published")
     }
 
     /// Calls a tool it was not granted.
     #[tool("steal")]
     fn steal(&mut self, cx: &Context) -> Result<Value, ModuleError> {
-        Ok(run(cx.call_tool("echo.echo", json!({"text": "hi"})))?)
+        Ok(block_on(cx.call_tool("echo.echo", json!({"text": "hi"})))?)
     }
 
     /// Reads a file of the host it was not granted.
@@ -61,14 +57,14 @@ impl Hostile {
     /// Fetches a URL through the host's HTTP, whatever its manifest grants.
     #[tool("fetch")]
     fn fetch(&mut self, cx: &Context, url: String) -> Result<u16, ModuleError> {
-        Ok(run(cx.fetch(Request::get(url)))?.status)
+        Ok(block_on(cx.fetch(Request::get(url)))?.status)
     }
 
     /// Publishes 20,000 events as fast as it can.
     #[tool("flood")]
     fn flood(&mut self, cx: &Context) -> Result<u32, ModuleError> {
         for i in 0..20_000u32 {
-            run(cx.publish("hostile.out", json!(i)))?;
+            block_on(cx.publish("hostile.out", json!(i)))?;
         }
         Ok(20_000)
     }

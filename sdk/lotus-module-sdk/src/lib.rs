@@ -30,7 +30,8 @@
 //!
 //! Moving a module between native and WASM: swap `lotus::module` for `lotus_module_sdk::module`
 //! and the `lotus_nucleus` imports for `lotus_module_sdk` ones. Methods may stay `async fn` (they
-//! complete at once: host calls are synchronous) or become plain `fn`.
+//! complete at once: host calls are synchronous) or become plain `fn`, which call the context
+//! through [`block_on`].
 
 // The generated bindings name this crate by its path, from inside it too.
 extern crate self as lotus_module_sdk;
@@ -59,6 +60,20 @@ pub mod bindings {
 }
 
 use bindings::lotus::module::{host, http as wit_http, types};
+
+/// Runs an SDK future to its end, for methods written as plain `fn`:
+/// `block_on(cx.publish("topic", json!(1)))?`. Every host call is synchronous, so the future is
+/// ready at its first poll. Only the SDK's own futures can be awaited this way (or with `.await`
+/// in an `async fn` method): nothing in a component could wake a future that is not ready.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut TaskContext::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!(
+            "a module method awaited something that is not ready; in a WebAssembly module only the SDK's own futures (which complete at once) can be awaited"
+        ),
+    }
+}
 
 /// The WIT API version this SDK builds against.
 pub const API_VERSION: &str = "0.2.0";
@@ -391,20 +406,7 @@ pub mod __private {
         }
     }
 
-    /// Drives a method's future: host calls are synchronous, so it completes on the first poll.
-    pub fn block_on<F: Future>(f: F) -> F::Output {
-        let mut f = pin!(f);
-        let mut cx = TaskContext::from_waker(Waker::noop());
-        {
-            if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-                return out;
-            }
-            // Nothing in a component can wake it later: a future not ready now never will be.
-            panic!(
-                "a module method awaited something that is not ready; in a WebAssembly module only the SDK's own futures (which complete at once) can be awaited"
-            );
-        }
-    }
+    pub use super::block_on;
 
     /// What a method may return: `()` or any `Result<T, E>` whose error converts into ModuleError.
     pub trait IntoModuleResult {

@@ -130,9 +130,8 @@ pub async fn install(home: &Home, path: &Path) -> Result<()> {
         path.parent().map(Path::to_owned).unwrap_or_default()
     };
     // Everything is checked before anything is copied.
-    super::module::validate(&folder)?;
+    let m = super::module::validate(home, &folder)?;
     let manifest_text = std::fs::read(folder.join("manifest.yaml"))?;
-    let m = Manifest::load(&folder).map_err(|e| bad_input(e.to_string()))?;
     let mut files: Vec<(String, Vec<u8>)> = vec![("manifest.yaml".into(), manifest_text)];
     if m.runtime == Runtime::Wasm {
         let entry = m.entry.clone().unwrap_or_default();
@@ -154,12 +153,8 @@ pub async fn install(home: &Home, path: &Path) -> Result<()> {
         h.update((b.len() as u64).to_le_bytes());
         h.update(b);
     }
-    let hash: String = h
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // The first 8 bytes, as 16 hex digits.
+    let hash = format!("{:x}", h.finalize())[..16].to_owned();
     let name = m.name.to_string();
     home.ensure()?;
     let dest = store(home, &name).join(&hash);

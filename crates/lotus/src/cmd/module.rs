@@ -44,7 +44,9 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
                 r.module, r.from_version, r.to_version, r.swap_us, r.total_ms
             );
         }
-        ModuleCmd::Validate { path } => validate(&path)?,
+        ModuleCmd::Validate { path } => {
+            validate(home, &path)?;
+        }
         ModuleCmd::New { name, dir } => super::scaffold::new(home, &name, dir.as_deref())?,
         ModuleCmd::Build { path } => super::scaffold::build(home, &path, false)?,
         ModuleCmd::Install { path } => super::install::install(home, &path).await?,
@@ -65,7 +67,9 @@ fn load(home: &Home) -> Result<Config> {
     Config::load(home.root()).map_err(bad_input)
 }
 
-pub(super) fn validate(path: &std::path::Path) -> Result<()> {
+/// Checks a module folder (or manifest) as install would; a component is compiled into the home's
+/// cache, so the nucleus that loads it next does not compile it again.
+pub(super) fn validate(home: &Home, path: &std::path::Path) -> Result<Manifest> {
     let m = Manifest::load(path).map_err(|e| bad_input(e.to_string()))?;
     let folder = if path.is_dir() {
         path.to_owned()
@@ -95,7 +99,7 @@ pub(super) fn validate(path: &std::path::Path) -> Result<()> {
                     file.display()
                 );
             } else {
-                check_component(&file, &m)?;
+                check_component(home, &file, &m)?;
             }
         }
         Runtime::Mcp | Runtime::Process => {
@@ -118,13 +122,18 @@ pub(super) fn validate(path: &std::path::Path) -> Result<()> {
         m.subscriptions.len(),
         m.publications.len()
     );
-    Ok(())
+    Ok(m)
 }
 
 /// Compiles the component and checks its imports and exports against the API this lotus serves.
 #[cfg(feature = "wasm")]
-fn check_component(file: &std::path::Path, manifest: &lotus_core::Manifest) -> Result<()> {
-    let host = lotus_wasm::WasmHost::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+fn check_component(
+    home: &Home,
+    file: &std::path::Path,
+    manifest: &lotus_core::Manifest,
+) -> Result<()> {
+    let host =
+        lotus_wasm::WasmHost::new(Some(home.wasm_cache())).map_err(|e| anyhow::anyhow!("{e}"))?;
     let info = host
         .inspect(file, manifest)
         .map_err(|e| bad_input(e.to_string()))?;
@@ -141,7 +150,7 @@ fn check_component(file: &std::path::Path, manifest: &lotus_core::Manifest) -> R
 }
 
 #[cfg(not(feature = "wasm"))]
-fn check_component(_: &std::path::Path, _: &lotus_core::Manifest) -> Result<()> {
+fn check_component(_: &Home, _: &std::path::Path, _: &lotus_core::Manifest) -> Result<()> {
     eprintln!("note: this lotus was built without wasm support; the component was not checked");
     Ok(())
 }

@@ -137,7 +137,7 @@ pub fn build(home: &Home, dir: &Path, quiet: bool) -> Result<()> {
         .join(format!("{crate_name}.wasm"));
     std::fs::copy(&built, dir.join(&entry))
         .with_context(|| format!("cannot copy {}", built.display()))?;
-    super::module::validate(dir)?;
+    super::module::validate(home, dir)?;
     let kib = std::fs::metadata(dir.join(&entry))
         .map(|m| m.len() / 1024)
         .unwrap_or(0);

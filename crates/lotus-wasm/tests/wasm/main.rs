@@ -112,14 +112,16 @@ async fn echo_answers_within(n: &Nucleus, limit: Duration) {
     assert!(t.elapsed() < limit, "echo waited {:?}", t.elapsed());
 }
 
-/// Waits until the (restarted) hostile module answers again.
-async fn wait_until_hostile_answers(n: &Nucleus) {
+/// Waits until the (restarted) hostile module answers again, and checks that it answers right.
+async fn assert_hostile_recovers(n: &Nucleus) {
     for _ in 0..200 {
-        if n.call_tool("hostile.ok", json!({})).await.is_ok() {
+        if let Ok(answer) = n.call_tool("hostile.ok", json!({})).await {
+            assert_eq!(answer, json!("fine"));
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    panic!("the hostile module did not come back within 2 s");
 }
 
 #[tokio::test]
@@ -231,11 +233,7 @@ async fn an_infinite_loop_is_stopped_and_others_keep_working() {
     assert!(err.to_string().contains("limit"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
     // The supervisor replaced the instance.
-    wait_until_hostile_answers(&n).await;
-    assert_eq!(
-        n.call_tool("hostile.ok", json!({})).await.expect("ok"),
-        json!("fine")
-    );
+    assert_hostile_recovers(&n).await;
     let info = n.module("hostile").expect("hostile");
     assert_eq!((info.crashes, info.restarts), (1, 1), "{info:?}");
     n.shutdown().await.expect("shutdown");
@@ -262,11 +260,7 @@ async fn a_memory_bomb_hits_its_cap_and_is_restarted() {
         .expect_err("bomb");
     assert_eq!(err.code(), "crashed", "{err}");
     // The supervisor replaced the instance.
-    wait_until_hostile_answers(&n).await;
-    assert_eq!(
-        n.call_tool("hostile.ok", json!({})).await.expect("ok"),
-        json!("fine")
-    );
+    assert_hostile_recovers(&n).await;
     n.shutdown().await.expect("shutdown");
 }
 
@@ -495,11 +489,7 @@ async fn a_restart_after_a_crash_runs_the_same_code_whatever_the_file_holds_now(
         .await
         .expect_err("spin");
     assert_eq!(err.code(), "crashed", "{err}");
-    wait_until_hostile_answers(&n).await;
-    assert_eq!(
-        n.call_tool("hostile.ok", json!({})).await.expect("ok"),
-        json!("fine")
-    );
+    assert_hostile_recovers(&n).await;
     let info = n.module("hostile").expect("hostile");
     assert_eq!(
         (info.state, info.restarts),
@@ -556,6 +546,11 @@ async fn components_built_against_the_old_api_run_next_to_new_ones() {
     n.shutdown().await.expect("shutdown");
 }
 
+/// Calls the `fetch` module's `get` tool.
+async fn fetch(n: &Nucleus, url: impl Into<String>) -> Result<Value, lotus_nucleus::ToolError> {
+    n.call_tool("fetch.get", json!({ "url": url.into() })).await
+}
+
 #[tokio::test]
 async fn outbound_http_reaches_granted_hosts_only_and_refusals_are_audited() {
     use wiremock::matchers::{method, path};
@@ -604,11 +599,7 @@ async fn outbound_http_reaches_granted_hosts_only_and_refusals_are_audited() {
         "{nonet:?}"
     );
 
-    let page = n
-        .call_tool(
-            "fetch.get",
-            json!({"url": format!("{}/hello", granted.uri())}),
-        )
+    let page = fetch(&n, format!("{}/hello", granted.uri()))
         .await
         .expect("a granted host");
     assert_eq!(
@@ -616,29 +607,18 @@ async fn outbound_http_reaches_granted_hosts_only_and_refusals_are_audited() {
         (Some(200), Some("hi there"))
     );
 
-    let err = n
-        .call_tool(
-            "fetch.get",
-            json!({"url": format!("{}/secret", other.uri())}),
-        )
+    let err = fetch(&n, format!("{}/secret", other.uri()))
         .await
         .expect_err("another port of the same host");
     assert!(
         err.to_string().contains("may not reach 127.0.0.1:"),
         "{err}"
     );
-    let err = n
-        .call_tool(
-            "fetch.get",
-            json!({"url": format!("{}/away", granted.uri())}),
-        )
+    let err = fetch(&n, format!("{}/away", granted.uri()))
         .await
         .expect_err("a redirect to an ungranted host");
     assert!(err.to_string().contains("permissions.hosts"), "{err}");
-    let err = n
-        .call_tool("fetch.get", json!({"url": "file:///etc/passwd"}))
-        .await
-        .expect_err("not http");
+    let err = fetch(&n, "file:///etc/passwd").await.expect_err("not http");
     assert!(
         err.to_string().contains("only http:// and https://"),
         "{err}"

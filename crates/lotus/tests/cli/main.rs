@@ -701,16 +701,14 @@ fn install_upgrade_rollback_and_remove_while_running() {
 fn new_build_install_reaches_the_tool_of_a_fresh_module() {
     let up = Up::start();
     let work = tempfile::tempdir().expect("tempdir");
-    let (code, out, err) = run(
-        up.path(),
-        &[
-            "module",
-            "new",
-            "demo",
-            "--dir",
-            work.path().to_str().expect("utf8"),
-        ],
-    );
+    let new_demo = [
+        "module",
+        "new",
+        "demo",
+        "--dir",
+        work.path().to_str().expect("utf8"),
+    ];
+    let (code, out, err) = run(up.path(), &new_demo);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lotus module build"), "{out}");
     let project = work.path().join("demo");
@@ -733,16 +731,7 @@ fn new_build_install_reaches_the_tool_of_a_fresh_module() {
         serde_json::from_str::<Value>(&out).expect("json"),
         json!({"greeting": "hello, ash"})
     );
-    let (code, _, err) = run(
-        up.path(),
-        &[
-            "module",
-            "new",
-            "demo",
-            "--dir",
-            work.path().to_str().expect("utf8"),
-        ],
-    );
+    let (code, _, err) = run(up.path(), &new_demo);
     assert_eq!(code, 2, "an existing folder is not overwritten: {err}");
 }
 

@@ -12,6 +12,7 @@ pub mod anthropic;
 pub mod catalog;
 mod error;
 pub mod gemini;
+pub mod keystore;
 pub mod ledger;
 pub mod ollama;
 pub mod openai;
@@ -28,6 +29,7 @@ use futures_util::{Stream, StreamExt};
 
 pub use catalog::{Catalog, ModelInfo, ModelRef};
 pub use error::{ErrorKind, ProviderError, parse_retry_after};
+pub use keystore::{KeyStore, KeyStoreError};
 pub use ledger::{CostRow, Ledger};
 pub use router::{Attempt, ChatCall, Routed, Router, RouterConfig};
 pub use types::{
@@ -79,6 +81,12 @@ impl Secret {
     /// The value, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

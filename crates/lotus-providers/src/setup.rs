@@ -1,7 +1,8 @@
 //! `[providers]` in `lotus.toml`, and building a [`Router`] from it and the environment: keys
 //! from `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY` (or `GOOGLE_API_KEY`),
 //! `OPENROUTER_API_KEY`; base URLs from the configuration or `OPENAI_BASE_URL` /
-//! `ANTHROPIC_BASE_URL`; Ollama at `OLLAMA_HOST`.
+//! `ANTHROPIC_BASE_URL`; Ollama at `OLLAMA_HOST`. Keys missing from the environment are taken
+//! from the encrypted key store ([`crate::keystore`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -204,11 +205,13 @@ pub struct Extra {
 }
 
 /// Builds the router from `config`, the environment `env` (a lookup, so tests can pass their
-/// own), the catalog override file, the ledger, and providers supplied by the caller (added
-/// after the others, last in the automatic chain).
+/// own), the keys of the encrypted store (`stored`, by provider name; the environment wins), the
+/// catalog override file, the ledger, and providers supplied by the caller (added after the
+/// others, last in the automatic chain).
 pub async fn build(
     config: &ProvidersConfig,
     env: &dyn Fn(&str) -> Option<String>,
+    stored: &BTreeMap<String, Secret>,
     catalog_file: Option<&Path>,
     ledger: Option<Arc<Ledger>>,
     extra: Vec<Extra>,
@@ -238,16 +241,25 @@ pub async fn build(
         let found = p
             .key_vars
             .iter()
-            .find_map(|v| env(v).filter(|k| !k.trim().is_empty()).map(|k| (*v, k)));
+            .find_map(|v| {
+                env(v)
+                    .filter(|k| !k.trim().is_empty())
+                    .map(|k| (format!("key from ${v}"), Secret::new(k)))
+            })
+            .or_else(|| {
+                stored
+                    .get(p.name)
+                    .map(|k| ("key from the encrypted store".to_owned(), k.clone()))
+            });
         let (source, model) = match found {
-            Some((var, key)) => {
+            Some((source, key)) => {
                 let model = endpoint
                     .model
                     .clone()
                     .unwrap_or_else(|| p.model_default.to_owned());
-                providers.push((p.make)(&base_url, Secret::new(key), http.clone()));
+                providers.push((p.make)(&base_url, key, http.clone()));
                 chain.push(format!("{}:{model}", p.name));
-                (format!("key from ${var}"), Some(model))
+                (source, Some(model))
             }
             None => ("no key".to_owned(), None),
         };
@@ -340,4 +352,17 @@ async fn first_ollama_model(http: &reqwest::Client, base: &str) -> Option<String
         .get("name")?
         .as_str()
         .map(str::to_owned)
+}
+
+/// The names of the providers configured by an API key, which the key store may hold.
+pub fn keyed_names() -> impl Iterator<Item = &'static str> {
+    KEYED.iter().map(|p| p.name)
+}
+
+/// The environment variables that hold `provider`'s key, in the order they are read.
+pub fn key_vars(provider: &str) -> &'static [&'static str] {
+    KEYED
+        .iter()
+        .find(|p| p.name == provider)
+        .map_or(&[], |p| p.key_vars)
 }

@@ -38,6 +38,9 @@ pub enum Command {
     /// Local models: pull and list them.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// API keys in the encrypted key store (`$LOTUS_HOME/keys.enc`).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Check what runs, what is configured and what is missing.
     Doctor(JsonFlag),
     /// Measure performance.
@@ -305,6 +308,27 @@ pub enum ProviderCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `lotus key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Store a provider's API key, encrypted. The key is read from a hidden prompt, or from
+    /// standard input when it is piped (never from the command line, where `ps` would show it).
+    /// The passphrase comes from `LOTUS_KEYS_PASSPHRASE` or a prompt.
+    Set {
+        /// The provider: openai, anthropic, gemini or openrouter.
+        name: String,
+    },
+    /// The stored keys: names and fingerprints, never the keys.
+    List(JsonFlag),
+    /// Delete a stored key.
+    Remove {
+        /// The provider.
+        name: String,
+    },
+    /// Seal the store under a new passphrase (`LOTUS_KEYS_NEW_PASSPHRASE` or a prompt).
+    Passphrase,
 }
 
 /// `lotus model …`.

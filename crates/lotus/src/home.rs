@@ -90,6 +90,10 @@ impl Home {
     pub fn catalog_file(&self) -> PathBuf {
         self.root.join("catalog.toml")
     }
+    /// `keys.enc`: the encrypted key store.
+    pub fn keys_file(&self) -> PathBuf {
+        self.root.join("keys.enc")
+    }
     /// The module state database.
     pub fn state_db(&self) -> PathBuf {
         self.data().join("state.db")

@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod events;
 mod install;
+pub mod key;
 mod model;
 mod module;
 mod provider;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tool(c) => tool::run(&home, &load()?, c).await,
         Command::Events(c) => events::run(&home, c).await,
         Command::Model(c) => model::run(&home, c).await,
+        Command::Key(c) => key::run(&home, c),
         Command::Provider(c) => provider::run(&home, &load()?, c).await,
         Command::Doctor(f) => doctor::run(&home, f.json).await,
         Command::Bench(c) => bench::run(&home, c).await,

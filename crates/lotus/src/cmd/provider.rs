@@ -22,9 +22,11 @@ pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
     let ledger =
         Ledger::open(&home.ledger_db()).map_err(|e| CliError::new(ExitCode::Failure, e))?;
     let env = |name: &str| std::env::var(name).ok();
+    let stored = super::key::stored_keys(home)?;
     setup::build(
         &cfg.providers,
         &env,
+        &stored,
         Some(&home.catalog_file()),
         Some(Arc::new(ledger)),
         local(home, cfg),

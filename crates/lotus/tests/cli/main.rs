@@ -973,3 +973,175 @@ fn with_nothing_configured_the_local_model_is_pulled_and_answers() {
     assert_eq!(v[0]["name"], "smollm2");
     assert_eq!(v[0]["installed"], true);
 }
+
+/// `lotus key`: a key stored encrypted reaches its provider; no file in the home holds it in
+/// the clear; a wrong or missing passphrase is said plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
+    use std::io::Write as _;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const KEY: &str = "sk-proj-STORED-KEY-9f8e7d6c5b4a";
+    let openai = MockServer::start().await;
+    let sse = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lotus-providers/tests/fixtures/openai-text.sse"),
+    )
+    .expect("fixture");
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(sse),
+        )
+        .mount(&openai)
+        .await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let home_path = home.path().to_owned();
+    let base = format!("{}/v1", openai.uri());
+    let cli = move |args: Vec<&'static str>, pass: Option<&'static str>, stdin: Option<String>| {
+        let mut c = lotus(&home_path);
+        for var in [
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "OPENROUTER_API_KEY",
+            "OLLAMA_HOST",
+            "LOTUS_KEYS_PASSPHRASE",
+        ] {
+            c.env_remove(var);
+        }
+        if let Some(p) = pass {
+            c.env("LOTUS_KEYS_PASSPHRASE", p);
+        }
+        c.env("OPENAI_BASE_URL", &base)
+            .env("LOTUS_PROVIDERS__LOCAL__ENABLED", "false")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn lotus");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).expect("write stdin");
+        }
+        drop(input);
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let run = |args: Vec<&'static str>, pass: Option<&'static str>, stdin: Option<String>| {
+        let cli = cli.clone();
+        tokio::task::spawn_blocking(move || cli(args, pass, stdin))
+    };
+
+    // Without a passphrase and no terminal to ask on, nothing is created.
+    let (code, _, err) = run(vec!["key", "set", "openai"], None, Some(format!("{KEY}\n")))
+        .await
+        .expect("join");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("LOTUS_KEYS_PASSPHRASE"), "{err}");
+    assert!(!home.path().join("keys.enc").exists());
+    let (code, _, err) = run(vec!["key", "set", "opneai"], Some("pw"), Some(KEY.into()))
+        .await
+        .expect("join");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("openai, anthropic, gemini, openrouter"),
+        "{err}"
+    );
+
+    let (code, out, err) = run(
+        vec!["key", "set", "openai"],
+        Some("pw"),
+        Some(format!("{KEY}\n")),
+    )
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stored the key for openai"), "{out}");
+    let (code, out, err) = run(vec!["key", "list", "--json"], Some("pw"), None)
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v[0]["name"], "openai");
+    assert_eq!(v[0]["fingerprint"].as_str().expect("fingerprint").len(), 12);
+
+    let (code, out, err) = run(vec!["provider", "list", "--json"], Some("pw"), None)
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["providers"][0]["source"], "key from the encrypted store");
+    let (code, out, err) = run(
+        vec!["provider", "chat", "Capital of France?"],
+        Some("pw"),
+        None,
+    )
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "The capital of France is Paris.");
+
+    // Locked (no passphrase): the keys are not used, and the note says why.
+    let (code, _, err) = run(vec!["provider", "chat", "hi"], None, None)
+        .await
+        .expect("join");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("locked") && err.contains("LOTUS_KEYS_PASSPHRASE"),
+        "{err}"
+    );
+    // A wrong passphrase is an error, and the store is unchanged.
+    let before = std::fs::read(home.path().join("keys.enc")).expect("read");
+    let (code, _, err) = run(vec!["provider", "list"], Some("nope"), None)
+        .await
+        .expect("join");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert_eq!(
+        std::fs::read(home.path().join("keys.enc")).expect("read"),
+        before
+    );
+
+    // No file anywhere in the home (ledger, logs, config) holds the key in the clear.
+    let mut stack = vec![home.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                assert!(
+                    !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+                    "{} holds the key in the clear",
+                    p.display()
+                );
+            }
+        }
+    }
+
+    let (code, _, err) = run(vec!["key", "passphrase"], Some("pw"), None)
+        .await
+        .expect("join");
+    assert_eq!(code, 2, "a new passphrase is needed: {err}");
+    assert!(err.contains("LOTUS_KEYS_NEW_PASSPHRASE"), "{err}");
+    let (code, out, err) = run(vec!["key", "remove", "openai"], Some("pw"), None)
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed"), "{out}");
+    let (code, _, err) = run(vec!["key", "remove", "openai"], Some("pw"), None)
+        .await
+        .expect("join");
+    assert_eq!(code, 4, "{err}");
+}

@@ -205,11 +205,14 @@ impl JsonSchema for ModuleDep {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Providers {
-    /// First choice, e.g. `openai:gpt-4o-mini` or an alias.
+    /// First choice, e.g. `openai:gpt-4o-mini`, an alias, or `default` (the configured chain).
     pub primary: String,
     /// Tried in order when the primary fails.
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// The model for embeddings (default: the `embed` alias).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<String>,
 }
 
 /// Loading switches.

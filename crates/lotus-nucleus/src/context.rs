@@ -10,6 +10,10 @@ use lotus_core::{Event, Manifest, Topic, TopicError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use lotus_providers::{
+    ChatCall, ChatRequest, ChatResponse, Embeddings, ModelRef, ProviderError, Routed, Router,
+};
+
 use crate::kernel::Shared;
 use crate::module::ToolError;
 use crate::state::StateError;
@@ -33,6 +37,25 @@ pub enum PublishError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+}
+
+/// Why an LLM call from a module failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The manifest has no `providers` block.
+    #[error(
+        "module `{module}` may not use LLMs: add a `providers` block to its manifest (e.g. `providers: {{primary: default}}`)"
+    )]
+    Denied {
+        /// The module.
+        module: String,
+    },
+    /// This nucleus runs without providers.
+    #[error("this nucleus has no LLM providers")]
+    Unavailable,
+    /// Every model of the chain failed, or a budget is spent.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
 }
 
 /// The handle a module's code uses to reach the nucleus. Cheap to clone.
@@ -192,6 +215,57 @@ impl Context {
             "module `{}` may not reach {target}: add it to `permissions.hosts` in its manifest",
             self.name
         ))
+    }
+
+    /// The router and the module's `providers` block, or why the module may not use LLMs (a
+    /// refusal is audited like any other).
+    async fn llm(&self) -> Result<(&Arc<Router>, &lotus_core::manifest::Providers), LlmError> {
+        let Some(providers) = &self.manifest.providers else {
+            self.shared
+                .deny(&self.name, "llm", "providers", "no `providers` block")
+                .await;
+            return Err(LlmError::Denied {
+                module: self.name.to_string(),
+            });
+        };
+        let router = self.shared.router.as_ref().ok_or(LlmError::Unavailable)?;
+        Ok((router, providers))
+    }
+
+    /// Starts a streamed completion on the manifest's chain (`providers.primary`, then
+    /// `providers.fallback`; `default` stands for the configured chain), with the router's
+    /// retries, budgets and timeouts. The cost ledger records the call under this module.
+    pub async fn chat(&self, request: ChatRequest) -> Result<Routed, LlmError> {
+        let (router, providers) = self.llm().await?;
+        let chain = std::iter::once(&providers.primary)
+            .chain(&providers.fallback)
+            .cloned()
+            .collect();
+        Ok(router
+            .chat(ChatCall {
+                module: self.name.to_string(),
+                chain,
+                request,
+            })
+            .await?)
+    }
+
+    /// Like [`chat`](Self::chat), collected into one response.
+    pub async fn complete(
+        &self,
+        request: ChatRequest,
+    ) -> Result<(ModelRef, ChatResponse), LlmError> {
+        let routed = self.chat(request).await?;
+        let provider = routed.model.provider.clone();
+        let response = lotus_providers::collect(&provider, routed.stream).await?;
+        Ok((routed.model, response))
+    }
+
+    /// Embeds `inputs` with the manifest's `providers.embed` model (default: the `embed` alias).
+    pub async fn embed(&self, inputs: Vec<String>) -> Result<Embeddings, LlmError> {
+        let (router, providers) = self.llm().await?;
+        let model = providers.embed.as_deref().unwrap_or("embed");
+        Ok(router.embed(&self.name, model, inputs).await?)
     }
 
     /// Removes `key` from this module's state.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::FutureExt;
 use lotus_bus::{Delivery, DurableLog, LocalBus, Queue, StreamName, Subscription};
 use lotus_core::{Event, Manifest, Overflow, Pattern, ToolSpec, Topic, TopicError, json};
+use lotus_providers::Router;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -393,6 +394,8 @@ pub(crate) struct Shared {
     pub(crate) log: Arc<dyn DurableLog>,
     pub(crate) state: StateStore,
     pub(crate) settings: NucleusSettings,
+    /// The LLM router modules reach through [`Context::chat`](crate::Context::chat).
+    pub(crate) router: Option<Arc<Router>>,
     hosts: Vec<Arc<dyn ModuleHost>>,
     modules_dir: Option<PathBuf>,
     extra: Vec<ModuleDef>,
@@ -1226,6 +1229,7 @@ pub struct NucleusBuilder {
     hosts: Vec<Arc<dyn ModuleHost>>,
     modules_dir: Option<PathBuf>,
     extra: Vec<ModuleDef>,
+    router: Option<Arc<Router>>,
 }
 
 impl NucleusBuilder {
@@ -1239,6 +1243,7 @@ impl NucleusBuilder {
             hosts: Vec::new(),
             modules_dir: None,
             extra: Vec::new(),
+            router: None,
         }
     }
 
@@ -1266,6 +1271,14 @@ impl NucleusBuilder {
         self
     }
 
+    /// The LLM router modules use through [`Context::chat`](crate::Context::chat) and
+    /// [`Context::embed`](crate::Context::embed); without one, those calls fail with
+    /// [`LlmError::Unavailable`](crate::LlmError::Unavailable).
+    pub fn router(mut self, router: Arc<Router>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
     /// Discovers module folders under `dir` at start.
     pub fn modules_dir(mut self, dir: PathBuf) -> Self {
         self.modules_dir = Some(dir);
@@ -1290,6 +1303,7 @@ impl NucleusBuilder {
                     .state
                     .ok_or_else(|| NucleusError::Setup("a state store is required".into()))?,
                 settings: self.settings,
+                router: self.router,
                 hosts: self.hosts,
                 modules_dir: self.modules_dir,
                 extra: self.extra,

@@ -27,7 +27,7 @@ pub mod state;
 #[doc(hidden)]
 pub mod __private;
 
-pub use context::{Context, PublishError};
+pub use context::{Context, LlmError, PublishError};
 pub use host::{HostError, ModuleDef, ModuleHost, NativeHost, NativeModule, Origin, discover};
 pub use kernel::{
     JobInfo, ModuleInfo, ModuleState, Nucleus, NucleusBuilder, NucleusError, NucleusSettings,
@@ -35,6 +35,7 @@ pub use kernel::{
 };
 pub use lotus_core::Event;
 pub use lotus_macros::{module, on_event, periodic, tool};
+pub use lotus_providers as providers;
 pub use module::{
     BoxFuture, HandlerDecl, Module, ModuleDescription, ModuleError, ModuleResult, PeriodicDecl,
     ToolDecl, ToolError,

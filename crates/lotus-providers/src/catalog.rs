@@ -123,10 +123,7 @@ impl Catalog {
     pub fn merge(&mut self, text: &str, origin: &str) -> Result<(), String> {
         let f: File = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
         for (name, target) in &f.aliases {
-            if name.contains(':') {
-                return Err(format!("{origin}: alias `{name}` may not contain `:`"));
-            }
-            ModelRef::parse(target).map_err(|e| format!("{origin}: alias `{name}`: {e}"))?;
+            check_alias(name, target).map_err(|e| format!("{origin}: {e}"))?;
         }
         for name in f.models.keys() {
             let m = ModelRef::parse(name).map_err(|e| format!("{origin}: {e}"))?;
@@ -145,7 +142,7 @@ impl Catalog {
 
     /// Adds or replaces an alias.
     pub fn alias(&mut self, name: &str, target: &str) -> Result<(), String> {
-        ModelRef::parse(target)?;
+        check_alias(name, target)?;
         self.aliases.insert(name.to_owned(), target.to_owned());
         Ok(())
     }
@@ -196,6 +193,21 @@ impl Catalog {
     pub fn models(&self) -> impl Iterator<Item = (&str, &ModelInfo)> {
         self.models.iter().map(|(n, i)| (n.as_str(), i))
     }
+}
+
+/// An alias's name may not look like a model, nor take the name of the configured chain; its
+/// target must be a `provider:model` name.
+fn check_alias(name: &str, target: &str) -> Result<(), String> {
+    if name.contains(':') {
+        return Err(format!("alias `{name}` may not contain `:`"));
+    }
+    if name == crate::router::DEFAULT_CHAIN {
+        return Err(format!(
+            "alias `{name}`: `{name}` stands for the configured chain; choose another name"
+        ));
+    }
+    ModelRef::parse(target).map_err(|e| format!("alias `{name}`: {e}"))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ impl Default for RouterConfig {
     }
 }
 
+/// The name that stands for the configured chain in a list of models.
+pub const DEFAULT_CHAIN: &str = "default";
+
 /// A chat call through the router.
 #[derive(Clone, Debug, Default)]
 pub struct ChatCall {
@@ -247,7 +250,8 @@ impl Router {
         }
     }
 
-    /// The models a call tries, resolved.
+    /// The models a call tries, resolved. Empty `names`, or the name `default`, stand for the
+    /// configured chain.
     pub fn chain(&self, names: &[String]) -> Result<Vec<ModelRef>, ProviderError> {
         let names = if names.is_empty() {
             &self.config.chain
@@ -255,7 +259,15 @@ impl Router {
             names
         };
         let mut out: Vec<ModelRef> = Vec::new();
-        for n in names {
+        // `default` stands for the configured chain, wherever it appears.
+        let expanded = names.iter().flat_map(|n| {
+            if n == DEFAULT_CHAIN {
+                self.config.chain.as_slice()
+            } else {
+                std::slice::from_ref(n)
+            }
+        });
+        for n in expanded {
             let m = self.catalog.resolve(n)?;
             if !out.contains(&m) {
                 out.push(m);

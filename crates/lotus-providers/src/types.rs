@@ -170,6 +170,16 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
 }
 
+impl ChatRequest {
+    /// A request for `messages` with the provider's defaults (the router sets the model).
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            ..Self::default()
+        }
+    }
+}
+
 /// Tokens used by one completion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

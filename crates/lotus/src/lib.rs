@@ -33,6 +33,6 @@ pub mod builtin;
 
 pub use lotus_core::{Event, Manifest, Pattern, Topic, Value, json};
 pub use lotus_nucleus::{
-    Context, Module, ModuleError, ModuleResult, PublishError, ToolError, module, on_event,
-    periodic, tool,
+    Context, LlmError, Module, ModuleError, ModuleResult, PublishError, ToolError, module,
+    on_event, periodic, providers, tool,
 };

@@ -175,6 +175,28 @@ impl Counter {
     }
 }
 
+/// Asks the LLMs its manifest names.
+#[derive(Default)]
+struct Asker;
+
+#[lotus_nucleus::module]
+impl Asker {
+    #[tool("ask")]
+    async fn ask(&mut self, cx: &Context, prompt: String) -> Result<Value, ModuleError> {
+        use lotus_nucleus::providers::{ChatRequest, Message};
+        let (model, answer) = cx
+            .complete(ChatRequest::new(vec![Message::user(prompt)]))
+            .await?;
+        Ok(json!({ "model": model.to_string(), "text": answer.text }))
+    }
+
+    #[tool("embed")]
+    async fn embed(&mut self, cx: &Context, text: String) -> Result<Value, ModuleError> {
+        let e = cx.embed(vec![text]).await?;
+        Ok(json!(e.vectors[0].len()))
+    }
+}
+
 // ---------------------------------------------------------------- test kernel
 
 fn native(factory: fn() -> Box<dyn lotus_nucleus::Module>) -> NativeModule {
@@ -195,6 +217,7 @@ fn host() -> NativeHost {
         .with_entry("caller", native(|| Box::new(Caller)))
         .with_entry("orderly", native(|| Box::new(Orderly)))
         .with_entry("counter", native(|| Box::new(Counter)))
+        .with_entry("asker", native(|| Box::new(Asker)))
 }
 
 fn def(yaml: &str) -> ModuleDef {
@@ -888,4 +911,138 @@ async fn loading_a_module_at_run_time_checks_its_dependencies_like_start_does() 
     n.remove("needy").await.expect("remove needy");
     n.remove("echo").await.expect("then echo");
     n.shutdown().await.expect("shutdown");
+}
+
+/// A module's `providers` block is its fallback chain: the first model fails, the next answers,
+/// and the ledger books both under the module. A module without the block is refused (audited).
+#[tokio::test]
+async fn modules_reach_llms_through_their_manifest_chain() {
+    use lotus_nucleus::providers::{Catalog, Ledger, Provider, Router, RouterConfig, Secret};
+    use lotus_nucleus::providers::{ollama::Ollama, openai::OpenAi};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let fixture = |name: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../lotus-providers/tests/fixtures")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    let (failing, answering) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("overloaded"))
+        .mount(&failing)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(fixture("ollama-text.ndjson")))
+        .mount(&answering)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/embed"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            r#"{"model":"nomic-embed-text","embeddings":[[0.1,0.2,0.3]],"prompt_eval_count":3}"#,
+        ))
+        .mount(&answering)
+        .await;
+    let http = lotus_nucleus::providers::http_client().expect("http");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.db")).expect("ledger"));
+    let providers: Vec<Arc<dyn Provider>> = vec![
+        Arc::new(OpenAi::new(
+            "openai",
+            &format!("{}/v1", failing.uri()),
+            Some(Secret::new("sk-test")),
+            http.clone(),
+        )),
+        Arc::new(Ollama::new(&answering.uri(), http)),
+    ];
+    let router = providers.into_iter().fold(
+        Router::new(
+            Catalog::builtin(),
+            RouterConfig {
+                chain: vec!["ollama:llama3.2".into()],
+                retries: 0,
+                ..RouterConfig::default()
+            },
+            Some(ledger.clone()),
+        ),
+        Router::with_provider,
+    );
+
+    let asker = "name: asker\nversion: 0.1.0\ntype: core\nentry: asker\nproviders:\n  primary: openai:gpt-4o-mini\n  fallback: [default]\n  embed: ollama:nomic-embed-text\n";
+    let log = SqliteLog::open(&dir.path().join("streams.db")).expect("log");
+    let state = StateStore::open(&dir.path().join("state.db")).expect("state");
+    let n = NucleusBuilder::new(settings())
+        .log(Arc::new(log))
+        .state(state)
+        .host(host())
+        .router(Arc::new(router))
+        .module(def(asker))
+        .module(def(
+            "name: mute\nversion: 0.1.0\ntype: core\nentry: asker\n",
+        ))
+        .build()
+        .expect("nucleus");
+    let denials = watch(&n, "system.permission_denied");
+    n.start().await;
+
+    let out = n
+        .call_tool(
+            "asker.ask",
+            json!({"prompt": "What is the capital of France?"}),
+        )
+        .await
+        .expect("ask");
+    assert_eq!(out["model"], "ollama:llama3.2");
+    assert!(
+        out["text"].as_str().expect("text").contains("Paris"),
+        "{out}"
+    );
+    assert_eq!(
+        n.call_tool("asker.embed", json!({"text": "cat"}))
+            .await
+            .expect("embed"),
+        json!(3)
+    );
+
+    let err = n
+        .call_tool("mute.ask", json!({"prompt": "hi"}))
+        .await
+        .expect_err("no providers block");
+    assert!(err.to_string().contains("add a `providers` block"), "{err}");
+    let d = next(&denials).await;
+    assert_eq!(
+        (&d.payload["module"], &d.payload["action"]),
+        (&json!("mute"), &json!("llm"))
+    );
+    n.shutdown().await.expect("shutdown");
+
+    let db = rusqlite::Connection::open(dir.path().join("ledger.db")).expect("ledger");
+    let mut rows: Vec<(String, String, String)> = db
+        .prepare("SELECT provider, module, outcome FROM calls ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    rows.sort();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.1 == "asker"), "{rows:?}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.0 == "openai" && r.2 != "ok")
+            .count(),
+        1,
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.0 == "ollama" && r.2 == "ok")
+            .count(),
+        2,
+        "{rows:?}"
+    );
 }

@@ -45,7 +45,10 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;
     let host = lotus::builtin::native_host()
         .map_err(|e| anyhow!("a built-in manifest is invalid: {e}"))?;
+    // Modules with a `providers` block reach the LLMs through this router.
+    let providers = super::provider::router(&home, &config).await?;
     let builder = NucleusBuilder::new(config.nucleus_settings())
+        .router(providers.router)
         .log(Arc::new(log))
         .state(state)
         .host(host)

@@ -1,0 +1,668 @@
+//! The memory manager: one API over the four tiers — remember, recall, forget, consolidate,
+//! export and import.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::extract;
+use crate::tiers::{
+    Knowledge, MemoryError, Result, ShortTerm, StreamRecord, VectorFilter, VectorItem, Vectors,
+    Working, WorkingItem,
+};
+use crate::types::{
+    ForgetFilter, Hit, Kind, Memory, NewMemory, RecallQuery, Remembered, Stats, now_us,
+};
+
+/// Turns texts into vectors.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// The model, `provider:model`.
+    fn model(&self) -> &str;
+    /// One vector per text.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Embeddings through the provider router (any provider's embedding model, the local MiniLM
+/// included), booked in the cost ledger under `module`.
+pub struct RouterEmbedder {
+    router: Arc<lotus_providers::Router>,
+    model: String,
+    module: String,
+}
+
+impl RouterEmbedder {
+    /// Embeds with `model` (a name or alias) through `router`, for `module`.
+    pub fn new(
+        router: Arc<lotus_providers::Router>,
+        model: impl Into<String>,
+        module: impl Into<String>,
+    ) -> Self {
+        Self {
+            router,
+            model: model.into(),
+            module: module.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Embedder for RouterEmbedder {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+        let n = texts.len();
+        let e = self
+            .router
+            .embed(&self.module, &self.model, texts)
+            .await
+            .map_err(|e| MemoryError::Embed(e.to_string()))?;
+        if e.vectors.len() != n {
+            return Err(MemoryError::Embed(format!(
+                "{} returned {} vectors for {n} texts",
+                self.model,
+                e.vectors.len()
+            )));
+        }
+        Ok(e.vectors)
+    }
+}
+
+/// How the manager ranks and keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerConfig {
+    /// How long an interaction stays in working memory before it moves to the stream.
+    #[serde(with = "humantime_serde")]
+    pub working_ttl: Duration,
+    /// How long the short-term stream keeps records.
+    #[serde(with = "humantime_serde")]
+    pub short_term_retention: Duration,
+    /// Age at which recency counts half.
+    #[serde(with = "humantime_serde")]
+    pub recency_half_life: Duration,
+    /// Vector matches less similar than this are not hits unless their words match too.
+    pub min_similarity: f32,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            working_ttl: Duration::from_secs(15 * 60),
+            short_term_retention: Duration::from_secs(48 * 3600),
+            recency_half_life: Duration::from_secs(30 * 24 * 3600),
+            min_similarity: 0.2,
+        }
+    }
+}
+
+/// What `forget` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Forgotten {
+    /// The memories removed (ids).
+    pub ids: Vec<Uuid>,
+    /// Records removed from the short-term stream.
+    pub short_term: u64,
+    /// Items removed from working memory.
+    pub working: u64,
+    /// Vectors removed.
+    pub vectors: u64,
+}
+
+/// What `consolidate` moved.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Consolidated {
+    /// Interactions moved from working memory to the stream.
+    pub moved: u64,
+    /// Facts found in them and remembered.
+    pub facts: u64,
+    /// Stream records past retention, removed.
+    pub trimmed: u64,
+}
+
+/// The four tiers and the embedder.
+pub struct Tiers {
+    /// L1.
+    pub working: Arc<dyn Working>,
+    /// L2.
+    pub short_term: Arc<dyn ShortTerm>,
+    /// L3.
+    pub vectors: Arc<dyn Vectors>,
+    /// L4.
+    pub knowledge: Arc<dyn Knowledge>,
+}
+
+/// Remembers, recalls, supersedes and forgets, across the tiers.
+pub struct MemoryManager {
+    tiers: Tiers,
+    embedder: Arc<dyn Embedder>,
+    config: ManagerConfig,
+}
+
+/// Longest text remembered.
+pub const MAX_TEXT: usize = 16 * 1024;
+/// Most hits one recall returns.
+pub const MAX_K: usize = 100;
+/// Rank constant of reciprocal rank fusion.
+const RRF_K: f32 = 60.0;
+
+fn check_user(user: &str) -> Result<()> {
+    if user.trim().is_empty() || user.len() > 128 {
+        return Err(MemoryError::BadInput(
+            "a user is required (1 to 128 characters)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn vector_filter(user: &str) -> VectorFilter {
+    BTreeMap::from([("user".to_owned(), Value::String(user.to_owned()))])
+}
+
+impl MemoryManager {
+    /// A manager over `tiers`, embedding with `embedder`.
+    pub fn new(tiers: Tiers, embedder: Arc<dyn Embedder>, config: ManagerConfig) -> Self {
+        Self {
+            tiers,
+            embedder,
+            config,
+        }
+    }
+
+    /// The tiers.
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
+    }
+
+    async fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+        self.embedder
+            .embed(vec![text.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| MemoryError::Embed("no vector returned".into()))
+    }
+
+    /// Remembers `new`. An identical current memory is not stored twice; a fact about the same
+    /// subject and attribute as a current one supersedes it.
+    pub async fn remember(&self, new: NewMemory) -> Result<Remembered> {
+        check_user(&new.user)?;
+        let text = new.text.trim().to_owned();
+        if text.is_empty() {
+            return Err(MemoryError::BadInput(
+                "nothing to remember: the text is empty".into(),
+            ));
+        }
+        if text.len() > MAX_TEXT {
+            return Err(MemoryError::BadInput(format!(
+                "the text is {} bytes; memories hold at most {MAX_TEXT}",
+                text.len()
+            )));
+        }
+        let importance = new.importance.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&importance) {
+            return Err(MemoryError::BadInput(format!(
+                "importance {importance} is outside 0..1"
+            )));
+        }
+        let k = &self.tiers.knowledge;
+        if let Some(existing) = k.find_current_text(&new.user, &text).await? {
+            return Ok(Remembered {
+                memory: existing,
+                duplicate: true,
+                superseded: Vec::new(),
+            });
+        }
+        let found = if matches!(new.kind, Kind::Fact | Kind::Preference) {
+            extract::fact(&text)
+        } else {
+            None
+        };
+        let subject = new
+            .subject
+            .as_deref()
+            .map(extract::normalize)
+            .or_else(|| found.as_ref().map(|f| f.subject.clone()));
+        let attribute = new
+            .attribute
+            .as_deref()
+            .map(extract::normalize)
+            .or_else(|| found.as_ref().map(|f| f.attribute.clone()));
+        let value = found.map(|f| f.value);
+        let previous = match (&subject, &attribute) {
+            (Some(s), Some(a)) => k.current_fact(&new.user, s, a).await?,
+            _ => None,
+        };
+        if let (Some(p), Some(v)) = (&previous, &value)
+            && p.value
+                .as_deref()
+                .is_some_and(|pv| pv.eq_ignore_ascii_case(v))
+        {
+            return Ok(Remembered {
+                memory: p.clone(),
+                duplicate: true,
+                superseded: Vec::new(),
+            });
+        }
+
+        // Embed first: if that fails, nothing is stored.
+        let vector = self.embed_one(&text).await?;
+        let now = now_us();
+        let memory = Memory {
+            id: Uuid::now_v7(),
+            user: new.user.clone(),
+            kind: new.kind,
+            text: text.clone(),
+            subject,
+            attribute,
+            value,
+            importance,
+            created_us: now,
+            valid_from_us: now,
+            valid_to_us: None,
+            superseded_by: None,
+            source: new.source.unwrap_or_else(|| "api".into()),
+            metadata: new.metadata,
+        };
+        k.insert(&memory).await?;
+        let item = VectorItem {
+            id: memory.id,
+            vector,
+            meta: BTreeMap::from([
+                ("user".to_owned(), Value::String(memory.user.clone())),
+                ("kind".to_owned(), Value::String(memory.kind.to_string())),
+            ]),
+        };
+        if let Err(e) = self
+            .tiers
+            .vectors
+            .upsert(memory.kind.collection(), &[item])
+            .await
+        {
+            // Keep the tiers in step: without its vector the memory is not stored at all.
+            let _ = k.delete(&[memory.id]).await;
+            return Err(e);
+        }
+        let mut superseded = Vec::new();
+        if let Some(mut p) = previous {
+            k.supersede(&p.id, &memory.id, now).await?;
+            p.valid_to_us = Some(now);
+            p.superseded_by = Some(memory.id);
+            superseded.push(p);
+        }
+        self.tiers
+            .short_term
+            .append(&StreamRecord {
+                id: Uuid::now_v7(),
+                user: memory.user.clone(),
+                memory_id: Some(memory.id),
+                op: if superseded.is_empty() {
+                    "remember".into()
+                } else {
+                    "supersede".into()
+                },
+                text: text.clone(),
+                at_us: now,
+            })
+            .await?;
+        self.tiers
+            .working
+            .push(
+                &memory.user,
+                &WorkingItem {
+                    id: Uuid::now_v7(),
+                    memory_id: Some(memory.id),
+                    role: "memory".into(),
+                    text,
+                    at_us: now,
+                },
+            )
+            .await?;
+        Ok(Remembered {
+            memory,
+            duplicate: false,
+            superseded,
+        })
+    }
+
+    /// The memories of `q.user` that best answer `q.query`: keyword and vector matches fused by
+    /// reciprocal rank, weighted by importance and recency. Superseded facts are not hits
+    /// (unless asked for); a current fact carries its earlier values as history.
+    pub async fn recall(&self, q: &RecallQuery) -> Result<Vec<Hit>> {
+        check_user(&q.user)?;
+        if q.query.trim().is_empty() {
+            return Err(MemoryError::BadInput(
+                "nothing to recall: the query is empty".into(),
+            ));
+        }
+        if q.k == 0 || q.k > MAX_K {
+            return Err(MemoryError::BadInput(format!(
+                "k must be 1 to {MAX_K}, not {}",
+                q.k
+            )));
+        }
+        let fetch = (q.k * 4).max(20);
+        let kinds: Vec<Kind> = if q.kinds.is_empty() {
+            Kind::ALL.to_vec()
+        } else {
+            q.kinds.clone()
+        };
+        let vector = self.embed_one(&q.query).await?;
+        let filter = vector_filter(&q.user);
+        let mut by_vector: Vec<(Uuid, f32)> = Vec::new();
+        for kind in &kinds {
+            by_vector.extend(
+                self.tiers
+                    .vectors
+                    .query(kind.collection(), &vector, fetch, &filter)
+                    .await?,
+            );
+        }
+        by_vector.sort_by(|a, b| b.1.total_cmp(&a.1));
+        by_vector.truncate(fetch);
+        let by_keyword = self
+            .tiers
+            .knowledge
+            .keyword(&q.user, &q.query, fetch, q.include_superseded)
+            .await?;
+
+        struct Cand {
+            rrf: f32,
+            kw: Option<usize>,
+            vec: Option<usize>,
+            sim: Option<f32>,
+        }
+        let mut cands: HashMap<Uuid, Cand> = HashMap::new();
+        for (rank, (id, sim)) in by_vector.iter().enumerate() {
+            let c = cands.entry(*id).or_insert(Cand {
+                rrf: 0.0,
+                kw: None,
+                vec: None,
+                sim: None,
+            });
+            c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
+            c.vec = Some(rank + 1);
+            c.sim = Some(*sim);
+        }
+        for (rank, (id, _)) in by_keyword.iter().enumerate() {
+            let c = cands.entry(*id).or_insert(Cand {
+                rrf: 0.0,
+                kw: None,
+                vec: None,
+                sim: None,
+            });
+            c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
+            c.kw = Some(rank + 1);
+        }
+        let ids: Vec<Uuid> = cands.keys().copied().collect();
+        let memories = self.tiers.knowledge.get_many(&ids).await?;
+        let now = now_us();
+        let half_life = self.config.recency_half_life.as_micros().max(1) as f64;
+        let mut hits: Vec<Hit> = memories
+            .into_iter()
+            .filter(|m| m.user == q.user)
+            .filter(|m| kinds.contains(&m.kind))
+            .filter(|m| q.include_superseded || m.is_current())
+            .filter(|m| q.metadata.iter().all(|(k, v)| m.metadata.get(k) == Some(v)))
+            .filter_map(|m| {
+                let c = cands.get(&m.id)?;
+                if c.kw.is_none() && c.sim.is_some_and(|s| s < self.config.min_similarity) {
+                    return None;
+                }
+                let age = (now - m.valid_from_us).max(0) as f64;
+                let recency = 0.5f64.powf(age / half_life) as f32;
+                let mut score = c.rrf * (0.75 + 0.5 * m.importance) * (0.85 + 0.15 * recency);
+                if !m.is_current() {
+                    score *= 0.5;
+                }
+                Some(Hit {
+                    score,
+                    keyword_rank: c.kw,
+                    vector_rank: c.vec,
+                    similarity: c.sim,
+                    history: Vec::new(),
+                    memory: m,
+                })
+            })
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(q.k);
+        for h in &mut hits {
+            if let (Some(s), Some(a)) = (&h.memory.subject, &h.memory.attribute) {
+                h.history = self
+                    .tiers
+                    .knowledge
+                    .fact_history(&q.user, s, a)
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.id != h.memory.id && !m.is_current())
+                    .collect();
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Forgets what `f` selects, in every tier: the memories, their vectors, their records in
+    /// the stream and working memory. Forgetting a fact forgets its earlier values too.
+    pub async fn forget(&self, f: &ForgetFilter) -> Result<Forgotten> {
+        check_user(&f.user)?;
+        let narrowed =
+            !f.ids.is_empty() || f.kind.is_some() || f.subject.is_some() || f.attribute.is_some();
+        if !narrowed && !f.all {
+            return Err(MemoryError::BadInput(
+                "say what to forget: ids, a kind, a subject or attribute, or everything (all)"
+                    .into(),
+            ));
+        }
+        let k = &self.tiers.knowledge;
+        let selected = if f.all {
+            k.list(Some(&f.user)).await?
+        } else {
+            let subject = f.subject.as_deref().map(extract::normalize);
+            let attribute = f.attribute.as_deref().map(extract::normalize);
+            k.select(&ForgetFilter {
+                subject,
+                attribute,
+                ..f.clone()
+            })
+            .await?
+        };
+        let mut chosen: BTreeMap<Uuid, Memory> = selected.into_iter().map(|m| (m.id, m)).collect();
+        let facts: Vec<(String, String)> = chosen
+            .values()
+            .filter_map(|m| Some((m.subject.clone()?, m.attribute.clone()?)))
+            .collect();
+        for (s, a) in facts {
+            for m in k.fact_history(&f.user, &s, &a).await? {
+                chosen.insert(m.id, m);
+            }
+        }
+        let mut out = Forgotten {
+            ids: chosen.keys().copied().collect(),
+            ..Forgotten::default()
+        };
+        let mut by_collection: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
+        for m in chosen.values() {
+            by_collection
+                .entry(m.kind.collection())
+                .or_default()
+                .push(m.id);
+        }
+        for (collection, ids) in by_collection {
+            out.vectors += self.tiers.vectors.delete(collection, &ids).await?;
+        }
+        out.short_term = self.tiers.short_term.forget(&f.user, &out.ids).await?;
+        out.working = self.tiers.working.forget(&f.user, &out.ids).await?;
+        if f.all {
+            for kind in Kind::ALL {
+                out.vectors += self
+                    .tiers
+                    .vectors
+                    .delete_where(kind.collection(), &vector_filter(&f.user))
+                    .await?;
+            }
+            out.short_term += self.tiers.short_term.clear_user(&f.user).await?;
+            out.working += self.tiers.working.clear_user(&f.user).await?;
+            k.profile_clear(&f.user).await?;
+        }
+        // The source of truth goes last: an interrupted forget is found and finished by a retry.
+        k.delete(&out.ids).await?;
+        Ok(out)
+    }
+
+    /// Records an interaction in working memory.
+    pub async fn observe(&self, user: &str, role: &str, text: &str) -> Result<()> {
+        check_user(user)?;
+        self.tiers
+            .working
+            .push(
+                user,
+                &WorkingItem {
+                    id: Uuid::now_v7(),
+                    memory_id: None,
+                    role: role.to_owned(),
+                    text: text.to_owned(),
+                    at_us: now_us(),
+                },
+            )
+            .await
+    }
+
+    /// Moves interactions older than the working TTL to the stream (remembering the facts the
+    /// user stated in them) and trims the stream to its retention.
+    pub async fn consolidate(&self) -> Result<Consolidated> {
+        let now = now_us();
+        let ttl = i64::try_from(self.config.working_ttl.as_micros()).unwrap_or(i64::MAX);
+        let retention =
+            i64::try_from(self.config.short_term_retention.as_micros()).unwrap_or(i64::MAX);
+        let mut out = Consolidated::default();
+        for (user, item) in self.tiers.working.take_older(now - ttl).await? {
+            self.tiers
+                .short_term
+                .append(&StreamRecord {
+                    id: item.id,
+                    user: user.clone(),
+                    memory_id: item.memory_id,
+                    op: "interaction".into(),
+                    text: item.text.clone(),
+                    at_us: item.at_us,
+                })
+                .await?;
+            out.moved += 1;
+            if item.role == "user"
+                && item.memory_id.is_none()
+                && extract::fact(&item.text).is_some()
+            {
+                let r = self
+                    .remember(NewMemory {
+                        user,
+                        text: item.text,
+                        source: Some("consolidation".into()),
+                        ..NewMemory::default()
+                    })
+                    .await?;
+                out.facts += u64::from(!r.duplicate);
+            }
+        }
+        out.trimmed = self.tiers.short_term.trim(now - retention).await?;
+        self.tiers.vectors.flush().await?;
+        Ok(out)
+    }
+
+    /// Every memory (of `user`, or of everyone), oldest first, for export.
+    pub async fn export(&self, user: Option<&str>) -> Result<Vec<Memory>> {
+        self.tiers.knowledge.list(user).await
+    }
+
+    /// Stores exported memories as they were (ids, validity, history), embedding them again.
+    /// Memories already present are skipped; returns how many were added.
+    pub async fn import(&self, memories: Vec<Memory>) -> Result<u64> {
+        let mut added = 0;
+        for chunk in memories.chunks(64) {
+            let ids: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
+            let present: Vec<Uuid> = self
+                .tiers
+                .knowledge
+                .get_many(&ids)
+                .await?
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            let fresh: Vec<&Memory> = chunk.iter().filter(|m| !present.contains(&m.id)).collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            for m in &fresh {
+                check_user(&m.user)?;
+                if m.text.trim().is_empty() || m.text.len() > MAX_TEXT {
+                    return Err(MemoryError::BadInput(format!(
+                        "memory {}: the text is empty or longer than {MAX_TEXT} bytes",
+                        m.id
+                    )));
+                }
+            }
+            let vectors = self
+                .embedder
+                .embed(fresh.iter().map(|m| m.text.clone()).collect())
+                .await?;
+            for (m, vector) in fresh.into_iter().zip(vectors) {
+                self.tiers.knowledge.insert(m).await?;
+                self.tiers
+                    .vectors
+                    .upsert(
+                        m.kind.collection(),
+                        &[VectorItem {
+                            id: m.id,
+                            vector,
+                            meta: BTreeMap::from([
+                                ("user".to_owned(), Value::String(m.user.clone())),
+                                ("kind".to_owned(), Value::String(m.kind.to_string())),
+                            ]),
+                        }],
+                    )
+                    .await?;
+                added += 1;
+            }
+        }
+        self.tiers.vectors.flush().await?;
+        Ok(added)
+    }
+
+    /// Counts per tier.
+    pub async fn stats(&self) -> Result<Stats> {
+        let (memories, superseded, users) = self.tiers.knowledge.counts().await?;
+        let mut vectors = BTreeMap::new();
+        for kind in Kind::ALL {
+            vectors.insert(
+                kind.collection().to_owned(),
+                self.tiers.vectors.count(kind.collection()).await?,
+            );
+        }
+        Ok(Stats {
+            memories,
+            superseded,
+            users,
+            vectors,
+            short_term: self.tiers.short_term.count().await?,
+            working: self.tiers.working.count().await?,
+            backends: BTreeMap::from([
+                ("working".into(), self.tiers.working.backend().into()),
+                ("short_term".into(), self.tiers.short_term.backend().into()),
+                ("vectors".into(), self.tiers.vectors.backend().into()),
+                ("knowledge".into(), self.tiers.knowledge.backend().into()),
+                ("embedder".into(), self.embedder.model().into()),
+            ]),
+        })
+    }
+
+    /// Flushes what the tiers buffer.
+    pub async fn flush(&self) -> Result<()> {
+        self.tiers.vectors.flush().await
+    }
+}

@@ -8,6 +8,8 @@
 pub mod chat;
 pub mod embed;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -7,35 +7,11 @@ use std::sync::OnceLock;
 use lotus_local::{CHAT_MODEL, EMBED_MODEL, LocalProvider, embed::cosine};
 use lotus_providers::{ChatRequest, Message, Provider, StopReason, collect};
 
-/// The models, pulled once per machine into `$LOTUS_TEST_MODELS`, `$CARGO_TARGET_DIR/test-models`
-/// or `target/test-models`.
+/// The models, pulled once per machine.
 fn models() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::var_os("LOTUS_TEST_MODELS")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("test-models"))
-            })
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models")
-            });
-        for name in [CHAT_MODEL, EMBED_MODEL] {
-            if lotus_local::ready(&dir, name) {
-                continue;
-            }
-            if let Err(e) = lotus_local::pull(&dir, name, None, &|s| eprintln!("{s}")) {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI must be able to pull `{name}`: {e}"
-                );
-                eprintln!("skipping the local model tests: {e}");
-                return None;
-            }
-        }
-        Some(dir)
-    })
-    .clone()
+    DIR.get_or_init(|| lotus_local::testkit::models(&[CHAT_MODEL, EMBED_MODEL]))
+        .clone()
 }
 
 #[tokio::test]

@@ -171,11 +171,15 @@ async fn working_memory_conformance() {
         let cutoff = now_us() + 1;
         let taken = w.take_older(cutoff).await.expect("take");
         assert!(
-            taken.iter().any(|(u, i)| u == &user && i.text == "turn 118"),
+            taken
+                .iter()
+                .any(|(u, i)| u == &user && i.text == "turn 118"),
             "{b}"
         );
         assert!(
-            !taken.iter().any(|(_, i)| i.text == "oldest" || i.text == "turn 19"),
+            !taken
+                .iter()
+                .any(|(_, i)| i.text == "oldest" || i.text == "turn 19"),
             "{b}: beyond the cap, dropped"
         );
         assert!(

@@ -18,12 +18,14 @@ pub mod embedded;
 pub mod extract;
 pub mod keywords;
 pub mod manager;
+pub mod module;
 pub mod tiers;
 pub mod types;
 
 pub use manager::{
     Consolidated, Embedder, Forgotten, ManagerConfig, MemoryManager, RouterEmbedder, Tiers,
 };
+pub use module::MemoryModule;
 pub use tiers::{
     Knowledge, MemoryError, Result, ShortTerm, StreamRecord, VectorFilter, VectorItem, Vectors,
     Working, WorkingItem,

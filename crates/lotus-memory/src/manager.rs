@@ -456,7 +456,7 @@ impl MemoryManager {
             !f.ids.is_empty() || f.kind.is_some() || f.subject.is_some() || f.attribute.is_some();
         if !narrowed && !f.all {
             return Err(MemoryError::BadInput(
-                "say what to forget: ids, a kind, a subject or attribute, or everything (all)"
+                "say what to forget: ids, a kind, a subject or attribute, or everything of the user"
                     .into(),
             ));
         }

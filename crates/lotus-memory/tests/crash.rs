@@ -74,7 +74,12 @@ async fn kill_9_at_any_moment_leaves_a_loadable_index() {
     let mut acked: Vec<Uuid> = Vec::new();
     for round in 0..8u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("LOTUS_CRASH_CHILD", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -109,9 +114,20 @@ async fn kill_9_at_any_moment_leaves_a_loadable_index() {
             acked.len()
         );
         for id in acked.iter().rev().take(40).chain(acked.iter().take(10)) {
-            let hits = v.query("c", &vector(id), 1, &BTreeMap::new()).await.expect("query");
-            assert_eq!(hits.first().map(|h| h.0), Some(*id), "round {round}: {id} was lost");
+            let hits = v
+                .query("c", &vector(id), 1, &BTreeMap::new())
+                .await
+                .expect("query");
+            assert_eq!(
+                hits.first().map(|h| h.0),
+                Some(*id),
+                "round {round}: {id} was lost"
+            );
         }
     }
-    assert!(acked.len() > 100, "the writer wrote too little to prove anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the writer wrote too little to prove anything: {}",
+        acked.len()
+    );
 }

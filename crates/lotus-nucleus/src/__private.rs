@@ -80,14 +80,14 @@ pub fn parse_args<T: serde::de::DeserializeOwned>(tool: &str, args: Value) -> Re
         return Err(ToolError::InvalidArguments {
             tool: tool.to_owned(),
             reason: format!(
-                "expected a JSON object of named arguments, got {}",
+                "expected a JSON object of named arguments, got {}; {SCHEMA_HINT}",
                 kind(&args)
             ),
         });
     }
     serde_json::from_value(args).map_err(|e| ToolError::InvalidArguments {
         tool: tool.to_owned(),
-        reason: e.to_string(),
+        reason: format!("{e}; {SCHEMA_HINT}"),
     })
 }
 
@@ -102,6 +102,9 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Where a caller finds what a tool takes.
+const SCHEMA_HINT: &str = "`lotus tool list --json` shows its schema";
+
 /// Serializes a tool's result.
 pub fn tool_result<T: serde::Serialize, E: Into<ModuleError>>(
     tool: &str,
@@ -112,9 +115,19 @@ pub fn tool_result<T: serde::Serialize, E: Into<ModuleError>>(
             tool: tool.to_owned(),
             message: format!("its result is not JSON: {e}"),
         }),
-        Err(e) => Err(ToolError::Failed {
-            tool: tool.to_owned(),
-            message: e.into().message(),
-        }),
+        Err(e) => {
+            let e = e.into();
+            Err(if e.is_invalid() {
+                ToolError::InvalidArguments {
+                    tool: tool.to_owned(),
+                    reason: e.message(),
+                }
+            } else {
+                ToolError::Failed {
+                    tool: tool.to_owned(),
+                    message: e.message(),
+                }
+            })
+        }
     }
 }

@@ -268,6 +268,16 @@ impl Context {
         Ok(router.embed(&self.name, model, inputs).await?)
     }
 
+    /// Embeds `inputs` with `model` (a name or alias), for modules whose model is a setting.
+    pub async fn embed_with(
+        &self,
+        model: &str,
+        inputs: Vec<String>,
+    ) -> Result<Embeddings, LlmError> {
+        let (router, _) = self.llm().await?;
+        Ok(router.embed(&self.name, model, inputs).await?)
+    }
+
     /// Removes `key` from this module's state.
     pub async fn state_delete(&self, key: &str) -> Result<bool, StateError> {
         self.shared.state.delete(&self.name, key).await

@@ -22,6 +22,7 @@ pub struct ModuleError {
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
     fatal: bool,
+    invalid: bool,
 }
 
 impl ModuleError {
@@ -31,7 +32,22 @@ impl ModuleError {
             message: message.to_string(),
             source: None,
             fatal: false,
+            invalid: false,
         }
+    }
+
+    /// An error in what the caller asked (an empty text, a number out of range): a tool
+    /// returning it fails with `invalid_arguments`, and the CLI exits with 2.
+    pub fn invalid(message: impl fmt::Display) -> Self {
+        Self {
+            invalid: true,
+            ..Self::msg(message)
+        }
+    }
+
+    /// Whether the caller's input was at fault.
+    pub fn is_invalid(&self) -> bool {
+        self.invalid
     }
 
     /// An error after which the instance cannot go on (a WebAssembly trap, a broken invariant):
@@ -67,6 +83,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for ModuleError {
             message: e.to_string(),
             source: Some(Box::new(e)),
             fatal: false,
+            invalid: false,
         }
     }
 }
@@ -104,7 +121,7 @@ pub enum ToolError {
         tool: String,
     },
     /// The arguments do not fit the tool's schema.
-    #[error("bad arguments for `{tool}`: {reason}; `lotus tool list --json` shows its schema")]
+    #[error("bad arguments for `{tool}`: {reason}")]
     InvalidArguments {
         /// The tool.
         tool: String,

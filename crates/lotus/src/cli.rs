@@ -38,6 +38,9 @@ pub enum Command {
     /// Local models: pull and list them.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// Memory: remember, recall, forget, export and import.
+    #[command(subcommand)]
+    Memory(MemoryCmd),
     /// API keys in the encrypted key store (`$LOTUS_HOME/keys.enc`).
     #[command(subcommand)]
     Key(KeyCmd),
@@ -307,6 +310,100 @@ pub enum ProviderCmd {
         /// Print the whole answer as JSON at the end instead of streaming text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `--user`.
+#[derive(Debug, Args)]
+pub struct UserFlag {
+    /// Whose memories (default: `[modules.memory] default_user`, `me`).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+}
+
+/// `lotus memory …`. Through the running nucleus when there is one, else on the home's files.
+#[derive(Debug, Subcommand)]
+pub enum MemoryCmd {
+    /// Remember a text. "my X is Y" states a fact; a later "my X is now Z" supersedes it.
+    Remember {
+        /// The text.
+        text: String,
+        #[command(flatten)]
+        user: UserFlag,
+        /// episodic, fact (default), preference, code or summary.
+        #[arg(long)]
+        kind: Option<String>,
+        /// 0 to 1 (default 0.5).
+        #[arg(long)]
+        importance: Option<f32>,
+        /// What the fact is about (default: found in the text).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Which property it states (default: found in the text).
+        #[arg(long)]
+        attribute: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The memories that best answer a question.
+    Recall {
+        /// The question or keywords.
+        query: String,
+        #[command(flatten)]
+        user: UserFlag,
+        /// How many (default 5).
+        #[arg(short, long)]
+        k: Option<usize>,
+        /// Only this kind (repeatable).
+        #[arg(long)]
+        kind: Vec<String>,
+        /// Superseded facts are hits too.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget memories in every tier: by id, by kind/subject/attribute, or everything.
+    Forget {
+        /// Memory ids (as `recall` shows them).
+        ids: Vec<String>,
+        #[command(flatten)]
+        user: UserFlag,
+        /// Of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// About this subject (`user` for facts about yourself).
+        #[arg(long)]
+        subject: Option<String>,
+        /// This attribute (`favourite editor`).
+        #[arg(long)]
+        attribute: Option<String>,
+        /// Every memory of the user.
+        #[arg(long)]
+        everything: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts per tier and the backends in use.
+    Stats(JsonFlag),
+    /// Write memories as JSON lines (to stdout, or `--output FILE`).
+    Export {
+        #[command(flatten)]
+        user: UserFlag,
+        /// Every user's memories.
+        #[arg(long, conflicts_with = "user")]
+        all_users: bool,
+        /// The file to write.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Read memories from JSON lines (`-` for stdin); those already present are skipped.
+    Import {
+        /// The file.
+        file: PathBuf,
     },
 }
 

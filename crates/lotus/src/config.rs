@@ -194,6 +194,23 @@ impl Config {
         }
     }
 
+    /// Fills in what depends on the home: the memory module's folder.
+    pub fn with_home(mut self, home: &crate::home::Home) -> Self {
+        let memory = self
+            .modules
+            .entry("memory".into())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(m) = memory
+            && !m.contains_key("data_dir")
+        {
+            m.insert(
+                "data_dir".into(),
+                Value::String(home.memory().display().to_string()),
+            );
+        }
+        self
+    }
+
     /// The configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

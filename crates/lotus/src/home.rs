@@ -90,6 +90,10 @@ impl Home {
     pub fn catalog_file(&self) -> PathBuf {
         self.root.join("catalog.toml")
     }
+    /// `data/memory/`: the embedded memory tiers.
+    pub fn memory(&self) -> PathBuf {
+        self.data().join("memory")
+    }
     /// `keys.enc`: the encrypted key store.
     pub fn keys_file(&self) -> PathBuf {
         self.root.join("keys.enc")

@@ -19,7 +19,16 @@ pub fn all() -> Vec<NativeModule> {
             manifest: include_str!("echo.yaml"),
             factory: || Box::new(Echo),
         },
+        memory(),
     ]
+}
+
+/// The memory module.
+pub fn memory() -> NativeModule {
+    NativeModule {
+        manifest: include_str!("memory.yaml"),
+        factory: || Box::<lotus_memory::MemoryModule>::default(),
+    }
 }
 
 /// The manifests of the built-in modules.

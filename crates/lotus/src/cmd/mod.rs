@@ -5,6 +5,7 @@ mod doctor;
 mod events;
 mod install;
 pub mod key;
+mod memory;
 mod model;
 mod module;
 mod provider;
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Events(c) => events::run(&home, c).await,
         Command::Model(c) => model::run(&home, c).await,
         Command::Key(c) => key::run(&home, c),
+        Command::Memory(c) => memory::run(&home, &load()?, c).await,
         Command::Provider(c) => provider::run(&home, &load()?, c).await,
         Command::Doctor(f) => doctor::run(&home, f.json).await,
         Command::Bench(c) => bench::run(&home, c).await,

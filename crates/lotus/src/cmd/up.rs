@@ -47,6 +47,7 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         .map_err(|e| anyhow!("a built-in manifest is invalid: {e}"))?;
     // Modules with a `providers` block reach the LLMs through this router.
     let providers = super::provider::router(&home, &config).await?;
+    let config = config.with_home(&home);
     let builder = NucleusBuilder::new(config.nucleus_settings())
         .router(providers.router)
         .log(Arc::new(log))

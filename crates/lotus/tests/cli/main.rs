@@ -251,13 +251,15 @@ fn the_done_when_scenario() {
         [
             "system.module_started",
             "system.module_started",
+            "system.module_started",
+            "system.module_stopped",
             "system.module_stopped",
             "system.module_stopped"
         ]
     );
     // Reverse start order on stop: heartbeat (critical) started first, so it stops last.
     assert!(
-        out.lines().nth(3).is_some_and(|l| l.contains("heartbeat")),
+        out.lines().nth(5).is_some_and(|l| l.contains("heartbeat")),
         "{out}"
     );
 }
@@ -373,7 +375,7 @@ fn api_requires_the_token_and_answers_json_errors() {
         .json()
         .expect("json");
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["running"], 2);
+    assert_eq!(health["running"], 3);
 
     let r = http.get(up.url("/api/v1/modules")).send().expect("send");
     assert_eq!(r.status(), 401);
@@ -1144,4 +1146,111 @@ async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
         .await
         .expect("join");
     assert_eq!(code, 4, "{err}");
+}
+
+/// Copies the test copy of a local model into `home` (so each test need not fetch it).
+fn install_test_model(home: &Path, name: &str) -> bool {
+    let Some(models) = lotus_local::testkit::models(&[name]) else {
+        return false;
+    };
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            let target = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).expect("copy");
+            }
+        }
+    }
+    copy(&models.join(name), &home.join("models").join(name));
+    true
+}
+
+/// The memory issue's scenario from the command line: remembered, recalled first after a
+/// restart, superseded through a running nucleus, forgotten everywhere.
+#[test]
+fn memory_remembers_supersedes_and_forgets_from_the_cli() {
+    let home = tempfile::tempdir().expect("tempdir");
+    if !install_test_model(home.path(), "minilm") {
+        return;
+    }
+    let json = |out: &str| serde_json::from_str::<Value>(out).expect("json");
+    for text in [
+        "I drink green tea every morning",
+        "my favourite editor is Helix",
+        "the deploy key rotates every 90 days",
+    ] {
+        let (code, out, err) = run(home.path(), &["memory", "remember", text]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("remembered "), "{out}");
+    }
+    // Each command is its own process: recall after a "restart".
+    let (code, out, err) = run(
+        home.path(),
+        &["memory", "recall", "which editor do I like?", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let hits = json(&out);
+    assert_eq!(hits[0]["memory"]["text"], "my favourite editor is Helix");
+
+    // Through a running nucleus: the newer value supersedes the old one.
+    let mut up = Up::start_in(home, &[]);
+    let (code, out, err) = run(
+        up.path(),
+        &["memory", "remember", "my favourite editor is now Zed"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("supersedes: my favourite editor is Helix"),
+        "{out}"
+    );
+    let (code, out, err) = run(up.path(), &["memory", "recall", "which editor do I like?"]);
+    assert_eq!(code, 0, "{err}");
+    let first = out.lines().next().unwrap_or_default();
+    assert_eq!(first, "1. my favourite editor is now Zed", "{out}");
+    assert!(
+        out.contains("superseded: my favourite editor is Helix"),
+        "{out}"
+    );
+    let (code, _, err) = run(up.path(), &["memory", "recall", "x", "-k", "0"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _) = up.stop();
+    assert_eq!(code, 0);
+
+    // Forgotten: no tier returns it, superseded values included.
+    let (code, out, err) = run(
+        up.path(),
+        &[
+            "memory",
+            "forget",
+            "--subject",
+            "user",
+            "--attribute",
+            "favourite editor",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("forgot 2 memories"), "{out}");
+    let (code, out, err) = run(
+        up.path(),
+        &[
+            "memory",
+            "recall",
+            "which editor do I like?",
+            "--all",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("editor is"), "{out}");
+    let (code, out, err) = run(up.path(), &["memory", "export"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2);
+    assert!(!out.contains("Helix") && !out.contains("Zed"), "{out}");
+    let (code, out, _) = run(up.path(), &["memory", "stats", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["memories"], 2);
 }

@@ -14,11 +14,15 @@
 //! importance and recency, scoped to one user), forgets everywhere at once, consolidates working
 //! memory into the stream, and exports and imports JSONL.
 
+pub mod backends;
+pub mod chroma;
 pub mod embedded;
 pub mod extract;
 pub mod keywords;
 pub mod manager;
 pub mod module;
+pub mod pg;
+pub mod redis_tiers;
 pub mod tiers;
 pub mod types;
 

@@ -3,7 +3,9 @@
 //! and periodic consolidation.
 //!
 //! Settings (`[modules.memory]`): `data_dir` (set by `lotus up` to `$LOTUS_HOME/data/memory`),
-//! `default_user` (`me`), `embed` (`local:minilm`), `quantization` (`f32`, `f16`, `i8`).
+//! `default_user` (`me`), `embed` (`local:minilm`), `quantization` (`f32`, `f16`, `i8`), and
+//! the backends: `working`, `short_term` (`redis://…`), `vectors` (ChromaDB's `http://…`),
+//! `knowledge` (`postgres://…`), `prefix` — each `embedded` when unset.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +16,8 @@ use lotus_nucleus::{Context, Event, ModuleError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::embedded::{self, IndexConfig, Quantization};
+use crate::backends::Backends;
+use crate::embedded::{IndexConfig, Quantization};
 use crate::manager::{Embedder, ManagerConfig, MemoryManager};
 use crate::tiers::{MemoryError, Result};
 use crate::types::{ForgetFilter, Kind, Memory, NewMemory, RecallQuery};
@@ -113,13 +116,26 @@ impl MemoryModule {
         self.default_user = cx
             .setting::<String>("default_user")
             .unwrap_or_else(|| DEFAULT_USER.to_owned());
-        let tiers = embedded::open(
+        let mut backends = Backends::default();
+        for (key, slot) in [
+            ("working", &mut backends.working),
+            ("short_term", &mut backends.short_term),
+            ("vectors", &mut backends.vectors),
+            ("knowledge", &mut backends.knowledge),
+            ("prefix", &mut backends.prefix),
+        ] {
+            *slot = cx.setting::<String>(key);
+        }
+        let tiers = crate::backends::open(
             &dir,
+            &backends,
             IndexConfig {
                 quantization,
                 ..IndexConfig::default()
             },
-        )?;
+        )
+        .await
+        .map_err(me)?;
         self.manager = Some(Arc::new(MemoryManager::new(
             tiers,
             Arc::new(ContextEmbedder::new(cx.clone(), model)),

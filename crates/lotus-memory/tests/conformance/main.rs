@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lotus_memory::chroma::ChromaVectors;
 use lotus_memory::embedded::{
     EmbeddedVectors, InProcessWorking, IndexConfig, Quantization, SqliteKnowledge, SqliteShortTerm,
 };
+use lotus_memory::pg::PgKnowledge;
+use lotus_memory::redis_tiers::{RedisShortTerm, RedisWorking};
 use lotus_memory::{
     ForgetFilter, Kind, Knowledge, Memory, ShortTerm, StreamRecord, VectorItem, Vectors, Working,
     WorkingItem, now_us,
@@ -17,26 +20,100 @@ use uuid::Uuid;
 
 // ------------------------------------------------------------------ backends
 
-fn working_backends() -> Vec<Arc<dyn Working>> {
-    vec![Arc::new(InProcessWorking::new())]
+/// A service's URL from `var` (or its default), if it answers; `None` (skip) only outside CI.
+async fn service<T>(
+    what: &str,
+    var: &str,
+    default: &str,
+    connect: impl AsyncFnOnce(&str) -> lotus_memory::Result<T>,
+) -> Option<T> {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    match connect(&url).await {
+        Ok(t) => Some(t),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs {what} at {url} (set {var}): {e}"
+            );
+            eprintln!("skipping the {what} backend: {e}");
+            None
+        }
+    }
 }
 
-fn short_backends(dir: &std::path::Path) -> Vec<Arc<dyn ShortTerm>> {
-    vec![Arc::new(
+const REDIS: (&str, &str, &str) = ("Redis", "LOTUS_TEST_REDIS", "redis://127.0.0.1:6379");
+const POSTGRES: (&str, &str, &str) = (
+    "PostgreSQL",
+    "LOTUS_TEST_POSTGRES",
+    "postgres://postgres@127.0.0.1:5432/test",
+);
+
+/// Keys of one test run: nothing left by another run is seen.
+fn prefix() -> String {
+    format!("lotus-test:{}:", Uuid::now_v7().simple())
+}
+
+async fn working_backends() -> Vec<Arc<dyn Working>> {
+    let mut out: Vec<Arc<dyn Working>> = vec![Arc::new(InProcessWorking::new())];
+    let (what, var, default) = REDIS;
+    if let Some(r) = service(what, var, default, async |url: &str| {
+        RedisWorking::connect(url, &prefix()).await
+    })
+    .await
+    {
+        out.push(Arc::new(r));
+    }
+    out
+}
+
+async fn short_backends(dir: &std::path::Path) -> Vec<Arc<dyn ShortTerm>> {
+    let mut out: Vec<Arc<dyn ShortTerm>> = vec![Arc::new(
         SqliteShortTerm::open(&dir.join("short.db")).expect("sqlite short-term"),
-    )]
+    )];
+    let (what, var, default) = REDIS;
+    if let Some(r) = service(what, var, default, async |url: &str| {
+        RedisShortTerm::connect(url, &prefix()).await
+    })
+    .await
+    {
+        out.push(Arc::new(r));
+    }
+    out
 }
 
-fn vector_backends(dir: &std::path::Path) -> Vec<Arc<dyn Vectors>> {
-    vec![Arc::new(
+async fn vector_backends(dir: &std::path::Path) -> Vec<Arc<dyn Vectors>> {
+    let mut v: Vec<Arc<dyn Vectors>> = vec![Arc::new(
         EmbeddedVectors::open(&dir.join("vectors"), IndexConfig::default()).expect("embedded"),
-    )]
+    )];
+    match std::env::var("LOTUS_CHROMA_URL") {
+        Ok(url) => {
+            let chroma = ChromaVectors::connect(&url)
+                .await
+                .expect("LOTUS_CHROMA_URL is set: ChromaDB must answer")
+                .with_prefix(format!("t{}_", Uuid::now_v7().simple()));
+            v.push(Arc::new(chroma));
+        }
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("ChromaDB is required in CI: start it and set LOTUS_CHROMA_URL")
+        }
+        Err(_) => eprintln!("skipping the ChromaDB vector backend: LOTUS_CHROMA_URL is not set"),
+    }
+    v
 }
 
-fn knowledge_backends(dir: &std::path::Path) -> Vec<Arc<dyn Knowledge>> {
-    vec![Arc::new(
+async fn knowledge_backends(dir: &std::path::Path) -> Vec<Arc<dyn Knowledge>> {
+    let mut out: Vec<Arc<dyn Knowledge>> = vec![Arc::new(
         SqliteKnowledge::open(&dir.join("knowledge.db")).expect("sqlite knowledge"),
-    )]
+    )];
+    let (what, var, default) = POSTGRES;
+    if let Some(p) = service(what, var, default, async |url: &str| {
+        PgKnowledge::connect(url).await
+    })
+    .await
+    {
+        out.push(Arc::new(p));
+    }
+    out
 }
 
 // ------------------------------------------------------------------ helpers
@@ -89,7 +166,7 @@ fn meta(user: &str) -> BTreeMap<String, Value> {
 
 #[tokio::test]
 async fn working_memory_conformance() {
-    for w in working_backends() {
+    for w in working_backends().await {
         let b = w.backend();
         let user = format!("u-{}", Uuid::now_v7());
         let other = format!("o-{}", Uuid::now_v7());
@@ -204,7 +281,7 @@ async fn working_memory_conformance() {
 #[tokio::test]
 async fn short_term_conformance() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in short_backends(dir.path()) {
+    for s in short_backends(dir.path()).await {
         let b = s.backend();
         let user = format!("u-{}", Uuid::now_v7());
         let other = format!("o-{}", Uuid::now_v7());
@@ -272,7 +349,7 @@ async fn short_term_conformance() {
 #[tokio::test]
 async fn vector_store_conformance() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for v in vector_backends(dir.path()) {
+    for v in vector_backends(dir.path()).await {
         let b = v.backend();
         let col = format!("conf_{}", Uuid::now_v7().simple());
         let dims = 16;
@@ -457,7 +534,7 @@ async fn the_embedded_index_reopens_with_its_changes() {
 #[tokio::test]
 async fn knowledge_conformance() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for k in knowledge_backends(dir.path()) {
+    for k in knowledge_backends(dir.path()).await {
         let b = k.backend();
         let user = format!("u-{}", Uuid::now_v7());
         let other = format!("o-{}", Uuid::now_v7());

@@ -22,6 +22,7 @@ pub mod keywords;
 pub mod manager;
 pub mod module;
 pub mod pg;
+pub mod quality;
 pub mod redis_tiers;
 pub mod tiers;
 pub mod types;

@@ -287,3 +287,27 @@ async fn export_and_import_keep_ids_and_history_and_bad_input_is_refused() {
         "nothing changed"
     );
 }
+
+/// The quality benchmark's scenario, small: deterministic, and nothing forgotten or of another
+/// user ever comes back.
+#[tokio::test]
+async fn the_quality_scenario_leaks_nothing() {
+    let Some(models) = models() else { return };
+    let a = lotus_memory::quality::generate(3, 2, 5);
+    let b = lotus_memory::quality::generate(3, 2, 5);
+    assert_eq!(
+        a.questions.iter().map(|q| &q.text).collect::<Vec<_>>(),
+        b.questions.iter().map(|q| &q.text).collect::<Vec<_>>()
+    );
+    assert!(a.questions.iter().any(|q| q.kind == "updated"));
+    assert!(a.questions.iter().any(|q| q.kind == "forgotten"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manager(&models, dir.path());
+    let r = lotus_memory::quality::evaluate(&m, &a)
+        .await
+        .expect("evaluate");
+    assert_eq!(r.forget_leaks, 0, "{r:?}");
+    assert_eq!(r.cross_user_leaks, 0, "{r:?}");
+    assert_eq!(r.stale_rate, 0.0, "{r:?}");
+    assert!(r.recall_at_10 >= 0.9, "{r:?}");
+}

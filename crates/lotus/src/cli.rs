@@ -215,6 +215,62 @@ pub enum BenchCmd {
     /// Local models: SmolLM2 prefill and decode tokens/s, MiniLM embeddings/s (threads: set
     /// CANDLE_NUM_THREADS and RAYON_NUM_THREADS).
     Local(JsonFlag),
+    /// The embedded vector index on generated clustered vectors with exact ground truth:
+    /// recall@10, query latency, build time, RSS, size on disk.
+    Vectors(BenchVectorsArgs),
+    /// Memory quality on a seeded synthetic scenario (facts, updates, forget requests, chains,
+    /// chatter, several users) with the real embeddings: recall@1/5/10, MRR, stale rate,
+    /// forget and cross-user leaks, tokens per query, latency.
+    Memory(BenchMemoryArgs),
+}
+
+/// `lotus bench memory`.
+#[derive(Debug, Args)]
+pub struct BenchMemoryArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Users in the scenario.
+    #[arg(long, default_value_t = 5)]
+    pub users: usize,
+    /// Distractor memories per user.
+    #[arg(long, default_value_t = 40)]
+    pub chatter: usize,
+    /// Seed of the scenario.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// `lotus bench vectors`.
+#[derive(Debug, Args)]
+pub struct BenchVectorsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Vectors in the index.
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    /// Dimensions.
+    #[arg(long, default_value_t = 384)]
+    pub dims: usize,
+    /// Queries timed (one at a time).
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// f32, f16 or i8.
+    #[arg(long, default_value = "f32")]
+    pub quantization: String,
+    /// Candidates considered per search (ef).
+    #[arg(long, default_value_t = 64)]
+    pub ef: usize,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write the data and ground truth here, for `bench/compare_ann.py`.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<std::path::PathBuf>,
 }
 
 /// `lotus bench providers`.

@@ -19,6 +19,8 @@ pub async fn run(home: &crate::home::Home, cmd: BenchCmd) -> Result<()> {
         BenchCmd::Reload(a) => reload(a).await,
         BenchCmd::Providers(a) => providers(a).await,
         BenchCmd::Local(f) => local(home, f.json).await,
+        BenchCmd::Vectors(a) => super::bench_vectors::run(a).await,
+        BenchCmd::Memory(a) => super::bench_vectors::memory(home, a).await,
     }
 }
 

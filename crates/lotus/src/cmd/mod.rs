@@ -1,6 +1,7 @@
 //! One function per command.
 
 mod bench;
+mod bench_vectors;
 mod doctor;
 mod events;
 mod install;

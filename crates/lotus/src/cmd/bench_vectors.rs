@@ -1,0 +1,344 @@
+//! `lotus bench memory`: memory quality on a seeded scenario (see `lotus_memory::quality`).
+//! `lotus bench vectors`: the embedded vector index on generated clustered vectors with exact
+//! ground truth — recall@10, query latency, build time, RSS, size on disk. `--export DIR` writes
+//! the same data for `bench/compare_ann.py` (hnswlib, faiss, chromadb).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use lotus_memory::embedded::{EmbeddedVectors, IndexConfig, Quantization};
+use lotus_memory::{VectorItem, Vectors};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::cli::{BenchMemoryArgs, BenchVectorsArgs};
+
+/// A seeded generator (splitmix64) with normal samples (Box–Muller).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+    }
+}
+
+fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+/// `n` vectors around `clusters` centres (noise `spread`), unit length, row-major.
+fn clustered(rng: &mut Rng, centres: &[Vec<f32>], n: usize, spread: f32) -> Vec<f32> {
+    let dims = centres[0].len();
+    let mut out = Vec::with_capacity(n * dims);
+    for _ in 0..n {
+        let c = &centres[(rng.next() % centres.len() as u64) as usize];
+        let mut v: Vec<f32> = c.iter().map(|x| x + spread * rng.normal()).collect();
+        normalize(&mut v);
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The exact `k` nearest (cosine = dot of unit vectors) of every query, on every core.
+fn ground_truth(base: &[f32], queries: &[f32], dims: usize, k: usize) -> Vec<Vec<u32>> {
+    let nq = queries.len() / dims;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = nq.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t * per..((t + 1) * per).min(nq))
+                        .map(|q| {
+                            let qv = &queries[q * dims..(q + 1) * dims];
+                            let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+                            for (i, v) in base.chunks_exact(dims).enumerate() {
+                                let d = dot(qv, v);
+                                if best.len() < k || d > best[best.len() - 1].0 {
+                                    let pos = best.partition_point(|b| b.0 >= d);
+                                    best.insert(pos, (d, i as u32));
+                                    best.truncate(k);
+                                }
+                            }
+                            best.into_iter().map(|b| b.1).collect::<Vec<u32>>()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+fn write_f32(path: &std::path::Path, data: &[f32]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for x in data {
+        f.write_all(&x.to_le_bytes())?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A folder removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(a: BenchVectorsArgs) -> Result<()> {
+    if a.n == 0 || a.dims == 0 || a.queries == 0 || a.k == 0 {
+        bail!("--n, --dims, --queries and --k must be positive");
+    }
+    let quantization: Quantization = serde_json::from_value(json!(a.quantization))
+        .map_err(|_| anyhow::anyhow!("--quantization must be f32, f16 or i8"))?;
+    let t_gen = Instant::now();
+    let mut rng = Rng(a.seed);
+    let clusters = (a.n / 100).clamp(16, 4096);
+    let centres: Vec<Vec<f32>> = (0..clusters)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..a.dims).map(|_| rng.normal()).collect();
+            normalize(&mut c);
+            c
+        })
+        .collect();
+    // Spread relative to the centre's length: neighbours are in the same cluster, mostly.
+    let spread = 1.0 / (a.dims as f32).sqrt() * 0.6;
+    let base = clustered(&mut rng, &centres, a.n, spread);
+    let queries = clustered(&mut rng, &centres, a.queries, spread);
+    eprintln!(
+        "generated {} × {} ({} clusters) and {} queries in {:.1} s; computing exact neighbours…",
+        a.n,
+        a.dims,
+        clusters,
+        a.queries,
+        t_gen.elapsed().as_secs_f64()
+    );
+    let t_gt = Instant::now();
+    let truth = ground_truth(&base, &queries, a.dims, a.k);
+    eprintln!("ground truth in {:.1} s", t_gt.elapsed().as_secs_f64());
+    if let Some(dir) = &a.export {
+        std::fs::create_dir_all(dir)?;
+        write_f32(&dir.join("base.f32"), &base)?;
+        write_f32(&dir.join("queries.f32"), &queries)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("truth.u32"))?);
+        for row in &truth {
+            for i in row {
+                f.write_all(&i.to_le_bytes())?;
+            }
+        }
+        f.flush()?;
+        std::fs::write(
+            dir.join("meta.json"),
+            serde_json::to_vec(&json!({"n": a.n, "dims": a.dims, "queries": a.queries, "k": a.k}))?,
+        )?;
+    }
+
+    let dir = TempDir(std::env::temp_dir().join(format!("lotus-bench-vectors-{}", Uuid::now_v7())));
+    let rss_before = rss_mb();
+    let config = IndexConfig {
+        quantization,
+        expansion_search: a.ef,
+        ..IndexConfig::default()
+    };
+    let index = EmbeddedVectors::open(dir.path(), config)?;
+    let ids: Vec<Uuid> = (0..a.n).map(|_| Uuid::now_v7()).collect();
+    let meta = BTreeMap::from([("user".to_owned(), json!("bench"))]);
+    let t_build = Instant::now();
+    for (chunk_i, chunk) in base.chunks(a.dims * 10_000).enumerate() {
+        let items: Vec<VectorItem> = chunk
+            .chunks_exact(a.dims)
+            .enumerate()
+            .map(|(i, v)| VectorItem {
+                id: ids[chunk_i * 10_000 + i],
+                vector: v.to_vec(),
+                meta: meta.clone(),
+            })
+            .collect();
+        index.upsert("bench", &items).await?;
+    }
+    let build_s = t_build.elapsed().as_secs_f64();
+    let t_flush = Instant::now();
+    index.flush().await?;
+    let checkpoint_s = t_flush.elapsed().as_secs_f64();
+    let rss_after = rss_mb();
+
+    let position: std::collections::HashMap<Uuid, u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i as u32))
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hits = 0usize;
+    let t_q = Instant::now();
+    for (q, want) in queries.chunks_exact(a.dims).zip(&truth) {
+        let t0 = Instant::now();
+        let found = index.query("bench", q, a.k, &meta).await?;
+        hist.record(t0.elapsed().as_nanos().max(1) as u64)?;
+        let want: HashSet<u32> = want.iter().copied().collect();
+        hits += found
+            .iter()
+            .filter(|(id, _)| position.get(id).is_some_and(|p| want.contains(p)))
+            .count();
+    }
+    let query_s = t_q.elapsed().as_secs_f64();
+    let recall = hits as f64 / (a.queries * a.k) as f64;
+    let ms = |q: f64| (hist.value_at_quantile(q) as f64 / 1e6 * 1000.0).round() / 1000.0;
+    let out = json!({
+        "benchmark": "vectors",
+        "n": a.n,
+        "dims": a.dims,
+        "queries": a.queries,
+        "k": a.k,
+        "quantization": a.quantization,
+        "m": config.connectivity,
+        "ef_construction": config.expansion_add,
+        "ef_search": config.expansion_search,
+        "filtered_by_user": true,
+        "recall_at_10": (recall * 10000.0).round() / 10000.0,
+        "query_p50_ms": ms(0.5),
+        "query_p99_ms": ms(0.99),
+        "queries_per_s": (a.queries as f64 / query_s).round(),
+        "build_s": (build_s * 100.0).round() / 100.0,
+        "inserts_per_s": (a.n as f64 / build_s).round(),
+        "checkpoint_s": (checkpoint_s * 100.0).round() / 100.0,
+        "rss_mb": rss_after,
+        "rss_index_mb": ((rss_after - rss_before) * 10.0).round() / 10.0,
+        "disk_mb": ((index.disk_bytes() as f64 / 1048576.0) * 10.0).round() / 10.0,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "load": std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} × {} ({}), M {} ef {}: recall@{} {:.4}, query p50 {} ms p99 {} ms ({} q/s), build {:.1} s ({} inserts/s), checkpoint {:.1} s, RSS {} MB, disk {} MB",
+            a.n,
+            a.dims,
+            a.quantization,
+            config.connectivity,
+            config.expansion_search,
+            a.k,
+            recall,
+            ms(0.5),
+            ms(0.99),
+            out["queries_per_s"],
+            build_s,
+            out["inserts_per_s"],
+            checkpoint_s,
+            rss_after,
+            out["disk_mb"]
+        );
+    }
+    Ok(())
+}
+
+/// Runs the memory-quality benchmark on the embedded tiers in a temporary folder, with the
+/// local MiniLM embeddings of this home.
+pub async fn memory(home: &crate::home::Home, a: BenchMemoryArgs) -> Result<()> {
+    #[cfg(feature = "local")]
+    {
+        use std::sync::Arc;
+
+        use lotus_memory::{ManagerConfig, MemoryManager, RouterEmbedder};
+        use lotus_providers::{Catalog, Router, RouterConfig};
+
+        if !lotus_local::ready(&home.models(), lotus_local::EMBED_MODEL) {
+            bail!("the benchmark embeds with MiniLM: run `lotus model pull minilm` first");
+        }
+        let dir =
+            TempDir(std::env::temp_dir().join(format!("lotus-bench-memory-{}", Uuid::now_v7())));
+        let router = Arc::new(
+            Router::new(Catalog::builtin(), RouterConfig::default(), None)
+                .with_provider(Arc::new(lotus_local::LocalProvider::new(&home.models()))),
+        );
+        let manager = MemoryManager::new(
+            lotus_memory::embedded::open(dir.path(), IndexConfig::default())?,
+            Arc::new(RouterEmbedder::new(router, "local:minilm", "bench")),
+            ManagerConfig::default(),
+        );
+        let scenario = lotus_memory::quality::generate(a.seed, a.users, a.chatter);
+        let r = lotus_memory::quality::evaluate(&manager, &scenario).await?;
+        let mut out = serde_json::to_value(&r)?;
+        out["benchmark"] = json!("memory");
+        out["users"] = json!(a.users);
+        out["seed"] = json!(a.seed);
+        out["embedder"] = json!("local:minilm");
+        out["load"] = json!(
+            std::fs::read_to_string("/proc/loadavg")
+                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        );
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!(
+                "{} memories, {} questions: recall@1 {:.3} @5 {:.3} @10 {:.3}, MRR {:.3}, stale {:.3}, forget leaks {}, cross-user leaks {}, {:.1} words/query, p50 {:.1} ms p95 {:.1} ms (ingest {:.1} s)",
+                r.memories,
+                r.questions,
+                r.recall_at_1,
+                r.recall_at_5,
+                r.recall_at_10,
+                r.mrr,
+                r.stale_rate,
+                r.forget_leaks,
+                r.cross_user_leaks,
+                r.tokens_per_query,
+                r.p50_ms,
+                r.p95_ms,
+                r.ingest_s
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "local"))]
+    {
+        let _ = (home, a);
+        bail!("this lotus was built without local models (feature `local`)")
+    }
+}

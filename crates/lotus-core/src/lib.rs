@@ -30,8 +30,12 @@ pub fn causes<'a>(
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     for c in causes(e) {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        // Some errors repeat their cause in their own message: say it once.
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
     }
     out
 }

@@ -168,7 +168,7 @@ impl ChromaVectors {
             .get(format!("{root}/api/v2/heartbeat"))
             .send()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(lotus_core::error_chain(&e)))?;
         if !beat.status().is_success() {
             return Err(unreachable(format!(
                 "GET /api/v2/heartbeat gave HTTP {}",
@@ -232,12 +232,12 @@ impl ChromaVectors {
         let resp = req
             .send()
             .await
-            .map_err(|e| err(format!("{method} {path}: {}", error_chain(&e))))?;
+            .map_err(|e| err(format!("{method} {path}: {}", lotus_core::error_chain(&e))))?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| err(format!("{method} {path}: {}", error_chain(&e))))?
+            .map_err(|e| err(format!("{method} {path}: {}", lotus_core::error_chain(&e))))?
             .to_vec();
         Ok(Reply { status, body })
     }
@@ -316,34 +316,42 @@ impl ChromaVectors {
     /// The ids among `ids` that the collection holds, or `None` if it is gone.
     async fn present(&self, col: &Col, ids: &[String]) -> Result<Option<Vec<String>>> {
         let body = json!({"ids": ids, "include": []});
+        let Some(got) = self
+            .on_collection::<GetReply>(col, Method::POST, "get", Some(&body))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(got.ids))
+    }
+
+    /// Sends `body` to the collection's endpoint `op` and decodes the answer; `None` when the
+    /// collection is gone.
+    async fn on_collection<T: serde::de::DeserializeOwned>(
+        &self,
+        col: &Col,
+        method: Method,
+        op: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<T>> {
         let r = self
-            .send(
-                Method::POST,
-                &format!("/collections/{}/get", col.id),
-                Some(&body),
-            )
+            .send(method, &format!("/collections/{}/{op}", col.id), body)
             .await?;
         if r.collection_missing() {
             return Ok(None);
         }
-        let got: GetReply = r.decode("get")?;
-        Ok(Some(got.ids))
+        r.decode(op).map(Some)
     }
 
     /// Deletes records known to exist; `false` if the collection is gone.
     async fn delete_ids(&self, col: &Col, ids: &[String]) -> Result<bool> {
         let body = json!({ "ids": ids });
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/collections/{}/delete", col.id),
-                Some(&body),
-            )
-            .await?;
-        if r.collection_missing() {
+        let Some(_) = self
+            .on_collection::<Value>(col, Method::POST, "delete", Some(&body))
+            .await?
+        else {
             return Ok(false);
-        }
-        let _: Value = r.decode("delete")?;
+        };
         Ok(true)
     }
 
@@ -352,17 +360,12 @@ impl ChromaVectors {
         let ids: Vec<String> = items.iter().map(|i| i.id.to_string()).collect();
         // The metadata keys each existing record has, to clear those the new item lacks.
         let body = json!({"ids": ids, "include": ["metadatas"]});
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/collections/{}/get", col.id),
-                Some(&body),
-            )
-            .await?;
-        if r.collection_missing() {
+        let Some(got) = self
+            .on_collection::<GetReply>(col, Method::POST, "get", Some(&body))
+            .await?
+        else {
             return Ok(false);
-        }
-        let got: GetReply = r.decode("get")?;
+        };
         let mut old: HashMap<String, Vec<String>> = HashMap::new();
         let metas = got.metadatas.unwrap_or_default();
         for (id, meta) in got.ids.into_iter().zip(metas) {
@@ -396,34 +399,14 @@ impl ChromaVectors {
             .collect();
         let embeddings: Vec<&[f32]> = items.iter().map(|i| i.vector.as_slice()).collect();
         let body = json!({"ids": ids, "embeddings": embeddings, "metadatas": metadatas});
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/collections/{}/upsert", col.id),
-                Some(&body),
-            )
-            .await?;
-        if r.collection_missing() {
+        let Some(_) = self
+            .on_collection::<Value>(col, Method::POST, "upsert", Some(&body))
+            .await?
+        else {
             return Ok(false);
-        }
-        let _: Value = r.decode("upsert")?;
+        };
         Ok(true)
     }
-}
-
-/// An error with its causes (reqwest hides the interesting part, such as "connection refused").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
 }
 
 /// A metadata key Chroma would take for an operator or reject.
@@ -589,18 +572,13 @@ impl Vectors for ChromaVectors {
         if let (Some(w), Some(obj)) = (clause, body.as_object_mut()) {
             obj.insert("where".into(), w);
         }
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/collections/{}/query", col.id),
-                Some(&body),
-            )
-            .await?;
-        if r.collection_missing() {
+        let Some(reply) = self
+            .on_collection::<QueryReply>(&col, Method::POST, "query", Some(&body))
+            .await?
+        else {
             self.forget(&name);
             return Ok(Vec::new());
-        }
-        let reply: QueryReply = r.decode("query")?;
+        };
         let ids = reply.ids.into_iter().next().unwrap_or_default();
         let distances = reply
             .distances
@@ -683,18 +661,13 @@ impl Vectors for ChromaVectors {
                 "limit": BATCH,
                 "offset": ids.len(),
             });
-            let r = self
-                .send(
-                    Method::POST,
-                    &format!("/collections/{}/get", col.id),
-                    Some(&body),
-                )
-                .await?;
-            if r.collection_missing() {
+            let Some(page) = self
+                .on_collection::<GetReply>(&col, Method::POST, "get", Some(&body))
+                .await?
+            else {
                 self.forget(&name);
                 return Ok(0);
-            }
-            let page: GetReply = r.decode("get")?;
+            };
             let len = page.ids.len();
             ids.extend(page.ids);
             if len < BATCH {

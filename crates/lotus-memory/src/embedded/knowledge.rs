@@ -71,15 +71,7 @@ fn err(e: impl std::fmt::Display) -> MemoryError {
 impl SqliteKnowledge {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
-             PRAGMA secure_delete = ON;",
-        )
-        .map_err(err)?;
+        let conn = super::sqlite(path, "knowledge")?;
         migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),

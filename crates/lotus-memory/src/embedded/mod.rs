@@ -14,7 +14,23 @@ pub use vectors::{EmbeddedVectors, IndexConfig, Quantization};
 pub use working::InProcessWorking;
 
 use crate::manager::Tiers;
-use crate::tiers::Result;
+use crate::tiers::{MemoryError, Result};
+
+/// Opens the SQLite database at `path` (creating its folder) the way every embedded tier uses
+/// it: WAL, normal sync, a busy timeout, deleted content overwritten.
+pub(crate) fn sqlite(path: &Path, tier: &'static str) -> Result<rusqlite::Connection> {
+    let err = |e: &dyn std::fmt::Display| MemoryError::backend(tier, "sqlite", e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    }
+    let conn = rusqlite::Connection::open(path).map_err(|e| err(&e))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
+         PRAGMA secure_delete = ON;",
+    )
+    .map_err(|e| err(&e))?;
+    Ok(conn)
+}
 
 /// The four embedded tiers under `dir`: `memory.db` (SQLite: knowledge and the stream) and
 /// `vectors/` (the ANN index); working memory in the process.

@@ -21,14 +21,9 @@ pub struct SqliteShortTerm {
 impl SqliteShortTerm {
     /// Opens (creating) the stream table in the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let conn = Connection::open(path).map_err(err)?;
+        let conn = super::sqlite(path, "short-term")?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
-             PRAGMA secure_delete = ON;
-             CREATE TABLE IF NOT EXISTS short_term (
+            "CREATE TABLE IF NOT EXISTS short_term (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  id TEXT NOT NULL,
                  user TEXT NOT NULL,

@@ -478,26 +478,7 @@ impl Vectors for ChromaVectors {
             .cached(&name)
             .and_then(|c| c.dims)
             .unwrap_or(first.vector.len());
-        if dims == 0 {
-            return Err(MemoryError::BadInput("an empty vector".into()));
-        }
-        if let Some(bad) = items.iter().find(|i| i.vector.len() != dims) {
-            return Err(MemoryError::BadInput(format!(
-                "collection `{collection}` holds vectors of dimension {dims}; {} has dimension {} \
-                 (a different embedding model? re-import the memories)",
-                bad.id,
-                bad.vector.len()
-            )));
-        }
-        if let Some(bad) = items
-            .iter()
-            .find(|i| i.vector.iter().any(|f| !f.is_finite()))
-        {
-            return Err(MemoryError::BadInput(format!(
-                "the vector of {} has a NaN or infinite value",
-                bad.id
-            )));
-        }
+        crate::tiers::check_vectors(collection, dims, items)?;
         for it in items {
             check_meta(it)?;
         }

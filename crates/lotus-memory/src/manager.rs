@@ -166,6 +166,17 @@ fn vector_filter(user: &str) -> VectorFilter {
     BTreeMap::from([("user".to_owned(), Value::String(user.to_owned()))])
 }
 
+/// A memory's vector with the metadata recall filters on.
+fn vector_item(m: &Memory, vector: Vec<f32>) -> VectorItem {
+    let mut meta = vector_filter(&m.user);
+    meta.insert("kind".to_owned(), Value::String(m.kind.to_string()));
+    VectorItem {
+        id: m.id,
+        vector,
+        meta,
+    }
+}
+
 impl MemoryManager {
     /// A manager over `tiers`, embedding with `embedder`.
     pub fn new(tiers: Tiers, embedder: Arc<dyn Embedder>, config: ManagerConfig) -> Self {
@@ -271,14 +282,7 @@ impl MemoryManager {
             metadata: new.metadata,
         };
         k.insert(&memory).await?;
-        let item = VectorItem {
-            id: memory.id,
-            vector,
-            meta: BTreeMap::from([
-                ("user".to_owned(), Value::String(memory.user.clone())),
-                ("kind".to_owned(), Value::String(memory.kind.to_string())),
-            ]),
-        };
+        let item = vector_item(&memory, vector);
         if let Err(e) = self
             .tiers
             .vectors
@@ -372,6 +376,7 @@ impl MemoryManager {
             .keyword(&q.user, &q.query, fetch, q.include_superseded)
             .await?;
 
+        #[derive(Default)]
         struct Cand {
             rrf: f32,
             kw: Option<usize>,
@@ -380,23 +385,13 @@ impl MemoryManager {
         }
         let mut cands: HashMap<Uuid, Cand> = HashMap::new();
         for (rank, (id, sim)) in by_vector.iter().enumerate() {
-            let c = cands.entry(*id).or_insert(Cand {
-                rrf: 0.0,
-                kw: None,
-                vec: None,
-                sim: None,
-            });
+            let c = cands.entry(*id).or_default();
             c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
             c.vec = Some(rank + 1);
             c.sim = Some(*sim);
         }
         for (rank, (id, _)) in by_keyword.iter().enumerate() {
-            let c = cands.entry(*id).or_insert(Cand {
-                rrf: 0.0,
-                kw: None,
-                vec: None,
-                sim: None,
-            });
+            let c = cands.entry(*id).or_default();
             c.rrf += 1.0 / (RRF_K + rank as f32 + 1.0);
             c.kw = Some(rank + 1);
         }
@@ -615,17 +610,7 @@ impl MemoryManager {
                 self.tiers.knowledge.insert(m).await?;
                 self.tiers
                     .vectors
-                    .upsert(
-                        m.kind.collection(),
-                        &[VectorItem {
-                            id: m.id,
-                            vector,
-                            meta: BTreeMap::from([
-                                ("user".to_owned(), Value::String(m.user.clone())),
-                                ("kind".to_owned(), Value::String(m.kind.to_string())),
-                            ]),
-                        }],
-                    )
+                    .upsert(m.kind.collection(), &[vector_item(m, vector)])
                     .await?;
                 added += 1;
             }

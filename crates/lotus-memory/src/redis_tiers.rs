@@ -113,16 +113,12 @@ impl Working for RedisWorking {
 
     async fn set(&self, user: &str, key: &str, value: &Value, ttl: Duration) -> Result<()> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let _: () = self
-            .conn
-            .clone()
+        let _: () = redis::pipe()
             .pset_ex(self.kv_key(user, key), value.to_string(), ms)
-            .await
-            .map_err(err("working"))?;
-        let _: () = self
-            .conn
-            .clone()
+            .ignore()
             .sadd(self.users_key(), user)
+            .ignore()
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(err("working"))?;
         Ok(())

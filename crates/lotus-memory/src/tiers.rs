@@ -138,6 +138,31 @@ pub struct VectorItem {
     pub meta: BTreeMap<String, Value>,
 }
 
+/// Checks a batch for `collection`, whose vectors have `dims` dimensions: none empty, all of
+/// that dimension, no NaN or infinity. Every backend checks the same way before it writes.
+pub fn check_vectors(collection: &str, dims: usize, items: &[VectorItem]) -> Result<()> {
+    if dims == 0 {
+        return Err(MemoryError::BadInput("an empty vector".into()));
+    }
+    if let Some(bad) = items.iter().find(|i| i.vector.len() != dims) {
+        return Err(MemoryError::BadInput(format!(
+            "collection `{collection}` holds {dims}-dimensional vectors; {} has {} (a different embedding model? re-import the memories)",
+            bad.id,
+            bad.vector.len()
+        )));
+    }
+    if let Some(bad) = items
+        .iter()
+        .find(|i| i.vector.iter().any(|f| !f.is_finite()))
+    {
+        return Err(MemoryError::BadInput(format!(
+            "the vector of {} has a NaN or infinite value",
+            bad.id
+        )));
+    }
+    Ok(())
+}
+
 /// An equality filter over vector metadata (every pair must match).
 pub type VectorFilter = BTreeMap<String, Value>;
 

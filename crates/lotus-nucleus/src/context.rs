@@ -51,7 +51,9 @@ pub enum LlmError {
         module: String,
     },
     /// This nucleus runs without providers.
-    #[error("this nucleus has no LLM providers")]
+    #[error(
+        "this nucleus was built without LLM providers (NucleusBuilder::router); `lotus up` sets them up from [providers]"
+    )]
     Unavailable,
     /// Every model of the chain failed, or a budget is spent.
     #[error(transparent)]
@@ -263,9 +265,13 @@ impl Context {
 
     /// Embeds `inputs` with the manifest's `providers.embed` model (default: the `embed` alias).
     pub async fn embed(&self, inputs: Vec<String>) -> Result<Embeddings, LlmError> {
-        let (router, providers) = self.llm().await?;
-        let model = providers.embed.as_deref().unwrap_or("embed");
-        Ok(router.embed(&self.name, model, inputs).await?)
+        let model = self
+            .manifest
+            .providers
+            .as_ref()
+            .and_then(|p| p.embed.as_deref())
+            .unwrap_or("embed");
+        self.embed_with(model, inputs).await
     }
 
     /// Embeds `inputs` with `model` (a name or alias), for modules whose model is a setting.

@@ -581,25 +581,7 @@ impl Vectors for EmbeddedVectors {
                 items[0].vector.len()
             }
         };
-        if dims == 0 {
-            return Err(MemoryError::BadInput("an empty vector".into()));
-        }
-        if let Some(bad) = items.iter().find(|i| i.vector.len() != dims) {
-            return Err(MemoryError::BadInput(format!(
-                "collection `{collection}` holds {dims}-dimensional vectors; {} has {} (a different embedding model? re-import the memories)",
-                bad.id,
-                bad.vector.len()
-            )));
-        }
-        if let Some(bad) = items
-            .iter()
-            .find(|i| i.vector.iter().any(|f| !f.is_finite()))
-        {
-            return Err(MemoryError::BadInput(format!(
-                "the vector of {} has a NaN or infinite value",
-                bad.id
-            )));
-        }
+        crate::tiers::check_vectors(collection, dims, items)?;
         let mut bytes = Vec::new();
         for it in items {
             encode_upsert(&mut bytes, it)?;

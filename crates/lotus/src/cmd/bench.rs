@@ -32,7 +32,7 @@ fn t(s: &str) -> Topic {
     Topic::new(s).expect("benchmark topics are valid")
 }
 
-fn load_avg() -> String {
+pub(super) fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -439,7 +439,7 @@ async fn bus(a: BenchBusArgs) -> Result<()> {
     Ok(())
 }
 
-fn rss_kb(pid: u32, key: &str) -> Option<u64> {
+pub(super) fn rss_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

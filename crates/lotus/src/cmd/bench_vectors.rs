@@ -10,33 +10,12 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use lotus_memory::embedded::{EmbeddedVectors, IndexConfig, Quantization};
+use lotus_memory::quality::Rng;
 use lotus_memory::{VectorItem, Vectors};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::cli::{BenchMemoryArgs, BenchVectorsArgs};
-
-/// A seeded generator (splitmix64) with normal samples (Box–Muller).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
-    }
-}
 
 fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -48,7 +27,7 @@ fn clustered(rng: &mut Rng, centres: &[Vec<f32>], n: usize, spread: f32) -> Vec<
     let dims = centres[0].len();
     let mut out = Vec::with_capacity(n * dims);
     for _ in 0..n {
-        let c = &centres[(rng.next() % centres.len() as u64) as usize];
+        let c = &centres[(rng.next_u64() % centres.len() as u64) as usize];
         let mut v: Vec<f32> = c.iter().map(|x| x + spread * rng.normal()).collect();
         normalize(&mut v);
         out.extend_from_slice(&v);
@@ -95,15 +74,8 @@ fn ground_truth(base: &[f32], queries: &[f32], dims: usize, k: usize) -> Vec<Vec
 }
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+    let kb = super::bench::rss_kb(std::process::id(), "VmRSS:").unwrap_or(0);
+    (kb as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 fn write_f32(path: &std::path::Path, data: &[f32]) -> Result<()> {
@@ -251,7 +223,7 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
         "rss_index_mb": ((rss_after - rss_before) * 10.0).round() / 10.0,
         "disk_mb": ((index.disk_bytes() as f64 / 1048576.0) * 10.0).round() / 10.0,
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "load": std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default(),
+        "load": super::bench::load_avg(),
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -112,6 +112,14 @@ fn open(home: &Home, create: bool) -> Result<KeyStore> {
     KeyStore::create(&path, &pass).map_err(store_error)
 }
 
+/// The environment variable that holds `provider`'s key and so wins over the stored one.
+fn env_override(provider: &str) -> Option<&'static str> {
+    setup::key_vars(provider)
+        .iter()
+        .copied()
+        .find(|v| std::env::var(v).is_ok_and(|k| !k.trim().is_empty()))
+}
+
 fn check_provider(name: &str) -> Result<()> {
     if setup::keyed_names().any(|n| n == name) {
         return Ok(());
@@ -146,9 +154,7 @@ fn set(home: &Home, name: &str) -> Result<()> {
         .set(name, Secret::new(key.trim()))
         .map_err(store_error)?;
     store.save().map_err(store_error)?;
-    let overridden = setup::key_vars(name)
-        .iter()
-        .find(|v| std::env::var(v).is_ok_and(|k| !k.trim().is_empty()));
+    let overridden = env_override(name);
     println!("stored the key for {name} in {}", store.path().display());
     if let Some(var) = overridden {
         println!("note: ${var} is set and takes precedence over the stored key");
@@ -174,10 +180,7 @@ fn list(home: &Home, json: bool) -> Result<()> {
         .list()
         .into_iter()
         .map(|k| {
-            let env = setup::key_vars(&k.name)
-                .iter()
-                .find(|v| std::env::var(v).is_ok_and(|k| !k.trim().is_empty()))
-                .map(|v| format!("${v}"));
+            let env = env_override(&k.name).map(|v| format!("${v}"));
             (k, env)
         })
         .collect();

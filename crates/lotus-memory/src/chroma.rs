@@ -666,6 +666,19 @@ impl Vectors for ChromaVectors {
         Ok(n)
     }
 
+    async fn reset(&self, collection: &str) -> Result<()> {
+        let name = self.full_name(collection)?;
+        let r = self
+            .send(Method::DELETE, &format!("/collections/{name}"), None)
+            .await?;
+        self.forget(&name);
+        if r.status.is_success() || r.collection_missing() {
+            Ok(())
+        } else {
+            Err(r.error("delete collection"))
+        }
+    }
+
     async fn count(&self, collection: &str) -> Result<u64> {
         let name = self.full_name(collection)?;
         let Some(col) = self.existing(&name).await? else {

@@ -602,21 +602,61 @@ impl MemoryManager {
                     )));
                 }
             }
-            let vectors = self
-                .embedder
-                .embed(fresh.iter().map(|m| m.text.clone()).collect())
-                .await?;
-            for (m, vector) in fresh.into_iter().zip(vectors) {
+            let vectors = self.embed_all(&fresh).await?;
+            for m in &fresh {
                 self.tiers.knowledge.insert(m).await?;
-                self.tiers
-                    .vectors
-                    .upsert(m.kind.collection(), &[vector_item(m, vector)])
-                    .await?;
-                added += 1;
             }
+            self.store_vectors(&fresh, vectors).await?;
+            added += fresh.len() as u64;
         }
         self.tiers.vectors.flush().await?;
         Ok(added)
+    }
+
+    /// Rebuilds every vector collection from the stored memories: after a change of embedding
+    /// model, or over an index an earlier version wrote. Returns how many were embedded.
+    pub async fn reindex(&self) -> Result<u64> {
+        for kind in Kind::ALL {
+            self.tiers.vectors.reset(kind.collection()).await?;
+        }
+        let all = self.tiers.knowledge.list(None).await?;
+        for chunk in all.chunks(64) {
+            let chunk: Vec<&Memory> = chunk.iter().collect();
+            let vectors = self.embed_all(&chunk).await?;
+            self.store_vectors(&chunk, vectors).await?;
+        }
+        self.tiers.vectors.flush().await?;
+        Ok(all.len() as u64)
+    }
+
+    async fn embed_all(&self, memories: &[&Memory]) -> Result<Vec<Vec<f32>>> {
+        let vectors = self
+            .embedder
+            .embed(memories.iter().map(|m| m.text.clone()).collect())
+            .await?;
+        if vectors.len() != memories.len() {
+            return Err(MemoryError::Embed(format!(
+                "asked for {} vectors, got {}",
+                memories.len(),
+                vectors.len()
+            )));
+        }
+        Ok(vectors)
+    }
+
+    /// Stores the vectors of `memories`, one batch per collection.
+    async fn store_vectors(&self, memories: &[&Memory], vectors: Vec<Vec<f32>>) -> Result<()> {
+        let mut by_collection: BTreeMap<&'static str, Vec<VectorItem>> = BTreeMap::new();
+        for (m, v) in memories.iter().zip(vectors) {
+            by_collection
+                .entry(m.kind.collection())
+                .or_default()
+                .push(vector_item(m, v));
+        }
+        for (collection, items) in by_collection {
+            self.tiers.vectors.upsert(collection, &items).await?;
+        }
+        Ok(())
     }
 
     /// Counts per tier.

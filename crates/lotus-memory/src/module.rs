@@ -1,6 +1,6 @@
 //! The `memory` core module: the manager behind the tools `memory.remember`, `memory.recall`,
-//! `memory.forget`, `memory.stats`, `memory.export`, `memory.import`, the `memory.store` event,
-//! and periodic consolidation.
+//! `memory.forget`, `memory.stats`, `memory.export`, `memory.import`, `memory.reindex`, the
+//! `memory.store` event, and periodic consolidation.
 //!
 //! Settings (`[modules.memory]`): `data_dir` (set by `lotus up` to `$LOTUS_HOME/data/memory`),
 //! `default_user` (`me`), `embed` (`local:minilm`), `quantization` (`f32`, `f16`, `i8`), and
@@ -264,6 +264,14 @@ impl MemoryModule {
             .collect::<Result<Vec<_>, _>>()?;
         let added = self.manager()?.import(parsed).await.map_err(me)?;
         Ok(json!({ "added": added }))
+    }
+
+    /// Rebuilds the vector index from the stored memories (after a change of embedding model,
+    /// or over an index an earlier version wrote); returns how many were embedded.
+    #[tool("reindex")]
+    async fn reindex(&mut self) -> Result<Value, ModuleError> {
+        let n = self.manager()?.reindex().await.map_err(me)?;
+        Ok(json!({ "embedded": n }))
     }
 
     /// `memory.store` events: the payload is what `memory.remember` takes.

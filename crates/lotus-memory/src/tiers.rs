@@ -189,6 +189,8 @@ pub trait Vectors: Send + Sync {
     async fn count(&self, collection: &str) -> Result<u64>;
     /// Makes everything written so far durable in its compact form.
     async fn flush(&self) -> Result<()>;
+    /// Drops the whole collection, whatever it holds (even an index this version cannot read).
+    async fn reset(&self, collection: &str) -> Result<()>;
 }
 
 /// L4: persistent knowledge — the memories themselves (the source of truth, with keyword

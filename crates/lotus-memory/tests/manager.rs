@@ -250,6 +250,18 @@ async fn export_and_import_keep_ids_and_history_and_bad_input_is_refused() {
         .expect("recall");
     assert_eq!(hits.len(), 1);
 
+    // Rebuilding the vectors from the stored memories: every memory is embedded again and
+    // recall answers as before.
+    let total = n.export(None).await.expect("export").len() as u64;
+    assert_eq!(n.reindex().await.expect("reindex"), total);
+    let stats = n.stats().await.expect("stats");
+    assert_eq!(stats.vectors.values().sum::<u64>(), total);
+    let hits = n
+        .recall(&RecallQuery::new("ana", "favourite editor"))
+        .await
+        .expect("recall after reindex");
+    assert_eq!(hits[0].memory.id, zed.memory.id);
+
     for (bad, why) in [
         (remember("", "x"), "user"),
         (remember("ana", "   "), "empty"),

@@ -268,7 +268,14 @@ pub struct BenchVectorsArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Also write the data and ground truth here, for `bench/compare_ann.py`.
+    /// Users the vectors belong to (round robin); each query searches one user's vectors, as
+    /// recall does. With 1, the filter selects everything and the index skips it.
+    #[arg(long, default_value_t = 1)]
+    pub users: usize,
+    /// Times the query set is run (more rounds, steadier figures).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Also write the data and ground truth here, for `bench/compare_ann.py` (one user only).
     #[arg(long, value_name = "DIR")]
     pub export: Option<std::path::PathBuf>,
 }
@@ -461,6 +468,9 @@ pub enum MemoryCmd {
         /// The file.
         file: PathBuf,
     },
+    /// Rebuild the vector index from the stored memories (after changing the embedding model,
+    /// or when an earlier version wrote the index).
+    Reindex,
 }
 
 /// `lotus key …`.

@@ -1,5 +1,8 @@
 //! The embedded backends: what runs on one laptop with nothing installed.
 
+#[allow(unsafe_code, reason = "SIMD intrinsics behind a CPU check")]
+mod distance;
+mod hnsw;
 pub mod knowledge;
 pub mod short;
 pub mod vectors;

@@ -1,8 +1,8 @@
-//! L3 embedded: one HNSW index (usearch) per collection, on disk, crash-safe.
+//! L3 embedded: one HNSW graph ([`super::hnsw`]) per collection, on disk, crash-safe.
 //!
 //! Each collection is a folder:
 //! - `MANIFEST` (JSON): the generation in force, dimensions, quantization, next key;
-//! - `index-GEN.usearch` and `items-GEN.bin`: the snapshot of that generation (the graph with
+//! - `graph-GEN.bin` and `items-GEN.bin`: the snapshot of that generation (the graph with
 //!   its vectors; the ids and metadata of its keys);
 //! - `wal.bin`: every change since the snapshot, one checksummed record each, synced before the
 //!   change is applied.
@@ -22,12 +22,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 use uuid::Uuid;
 
 use crate::tiers::{MemoryError, Result, VectorFilter, VectorItem, Vectors};
+
+use super::hnsw::{Hnsw, Params};
 
 fn err(e: impl std::fmt::Display) -> MemoryError {
     MemoryError::backend("vectors", "embedded", e)
@@ -44,16 +46,6 @@ pub enum Quantization {
     F16,
     /// 1 byte per dimension.
     I8,
-}
-
-impl Quantization {
-    fn scalar(self) -> ScalarKind {
-        match self {
-            Quantization::F32 => ScalarKind::F32,
-            Quantization::F16 => ScalarKind::F16,
-            Quantization::I8 => ScalarKind::I8,
-        }
-    }
 }
 
 /// Parameters of new indexes.
@@ -91,21 +83,113 @@ struct Manifest {
     dimensions: usize,
     quantization: Quantization,
     next_key: u64,
+    /// The graph's file format: 2 is LOTUS's own HNSW (format 1, usearch's, is not read).
+    #[serde(default = "usearch_format")]
+    format: u32,
+}
+
+const FORMAT: u32 = 2;
+
+fn usearch_format() -> u32 {
+    1
 }
 
 struct Item {
     id: Uuid,
     meta: BTreeMap<String, Value>,
+    /// The interned `(field, scalar value)` pairs of `meta`, for filters.
+    tags: Box<[u32]>,
+}
+
+/// How a query's filter selects items.
+enum Scope {
+    /// Every item: no filter, or one every item matches (a single user's laptop).
+    All,
+    /// No item holds one of the filter's pairs.
+    Nothing,
+    /// Items holding all these interned pairs.
+    Tags(Vec<u32>),
+    /// A filter on a non-scalar value: compared in full.
+    Full,
+}
+
+/// The interning key of a metadata pair, for scalar values only.
+fn tag_key(field: &str, value: &Value) -> Option<String> {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+            Some(format!("{field}\u{0}{value}"))
+        }
+        Value::Array(_) | Value::Object(_) => None,
+    }
 }
 
 struct State {
-    index: Option<Index>,
+    index: Option<Hnsw>,
     dims: usize,
     quantization: Quantization,
-    by_id: HashMap<Uuid, u64>,
-    items: HashMap<u64, Item>,
+    by_id: FxHashMap<Uuid, u64>,
+    items: FxHashMap<u64, Item>,
+    /// Interned metadata pairs, and how many items hold each.
+    tags: HashMap<String, u32>,
+    tag_counts: Vec<u64>,
     next_key: u64,
     generation: u64,
+}
+
+impl State {
+    fn insert_item(&mut self, key: u64, id: Uuid, meta: BTreeMap<String, Value>) {
+        let mut tags: Vec<u32> = meta
+            .iter()
+            .filter_map(|(f, v)| tag_key(f, v))
+            .map(|k| {
+                let next = self.tag_counts.len() as u32;
+                let t = *self.tags.entry(k).or_insert(next);
+                if t == next {
+                    self.tag_counts.push(0);
+                }
+                self.tag_counts[t as usize] += 1;
+                t
+            })
+            .collect();
+        tags.sort_unstable();
+        self.by_id.insert(id, key);
+        self.items.insert(
+            key,
+            Item {
+                id,
+                meta,
+                tags: tags.into(),
+            },
+        );
+    }
+
+    fn remove_item(&mut self, key: u64) -> Option<Item> {
+        let it = self.items.remove(&key)?;
+        for t in &it.tags {
+            self.tag_counts[*t as usize] -= 1;
+        }
+        Some(it)
+    }
+
+    fn scope(&self, filter: &VectorFilter) -> Scope {
+        if filter.is_empty() {
+            return Scope::All;
+        }
+        let mut tags = Vec::with_capacity(filter.len());
+        for (f, v) in filter {
+            let Some(k) = tag_key(f, v) else {
+                return Scope::Full;
+            };
+            match self.tags.get(&k) {
+                Some(&t) if self.tag_counts[t as usize] > 0 => tags.push(t),
+                _ => return Scope::Nothing,
+            }
+        }
+        if tags.len() == 1 && self.tag_counts[tags[0] as usize] == self.items.len() as u64 {
+            return Scope::All;
+        }
+        Scope::Tags(tags)
+    }
 }
 
 struct Collection {
@@ -149,7 +233,7 @@ impl EmbeddedVectors {
         })
     }
 
-    fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+    fn check_name(name: &str) -> Result<()> {
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -160,6 +244,11 @@ impl EmbeddedVectors {
                 "`{name}` is not a collection name: use lowercase letters, digits and `_`"
             )));
         }
+        Ok(())
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        Self::check_name(name)?;
         let mut cols = self.collections.lock();
         if let Some(c) = cols.get(name) {
             return Ok(c.clone());
@@ -186,18 +275,16 @@ impl EmbeddedVectors {
     }
 }
 
-fn new_index(dims: usize, q: Quantization, c: &IndexConfig) -> Result<Index> {
-    let index = Index::new(&IndexOptions {
-        dimensions: dims,
-        metric: MetricKind::Cos,
-        quantization: q.scalar(),
-        connectivity: c.connectivity,
-        expansion_add: c.expansion_add,
-        expansion_search: c.expansion_search,
-        multi: false,
-    })
-    .map_err(err)?;
-    Ok(index)
+fn new_index(dims: usize, q: Quantization, c: &IndexConfig) -> Hnsw {
+    Hnsw::new(
+        dims,
+        Params {
+            quantization: q,
+            m: c.connectivity.clamp(2, 1024),
+            ef_construction: c.expansion_add.max(1),
+            ef_search: c.expansion_search.max(1),
+        },
+    )
 }
 
 fn threads() -> usize {
@@ -273,8 +360,10 @@ impl Collection {
             index: None,
             dims: 0,
             quantization: config.quantization,
-            by_id: HashMap::new(),
-            items: HashMap::new(),
+            by_id: FxHashMap::default(),
+            items: FxHashMap::default(),
+            tags: HashMap::new(),
+            tag_counts: Vec::new(),
             next_key: 1,
             generation: 0,
         };
@@ -282,16 +371,36 @@ impl Collection {
         if manifest_path.exists() {
             let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).map_err(err)?)
                 .map_err(|e| err(format!("{}: {e}", manifest_path.display())))?;
-            let index = new_index(m.dimensions, m.quantization, &config)?;
-            let index_path = dir.join(format!("index-{}.usearch", m.generation));
-            index
-                .load(&index_path.to_string_lossy())
-                .map_err(|e| err(format!("{}: {e}", index_path.display())))?;
-            index
-                .reserve_capacity_and_threads(index.size().max(1024), threads())
-                .map_err(err)?;
-            state.items = read_items(&dir.join(format!("items-{}.bin", m.generation)))?;
-            state.by_id = state.items.iter().map(|(k, it)| (it.id, *k)).collect();
+            if m.format != FORMAT {
+                return Err(err(format!(
+                    "{} holds a vector index written by an earlier LOTUS (format {}); move the \
+                     folder aside and run `lotus memory reindex` to rebuild it from the stored \
+                     memories",
+                    dir.display(),
+                    m.format
+                )));
+            }
+            let graph_path = dir.join(format!("graph-{}.bin", m.generation));
+            let file = File::open(&graph_path)
+                .map_err(|e| err(format!("{}: {e}", graph_path.display())))?;
+            let size = file.metadata().map_err(err)?.len();
+            let index = Hnsw::load(
+                BufReader::with_capacity(1 << 20, file),
+                size,
+                config.expansion_search,
+            )
+            .map_err(|e| err(format!("{}: {e}", graph_path.display())))?;
+            for (key, id, meta) in read_items(&dir.join(format!("items-{}.bin", m.generation)))? {
+                state.insert_item(key, id, meta);
+            }
+            if index.len() != state.items.len() || index.dims() != m.dimensions {
+                return Err(err(format!(
+                    "{}: the graph holds {} vectors and the item list {}: the snapshot is damaged",
+                    dir.display(),
+                    index.len(),
+                    state.items.len()
+                )));
+            }
             state.index = Some(index);
             state.dims = m.dimensions;
             state.quantization = m.quantization;
@@ -301,12 +410,12 @@ impl Collection {
         // Files of other generations are leftovers of an interrupted checkpoint.
         if let Ok(rd) = std::fs::read_dir(dir) {
             let keep = [
-                format!("index-{}.usearch", state.generation),
+                format!("graph-{}.bin", state.generation),
                 format!("items-{}.bin", state.generation),
             ];
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if (name.starts_with("index-") || name.starts_with("items-"))
+                if (name.starts_with("graph-") || name.starts_with("items-"))
                     && !keep.contains(&name)
                 {
                     let _ = std::fs::remove_file(e.path());
@@ -342,11 +451,15 @@ impl Collection {
             return Ok(());
         };
         let generation = state.generation + 1;
-        let index_path = self.dir.join(format!("index-{generation}.usearch"));
-        index.save(&index_path.to_string_lossy()).map_err(err)?;
-        File::open(&index_path)
-            .and_then(|f| f.sync_all())
-            .map_err(err)?;
+        let graph_path = self.dir.join(format!("graph-{generation}.bin"));
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(&graph_path).map_err(err)?);
+            index.save(&mut w).map_err(err)?;
+            w.into_inner()
+                .map_err(|e| err(e.into_error()))?
+                .sync_all()
+                .map_err(err)?;
+        }
         write_items(
             &self.dir.join(format!("items-{generation}.bin")),
             &state.items,
@@ -356,6 +469,7 @@ impl Collection {
             dimensions: state.dims,
             quantization: state.quantization,
             next_key: state.next_key,
+            format: FORMAT,
         };
         let tmp = self.dir.join("MANIFEST.tmp");
         {
@@ -372,7 +486,7 @@ impl Collection {
         wal.1 = 0;
         let old = state.generation;
         state.generation = generation;
-        let _ = std::fs::remove_file(self.dir.join(format!("index-{old}.usearch")));
+        let _ = std::fs::remove_file(self.dir.join(format!("graph-{old}.bin")));
         let _ = std::fs::remove_file(self.dir.join(format!("items-{old}.bin")));
         Ok(())
     }
@@ -387,7 +501,7 @@ impl Collection {
     }
 }
 
-fn write_items(path: &Path, items: &HashMap<u64, Item>) -> Result<()> {
+fn write_items(path: &Path, items: &FxHashMap<u64, Item>) -> Result<()> {
     let f = File::create(path).map_err(err)?;
     let mut w = BufWriter::new(f);
     let mut body = Vec::new();
@@ -406,7 +520,9 @@ fn write_items(path: &Path, items: &HashMap<u64, Item>) -> Result<()> {
     f.sync_all().map_err(err)
 }
 
-fn read_items(path: &Path) -> Result<HashMap<u64, Item>> {
+type StoredItem = (u64, Uuid, BTreeMap<String, Value>);
+
+fn read_items(path: &Path) -> Result<Vec<StoredItem>> {
     let bad = |why: &str| err(format!("{}: {why}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| bad(&e.to_string()))?;
     if bytes.len() < 12 {
@@ -418,7 +534,7 @@ fn read_items(path: &Path) -> Result<HashMap<u64, Item>> {
     if crc32fast::hash(body) != crc {
         return Err(bad("checksum mismatch (the file is damaged)"));
     }
-    let mut items = HashMap::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(bytes.len() / 28));
     let mut rest = body;
     while !rest.is_empty() {
         let key = u64::from_le_bytes(
@@ -437,7 +553,7 @@ fn read_items(path: &Path) -> Result<HashMap<u64, Item>> {
         ) as usize;
         let meta = serde_json::from_slice(rest.get(28..28 + len).ok_or_else(|| bad("truncated"))?)
             .map_err(|e| bad(&e.to_string()))?;
-        items.insert(key, Item { id, meta });
+        items.push((key, id, meta));
         rest = &rest[28 + len..];
     }
     Ok(items)
@@ -485,64 +601,34 @@ fn apply_upsert(state: &mut State, config: &IndexConfig, items: &[VectorItem]) -
     if state.index.is_none() {
         state.dims = first.vector.len();
         state.quantization = config.quantization;
-        state.index = Some(new_index(state.dims, state.quantization, config)?);
+        state.index = Some(new_index(state.dims, state.quantization, config));
     }
-    for it in items {
+    // An id given twice in one batch: the last one wins.
+    let mut last: FxHashMap<Uuid, usize> = FxHashMap::default();
+    for (i, it) in items.iter().enumerate() {
+        last.insert(it.id, i);
+    }
+    let items: Vec<&VectorItem> = items
+        .iter()
+        .enumerate()
+        .filter(|(i, it)| last.get(&it.id) == Some(i))
+        .map(|(_, it)| it)
+        .collect();
+    for it in &items {
         apply_delete(state, &it.id)?;
     }
-    let State {
-        index,
-        by_id,
-        items: map,
-        next_key,
-        ..
-    } = state;
-    let Some(index) = index.as_ref() else {
-        return Ok(());
-    };
-    let need = index.size() + items.len();
-    if need > index.capacity() {
-        index
-            .reserve_capacity_and_threads(need.max(index.capacity() * 2).max(1024), threads())
-            .map_err(err)?;
+    let first_key = state.next_key;
+    let batch: Vec<(u64, &[f32])> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (first_key + i as u64, &it.vector[..]))
+        .collect();
+    if let Some(index) = state.index.as_mut() {
+        index.add(&batch, threads());
     }
-    let first_key = *next_key;
-    *next_key += items.len() as u64;
-    let add = |chunk: &[VectorItem], base: u64| -> Result<()> {
-        for (i, it) in chunk.iter().enumerate() {
-            index.add(base + i as u64, &it.vector).map_err(err)?;
-        }
-        Ok(())
-    };
-    if items.len() >= 2048 {
-        // Large batches (imports, benchmarks) are added from every core.
-        let per = items.len().div_ceil(threads());
-        std::thread::scope(|s| {
-            let handles: Vec<_> = items
-                .chunks(per)
-                .enumerate()
-                .map(|(c, chunk)| {
-                    let add = &add;
-                    s.spawn(move || add(chunk, first_key + (c * per) as u64))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().map_err(|_| err("an index thread panicked"))?)
-        })?;
-    } else {
-        add(items, first_key)?;
-    }
+    state.next_key += items.len() as u64;
     for (i, it) in items.iter().enumerate() {
-        let key = first_key + i as u64;
-        by_id.insert(it.id, key);
-        map.insert(
-            key,
-            Item {
-                id: it.id,
-                meta: it.meta.clone(),
-            },
-        );
+        state.insert_item(first_key + i as u64, it.id, it.meta.clone());
     }
     Ok(())
 }
@@ -551,9 +637,9 @@ fn apply_delete(state: &mut State, id: &Uuid) -> Result<bool> {
     let Some(key) = state.by_id.remove(id) else {
         return Ok(false);
     };
-    state.items.remove(&key);
-    if let Some(index) = &state.index {
-        index.remove(key).map_err(err)?;
+    state.remove_item(key);
+    if let Some(index) = state.index.as_mut() {
+        index.remove(key);
     }
     Ok(true)
 }
@@ -617,21 +703,31 @@ impl Vectors for EmbeddedVectors {
         if k == 0 || s.items.is_empty() {
             return Ok(Vec::new());
         }
-        let found = if filter.is_empty() {
-            index.search(vector, k)
-        } else {
-            index.filtered_search(vector, k, |key| {
-                s.items
-                    .get(&key)
-                    .is_some_and(|it| matches(&it.meta, filter))
-            })
-        }
-        .map_err(err)?;
+        let found = match s.scope(filter) {
+            Scope::All => index.search(vector, k, None),
+            Scope::Nothing => return Ok(Vec::new()),
+            Scope::Tags(tags) => index.search(
+                vector,
+                k,
+                Some(&|key| {
+                    s.items
+                        .get(&key)
+                        .is_some_and(|it| tags.iter().all(|t| it.tags.binary_search(t).is_ok()))
+                }),
+            ),
+            Scope::Full => index.search(
+                vector,
+                k,
+                Some(&|key| {
+                    s.items
+                        .get(&key)
+                        .is_some_and(|it| matches(&it.meta, filter))
+                }),
+            ),
+        };
         Ok(found
-            .keys
-            .iter()
-            .zip(&found.distances)
-            .filter_map(|(key, d)| s.items.get(key).map(|it| (it.id, 1.0 - d)))
+            .into_iter()
+            .filter_map(|(key, d)| s.items.get(&key).map(|it| (it.id, 1.0 - d)))
             .collect())
     }
 
@@ -676,6 +772,19 @@ impl Vectors for EmbeddedVectors {
 
     async fn count(&self, collection: &str) -> Result<u64> {
         Ok(self.collection(collection)?.state.read().items.len() as u64)
+    }
+
+    async fn reset(&self, collection: &str) -> Result<()> {
+        Self::check_name(collection)?;
+        let mut cols = self.collections.lock();
+        if let Some(c) = cols.remove(collection) {
+            // Wait for a change in flight, then let go of the files.
+            drop(c.wal.lock());
+        }
+        match std::fs::remove_dir_all(self.dir.join(collection)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
+            _ => Ok(()),
+        }
     }
 
     async fn flush(&self) -> Result<()> {

@@ -474,6 +474,24 @@ async fn vector_store_conformance() {
             "{b}"
         );
         v.flush().await.expect("flush");
+
+        // Reset drops the collection whole; it can be filled again, even at another dimension.
+        v.reset(&col).await.expect("reset");
+        assert_eq!(v.count(&col).await.expect("count"), 0, "{b}");
+        v.reset(&col).await.expect("resetting nothing is fine");
+        v.upsert(
+            &col,
+            &[VectorItem {
+                id: ids[0],
+                vector: vec![0.5; dims * 2],
+                meta: meta("alice"),
+            }],
+        )
+        .await
+        .expect("upsert after reset");
+        assert_eq!(v.count(&col).await.expect("count"), 1, "{b}");
+        v.reset(&col).await.expect("reset");
+        assert!(v.reset("Bad Name").await.is_err(), "{b}");
     }
 }
 
@@ -526,6 +544,44 @@ async fn the_embedded_index_reopens_with_its_changes() {
                 .all(|h| h.0 != ids[0]),
             "{q:?}"
         );
+        // A damaged snapshot or an index of another format is refused with the reason, and
+        // the files are left as they were.
+        v.flush().await.expect("flush");
+        drop(v);
+        let col = dir.path().join("c");
+        let graph = std::fs::read_dir(&col)
+            .expect("collection folder")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("graph-"))
+            })
+            .expect("a graph snapshot");
+        let good = std::fs::read(&graph).expect("read graph");
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        std::fs::write(&graph, &bad).expect("damage");
+        let e = EmbeddedVectors::open(dir.path(), config)
+            .expect("open is lazy")
+            .count("c")
+            .await
+            .expect_err("a damaged graph is refused");
+        assert!(e.to_string().contains("damaged"), "{q:?}: {e}");
+        assert_eq!(std::fs::read(&graph).expect("read"), bad, "left as it was");
+        std::fs::write(&graph, &good).expect("repair");
+        let manifest = col.join("MANIFEST");
+        let m = std::fs::read_to_string(&manifest).expect("manifest");
+        let old = m.replace(",\"format\":2", "");
+        assert_ne!(m, old, "the manifest names its format");
+        std::fs::write(&manifest, old).expect("old manifest");
+        let e = EmbeddedVectors::open(dir.path(), config)
+            .expect("open is lazy")
+            .count("c")
+            .await
+            .expect_err("an index of the earlier format is refused");
+        assert!(e.to_string().contains("lotus memory reindex"), "{q:?}: {e}");
     }
 }
 

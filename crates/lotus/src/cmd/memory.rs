@@ -1,4 +1,4 @@
-//! `lotus memory remember|recall|forget|stats|export|import`: the memory module's tools, through
+//! `lotus memory remember|recall|forget|stats|export|import|reindex`: the memory module's tools, through
 //! the running nucleus when there is one, else through a nucleus in this process that runs only
 //! the memory module on the home's files.
 
@@ -185,6 +185,7 @@ pub async fn run(home: &Home, cfg: &Config, cmd: MemoryCmd) -> Result<()> {
             true,
         ),
         MemoryCmd::Import { file } => ("memory.import", read_jsonl(file)?, true),
+        MemoryCmd::Reindex => ("memory.reindex", json!({}), false),
     };
     let args = strip_nulls(args);
     let target = Target::open(home, cfg).await?;
@@ -195,6 +196,13 @@ pub async fn run(home: &Home, cfg: &Config, cmd: MemoryCmd) -> Result<()> {
         MemoryCmd::Export { output, .. } => write_jsonl(&out, output.as_deref()),
         MemoryCmd::Import { .. } => {
             println!("imported {} memories", out["added"]);
+            Ok(())
+        }
+        MemoryCmd::Reindex => {
+            println!(
+                "embedded {} memories into a new vector index",
+                out["embedded"]
+            );
             Ok(())
         }
         _ if json => {

@@ -7,7 +7,7 @@ prints their figures and LOTUS's ratios to them.
     lotus bench vectors --n 100000 --export /tmp/ann-data --json > /tmp/lotus.json
     /tmp/ann/bin/python bench/compare_ann.py /tmp/ann-data /tmp/lotus.json
 
-A library that is not installed is skipped (and said so).
+A library that is not installed is skipped (and said so); `--only=hnswlib,faiss` runs only those.
 """
 import json
 import shutil
@@ -111,12 +111,16 @@ def chroma_run(base, queries, truth, k):
 
 
 def main():
-    if len(sys.argv) < 2:
+    args = [a for a in sys.argv[1:] if not a.startswith("--only=")]
+    only = [a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--only=")]
+    if not args:
         sys.exit(__doc__)
-    base, queries, truth, k = load(sys.argv[1])
-    lotus = json.load(open(sys.argv[2])) if len(sys.argv) > 2 else None
+    base, queries, truth, k = load(args[0])
+    lotus = json.load(open(args[1])) if len(args) > 1 else None
     results = {}
     for name, run in [("hnswlib", hnswlib_run), ("faiss", faiss_run), ("chromadb", chroma_run)]:
+        if only and name not in only[0]:
+            continue
         try:
             results[name] = run(base, queries, truth, k)
         except ImportError as e:

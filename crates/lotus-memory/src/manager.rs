@@ -580,37 +580,74 @@ impl MemoryManager {
     pub async fn import(&self, memories: Vec<Memory>) -> Result<u64> {
         let mut added = 0;
         for chunk in memories.chunks(64) {
-            let ids: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
-            let present: Vec<Uuid> = self
-                .tiers
-                .knowledge
-                .get_many(&ids)
-                .await?
-                .into_iter()
-                .map(|m| m.id)
-                .collect();
-            let fresh: Vec<&Memory> = chunk.iter().filter(|m| !present.contains(&m.id)).collect();
-            if fresh.is_empty() {
-                continue;
-            }
-            for m in &fresh {
-                check_user(&m.user)?;
-                if m.text.trim().is_empty() || m.text.len() > MAX_TEXT {
-                    return Err(MemoryError::BadInput(format!(
-                        "memory {}: the text is empty or longer than {MAX_TEXT} bytes",
-                        m.id
-                    )));
-                }
-            }
+            let fresh = self.absent(chunk.iter()).await?;
             let vectors = self.embed_all(&fresh).await?;
-            for m in &fresh {
-                self.tiers.knowledge.insert(m).await?;
-            }
-            self.store_vectors(&fresh, vectors).await?;
-            added += fresh.len() as u64;
+            added += self.store_all(&fresh, vectors).await?;
         }
         self.tiers.vectors.flush().await?;
         Ok(added)
+    }
+
+    /// Stores memories with their vectors as given (a backup that carries them, a benchmark's
+    /// generated data), in large batches. Memories already present are skipped; returns how
+    /// many were added.
+    pub async fn import_with_vectors(&self, items: Vec<(Memory, Vec<f32>)>) -> Result<u64> {
+        let mut added = 0;
+        for chunk in items.chunks(4096) {
+            let fresh = self.absent(chunk.iter().map(|(m, _)| m)).await?;
+            let ids: std::collections::HashSet<Uuid> = fresh.iter().map(|m| m.id).collect();
+            let vectors = chunk
+                .iter()
+                .filter(|(m, _)| ids.contains(&m.id))
+                .map(|(_, v)| v.clone())
+                .collect();
+            added += self.store_all(&fresh, vectors).await?;
+        }
+        self.tiers.vectors.flush().await?;
+        Ok(added)
+    }
+
+    /// The memories of `chunk` not stored yet (checked for bad input first).
+    async fn absent<'a>(&self, chunk: impl Iterator<Item = &'a Memory>) -> Result<Vec<&'a Memory>> {
+        let chunk: Vec<&Memory> = chunk.collect();
+        for m in &chunk {
+            check_user(&m.user)?;
+            if m.text.trim().is_empty() || m.text.len() > MAX_TEXT {
+                return Err(MemoryError::BadInput(format!(
+                    "memory {}: the text is empty or longer than {MAX_TEXT} bytes",
+                    m.id
+                )));
+            }
+        }
+        let ids: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
+        let present: std::collections::HashSet<Uuid> = self
+            .tiers
+            .knowledge
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        Ok(chunk
+            .into_iter()
+            .filter(|m| !present.contains(&m.id))
+            .collect())
+    }
+
+    /// Stores `memories` in L4 and their `vectors` in L3; how many.
+    async fn store_all(&self, memories: &[&Memory], vectors: Vec<Vec<f32>>) -> Result<u64> {
+        if vectors.len() != memories.len() {
+            return Err(MemoryError::BadInput(format!(
+                "{} memories with {} vectors",
+                memories.len(),
+                vectors.len()
+            )));
+        }
+        for m in memories {
+            self.tiers.knowledge.insert(m).await?;
+        }
+        self.store_vectors(memories, vectors).await?;
+        Ok(memories.len() as u64)
     }
 
     /// Rebuilds every vector collection from the stored memories: after a change of embedding

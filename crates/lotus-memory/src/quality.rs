@@ -335,6 +335,114 @@ pub fn generate(seed: u64, users: usize, chatter: usize) -> Scenario {
     Scenario { steps, questions }
 }
 
+/// The sentences distractor memories are made from: everyday notes that share words with the
+/// questions (city, car, work, editor, food) without answering them. `n` distinct sentences.
+pub fn distractor_sentences(n: usize) -> Vec<String> {
+    const WHO: &[&str] = &[
+        "my colleague",
+        "the neighbour",
+        "my sister",
+        "an old friend",
+        "the landlord",
+        "my manager",
+        "a customer",
+        "the plumber",
+    ];
+    const DID: &[&str] = &[
+        "complained about",
+        "asked me about",
+        "recommended",
+        "joked about",
+        "wrote an email about",
+        "was late because of",
+        "sent photos of",
+        "could not stop talking about",
+    ];
+    const WHAT: &[&str] = &[
+        "the traffic in the city centre",
+        "a new text editor plugin",
+        "the car park behind the office",
+        "the canteen food at work",
+        "a company offsite next month",
+        "the price of train tickets",
+        "a recipe for vegetable soup",
+        "the broken lift in the building",
+        "a podcast about history",
+        "the football match on Sunday",
+        "a bicycle repair shop",
+        "the weather forecast for the weekend",
+    ];
+    const WHEN: &[&str] = &[
+        "this morning",
+        "at lunch",
+        "yesterday evening",
+        "on the phone",
+        "during the meeting",
+        "on the way home",
+    ];
+    let mut out = Vec::with_capacity(n);
+    'all: for when in WHEN {
+        for what in WHAT {
+            for did in DID {
+                for who in WHO {
+                    if out.len() == n {
+                        break 'all;
+                    }
+                    out.push(format!("{who} {did} {what} {when}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `n` distractor memories with their vectors, for a store at scale: memory `i` is sentence
+/// `i % sentences.len()` (numbered, so texts differ) with its vector plus a little noise, and
+/// belongs to one of `users` half the time, else to one of a hundred other users.
+pub fn distractors(
+    seed: u64,
+    users: &[String],
+    sentences: &[(String, Vec<f32>)],
+    from: usize,
+    n: usize,
+) -> Vec<(crate::types::Memory, Vec<f32>)> {
+    let mut rng = Rng(seed ^ from as u64);
+    let now = crate::types::now_us();
+    (from..from + n)
+        .map(|i| {
+            let (text, vector) = &sentences[i % sentences.len()];
+            let user = if rng.chance(50) && !users.is_empty() {
+                users[rng.below(users.len())].clone()
+            } else {
+                format!("crowd-{}", rng.below(100))
+            };
+            let mut v: Vec<f32> = vector.iter().map(|x| x + 0.02 * rng.normal()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+            let at = now - 86_400_000_000 - (i as i64) * 1_000_000;
+            (
+                crate::types::Memory {
+                    id: uuid::Uuid::now_v7(),
+                    user,
+                    kind: Kind::Episodic,
+                    text: format!("{text} (note {i})"),
+                    subject: None,
+                    attribute: None,
+                    value: None,
+                    importance: 0.3,
+                    created_us: at,
+                    valid_from_us: at,
+                    valid_to_us: None,
+                    superseded_by: None,
+                    source: "bench".into(),
+                    metadata: Default::default(),
+                },
+                v,
+            )
+        })
+        .collect()
+}
+
 /// What the benchmark measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {

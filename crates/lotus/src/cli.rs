@@ -239,6 +239,11 @@ pub struct BenchMemoryArgs {
     /// Seed of the scenario.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Generated memories stored before the scenario (half of them the scenario's users'):
+    /// recall quality and latency at scale. Their vectors are a few thousand embedded
+    /// sentences plus noise, so storing a million takes minutes, not hours.
+    #[arg(long, default_value_t = 0)]
+    pub distractors: usize,
 }
 
 /// `lotus bench vectors`.

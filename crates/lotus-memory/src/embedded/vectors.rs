@@ -60,7 +60,8 @@ pub struct IndexConfig {
     pub expansion_add: usize,
     /// Candidates considered while searching (ef).
     pub expansion_search: usize,
-    /// Log size (bytes) after which a checkpoint is written.
+    /// Log size (bytes) after which a checkpoint is written (or half the size of the last
+    /// snapshot, when that is larger).
     pub checkpoint_bytes: u64,
 }
 
@@ -134,6 +135,9 @@ struct State {
     tag_counts: Vec<u64>,
     next_key: u64,
     generation: u64,
+    /// Size of the snapshot in force: the log may grow to half of it before the next one, so
+    /// rewriting a large index stays a small share of the writes.
+    snapshot_bytes: u64,
 }
 
 impl State {
@@ -366,6 +370,7 @@ impl Collection {
             tag_counts: Vec::new(),
             next_key: 1,
             generation: 0,
+            snapshot_bytes: 0,
         };
         let manifest_path = dir.join("MANIFEST");
         if manifest_path.exists() {
@@ -384,6 +389,7 @@ impl Collection {
             let file = File::open(&graph_path)
                 .map_err(|e| err(format!("{}: {e}", graph_path.display())))?;
             let size = file.metadata().map_err(err)?.len();
+            state.snapshot_bytes = size;
             let index = Hnsw::load(
                 BufReader::with_capacity(1 << 20, file),
                 size,
@@ -486,6 +492,7 @@ impl Collection {
         wal.1 = 0;
         let old = state.generation;
         state.generation = generation;
+        state.snapshot_bytes = std::fs::metadata(&graph_path).map_or(0, |m| m.len());
         let _ = std::fs::remove_file(self.dir.join(format!("graph-{old}.bin")));
         let _ = std::fs::remove_file(self.dir.join(format!("items-{old}.bin")));
         Ok(())
@@ -675,7 +682,11 @@ impl Vectors for EmbeddedVectors {
         let mut wal = c.wal.lock();
         c.log(&mut wal, &bytes)?;
         apply_upsert(&mut c.state.write(), &c.config, items)?;
-        if wal.1 > c.config.checkpoint_bytes {
+        let due = c
+            .config
+            .checkpoint_bytes
+            .max(c.state.read().snapshot_bytes / 2);
+        if wal.1 > due {
             c.checkpoint(&mut wal)?;
         }
         Ok(())

@@ -378,8 +378,8 @@ impl Collection {
                 .map_err(|e| err(format!("{}: {e}", manifest_path.display())))?;
             if m.format != FORMAT {
                 return Err(err(format!(
-                    "{} holds a vector index written by an earlier LOTUS (format {}); move the \
-                     folder aside and run `lotus memory reindex` to rebuild it from the stored \
+                    "{} holds a vector index written by an earlier LOTUS (format {}); run \
+                     `lotus memory reindex` to replace it with one built from the stored \
                      memories",
                     dir.display(),
                     m.format

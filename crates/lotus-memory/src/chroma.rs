@@ -199,16 +199,7 @@ impl ChromaVectors {
 
     /// The Chroma name of `collection`, if it is a valid name.
     fn full_name(&self, collection: &str) -> Result<String> {
-        if collection.is_empty()
-            || collection.len() > 64
-            || !collection
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(MemoryError::BadInput(format!(
-                "`{collection}` is not a collection name: use lowercase letters, digits and `_`"
-            )));
-        }
+        crate::tiers::check_collection(collection)?;
         let name = format!("{}{collection}", self.prefix);
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         let alnum_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -580,9 +580,12 @@ impl MemoryManager {
     pub async fn import(&self, memories: Vec<Memory>) -> Result<u64> {
         let mut added = 0;
         for chunk in memories.chunks(64) {
-            let fresh = self.absent(chunk.iter()).await?;
+            let present = self.present(chunk.iter()).await?;
+            let fresh: Vec<&Memory> = chunk.iter().filter(|m| !present.contains(&m.id)).collect();
             let vectors = self.embed_all(&fresh).await?;
-            added += self.store_all(&fresh, vectors).await?;
+            added += self
+                .store_all(fresh.into_iter().zip(vectors).collect())
+                .await?;
         }
         self.tiers.vectors.flush().await?;
         Ok(added)
@@ -593,24 +596,32 @@ impl MemoryManager {
     /// many were added.
     pub async fn import_with_vectors(&self, items: Vec<(Memory, Vec<f32>)>) -> Result<u64> {
         let mut added = 0;
-        for chunk in items.chunks(4096) {
-            let fresh = self.absent(chunk.iter().map(|(m, _)| m)).await?;
-            let ids: std::collections::HashSet<Uuid> = fresh.iter().map(|m| m.id).collect();
-            let vectors = chunk
+        let mut items = items.into_iter();
+        loop {
+            let chunk: Vec<(Memory, Vec<f32>)> = items.by_ref().take(4096).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let (memories, vectors): (Vec<Memory>, Vec<Vec<f32>>) = chunk.into_iter().unzip();
+            let present = self.present(memories.iter()).await?;
+            let fresh: Vec<(&Memory, Vec<f32>)> = memories
                 .iter()
-                .filter(|(m, _)| ids.contains(&m.id))
-                .map(|(_, v)| v.clone())
+                .zip(vectors)
+                .filter(|(m, _)| !present.contains(&m.id))
                 .collect();
-            added += self.store_all(&fresh, vectors).await?;
+            added += self.store_all(fresh).await?;
         }
         self.tiers.vectors.flush().await?;
         Ok(added)
     }
 
-    /// The memories of `chunk` not stored yet (checked for bad input first).
-    async fn absent<'a>(&self, chunk: impl Iterator<Item = &'a Memory>) -> Result<Vec<&'a Memory>> {
-        let chunk: Vec<&Memory> = chunk.collect();
-        for m in &chunk {
+    /// The ids of `memories` already stored (the memories are checked for bad input first).
+    async fn present<'a>(
+        &self,
+        memories: impl Iterator<Item = &'a Memory>,
+    ) -> Result<std::collections::HashSet<Uuid>> {
+        let mut ids = Vec::new();
+        for m in memories {
             check_user(&m.user)?;
             if m.text.trim().is_empty() || m.text.len() > MAX_TEXT {
                 return Err(MemoryError::BadInput(format!(
@@ -618,36 +629,26 @@ impl MemoryManager {
                     m.id
                 )));
             }
+            ids.push(m.id);
         }
-        let ids: Vec<Uuid> = chunk.iter().map(|m| m.id).collect();
-        let present: std::collections::HashSet<Uuid> = self
+        Ok(self
             .tiers
             .knowledge
             .get_many(&ids)
             .await?
             .into_iter()
             .map(|m| m.id)
-            .collect();
-        Ok(chunk
-            .into_iter()
-            .filter(|m| !present.contains(&m.id))
             .collect())
     }
 
-    /// Stores `memories` in L4 and their `vectors` in L3; how many.
-    async fn store_all(&self, memories: &[&Memory], vectors: Vec<Vec<f32>>) -> Result<u64> {
-        if vectors.len() != memories.len() {
-            return Err(MemoryError::BadInput(format!(
-                "{} memories with {} vectors",
-                memories.len(),
-                vectors.len()
-            )));
-        }
-        for m in memories {
+    /// Stores memories in L4 and their vectors in L3; how many.
+    async fn store_all(&self, memories: Vec<(&Memory, Vec<f32>)>) -> Result<u64> {
+        for (m, _) in &memories {
             self.tiers.knowledge.insert(m).await?;
         }
-        self.store_vectors(memories, vectors).await?;
-        Ok(memories.len() as u64)
+        let n = memories.len() as u64;
+        self.store_vectors(memories).await?;
+        Ok(n)
     }
 
     /// Rebuilds every vector collection from the stored memories: after a change of embedding
@@ -660,7 +661,8 @@ impl MemoryManager {
         for chunk in all.chunks(64) {
             let chunk: Vec<&Memory> = chunk.iter().collect();
             let vectors = self.embed_all(&chunk).await?;
-            self.store_vectors(&chunk, vectors).await?;
+            self.store_vectors(chunk.into_iter().zip(vectors).collect())
+                .await?;
         }
         self.tiers.vectors.flush().await?;
         Ok(all.len() as u64)
@@ -681,10 +683,10 @@ impl MemoryManager {
         Ok(vectors)
     }
 
-    /// Stores the vectors of `memories`, one batch per collection.
-    async fn store_vectors(&self, memories: &[&Memory], vectors: Vec<Vec<f32>>) -> Result<()> {
+    /// Stores the vectors of memories, one batch per collection.
+    async fn store_vectors(&self, memories: Vec<(&Memory, Vec<f32>)>) -> Result<()> {
         let mut by_collection: BTreeMap<&'static str, Vec<VectorItem>> = BTreeMap::new();
-        for (m, v) in memories.iter().zip(vectors) {
+        for (m, v) in memories {
             by_collection
                 .entry(m.kind.collection())
                 .or_default()

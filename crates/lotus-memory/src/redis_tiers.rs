@@ -39,6 +39,28 @@ async fn connect(url: &str, tier: &'static str) -> Result<ConnectionManager> {
     Ok(conn)
 }
 
+/// The sum of `cmd` (`LLEN`, `XLEN`) over the key `key(user)` of every user in the set
+/// `users_key`, in one pipelined round trip.
+async fn sum_per_user(
+    conn: &ConnectionManager,
+    users_key: &str,
+    tier: &'static str,
+    cmd: &str,
+    key: impl Fn(&str) -> String,
+) -> Result<u64> {
+    let mut conn = conn.clone();
+    let users: Vec<String> = conn.smembers(users_key).await.map_err(err(tier))?;
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for u in &users {
+        pipe.cmd(cmd).arg(key(u));
+    }
+    let lens: Vec<u64> = pipe.query_async(&mut conn).await.map_err(err(tier))?;
+    Ok(lens.iter().sum())
+}
+
 /// Working memory in Redis: `PREFIX{user}:recent` (a list, newest first, capped), keys
 /// `PREFIX{user}:kv:{key}` with a TTL, and the set of users `PREFIX users`.
 #[derive(Clone)]
@@ -209,20 +231,10 @@ impl Working for RedisWorking {
     }
 
     async fn count(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let users: Vec<String> = conn
-            .smembers(self.users_key())
-            .await
-            .map_err(err("working"))?;
-        let mut n = 0u64;
-        for u in users {
-            let l: u64 = conn
-                .llen(self.recent_key(&u))
-                .await
-                .map_err(err("working"))?;
-            n += l;
-        }
-        Ok(n)
+        sum_per_user(&self.conn, &self.users_key(), "working", "LLEN", |u| {
+            self.recent_key(u)
+        })
+        .await
     }
 }
 
@@ -408,19 +420,9 @@ impl ShortTerm for RedisShortTerm {
     }
 
     async fn count(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let users: Vec<String> = conn
-            .smembers(self.users_key())
-            .await
-            .map_err(err("short-term"))?;
-        let mut n = 0u64;
-        for u in users {
-            let l: u64 = conn
-                .xlen(self.stream(&u))
-                .await
-                .map_err(err("short-term"))?;
-            n += l;
-        }
-        Ok(n)
+        sum_per_user(&self.conn, &self.users_key(), "short-term", "XLEN", |u| {
+            self.stream(u)
+        })
+        .await
     }
 }

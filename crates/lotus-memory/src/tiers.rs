@@ -138,6 +138,22 @@ pub struct VectorItem {
     pub meta: BTreeMap<String, Value>,
 }
 
+/// Checks a collection name: 1 to 64 lowercase letters, digits and `_`. Every backend takes the
+/// same names.
+pub fn check_collection(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(MemoryError::BadInput(format!(
+            "`{name}` is not a collection name: use lowercase letters, digits and `_`"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a batch for `collection`, whose vectors have `dims` dimensions: none empty, all of
 /// that dimension, no NaN or infinity. Every backend checks the same way before it writes.
 pub fn check_vectors(collection: &str, dims: usize, items: &[VectorItem]) -> Result<()> {
@@ -146,7 +162,7 @@ pub fn check_vectors(collection: &str, dims: usize, items: &[VectorItem]) -> Res
     }
     if let Some(bad) = items.iter().find(|i| i.vector.len() != dims) {
         return Err(MemoryError::BadInput(format!(
-            "collection `{collection}` holds {dims}-dimensional vectors; {} has {} (a different embedding model? re-import the memories)",
+            "collection `{collection}` holds {dims}-dimensional vectors; {} has {} (a different embedding model? run `lotus memory reindex`)",
             bad.id,
             bad.vector.len()
         )));

@@ -167,7 +167,10 @@ impl Hnsw {
         }
     }
 
-    fn neighbors(&self, slot: u32, level: u8, out: &mut Vec<u32>) {
+    /// The neighbour list of `slot` at `level` into `out`; under the node's lock while nodes
+    /// are being linked (`locked`).
+    fn neighbors(&self, slot: u32, level: u8, locked: bool, out: &mut Vec<u32>) {
+        let _g = locked.then(|| self.locks[slot as usize].lock());
         let l = self.links(slot, level);
         let n = (l[0].load(Relaxed) as usize).min(l.len() - 1);
         out.clear();
@@ -273,12 +276,7 @@ impl Hnsw {
         let mut level = level_from;
         while level > level_to {
             loop {
-                if locked {
-                    let _g = self.locks[cur.1 as usize].lock();
-                    self.neighbors(cur.1, level, scratch);
-                } else {
-                    self.neighbors(cur.1, level, scratch);
-                }
+                self.neighbors(cur.1, level, locked, scratch);
                 let mut changed = false;
                 for &n in scratch.iter() {
                     let d = self.metric.distance(q, self.row(n));
@@ -326,12 +324,7 @@ impl Hnsw {
             if top.len() >= ef && top.peek().is_some_and(|t| c.0 > t.0) {
                 break;
             }
-            if locked {
-                let _g = self.locks[c.1 as usize].lock();
-                self.neighbors(c.1, level, scratch);
-            } else {
-                self.neighbors(c.1, level, scratch);
-            }
+            self.neighbors(c.1, level, locked, scratch);
             scratch.retain(|&n| visited.insert(n));
             for &n in scratch.iter() {
                 distance::prefetch(self.row(n));
@@ -422,7 +415,7 @@ impl Hnsw {
     /// Adds `new` (at distance `d`) to the list of `node`, pruning it back to `max`.
     fn connect(&self, node: u32, new: u32, d: f32, level: u8, max: usize, scratch: &mut Vec<u32>) {
         let _g = self.locks[node as usize].lock();
-        self.neighbors(node, level, scratch);
+        self.neighbors(node, level, false, scratch);
         if scratch.contains(&new) {
             return;
         }

@@ -237,22 +237,8 @@ impl EmbeddedVectors {
         })
     }
 
-    fn check_name(name: &str) -> Result<()> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(MemoryError::BadInput(format!(
-                "`{name}` is not a collection name: use lowercase letters, digits and `_`"
-            )));
-        }
-        Ok(())
-    }
-
     fn collection(&self, name: &str) -> Result<Arc<Collection>> {
-        Self::check_name(name)?;
+        crate::tiers::check_collection(name)?;
         let mut cols = self.collections.lock();
         if let Some(c) = cols.get(name) {
             return Ok(c.clone());
@@ -498,13 +484,24 @@ impl Collection {
         Ok(())
     }
 
-    fn log(&self, wal: &mut (File, u64), bytes: &[u8]) -> Result<()> {
+    /// Logs `bytes` (synced), then applies the change they record with `apply`; writes a
+    /// checkpoint when the log has outgrown the configured size or half the last snapshot.
+    fn write<T>(&self, bytes: &[u8], apply: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         use std::io::Seek as _;
+        let mut guard = self.wal.lock();
+        let wal = &mut *guard;
         wal.0.seek(std::io::SeekFrom::Start(wal.1)).map_err(err)?;
         wal.0.write_all(bytes).map_err(err)?;
         wal.0.sync_data().map_err(err)?;
         wal.1 += bytes.len() as u64;
-        Ok(())
+        let (out, snapshot) = {
+            let mut s = self.state.write();
+            (apply(&mut s)?, s.snapshot_bytes)
+        };
+        if wal.1 > self.config.checkpoint_bytes.max(snapshot / 2) {
+            self.checkpoint(wal)?;
+        }
+        Ok(out)
     }
 }
 
@@ -679,17 +676,7 @@ impl Vectors for EmbeddedVectors {
         for it in items {
             encode_upsert(&mut bytes, it)?;
         }
-        let mut wal = c.wal.lock();
-        c.log(&mut wal, &bytes)?;
-        apply_upsert(&mut c.state.write(), &c.config, items)?;
-        let due = c
-            .config
-            .checkpoint_bytes
-            .max(c.state.read().snapshot_bytes / 2);
-        if wal.1 > due {
-            c.checkpoint(&mut wal)?;
-        }
-        Ok(())
+        c.write(&bytes, |s| apply_upsert(s, &c.config, items))
     }
 
     async fn query(
@@ -758,14 +745,13 @@ impl Vectors for EmbeddedVectors {
         for id in &present {
             encode_delete(&mut bytes, id);
         }
-        let mut wal = c.wal.lock();
-        c.log(&mut wal, &bytes)?;
-        let mut s = c.state.write();
-        let mut n = 0;
-        for id in present {
-            n += u64::from(apply_delete(&mut s, id)?);
-        }
-        Ok(n)
+        c.write(&bytes, |s| {
+            let mut n = 0;
+            for id in present {
+                n += u64::from(apply_delete(s, id)?);
+            }
+            Ok(n)
+        })
     }
 
     async fn delete_where(&self, collection: &str, filter: &VectorFilter) -> Result<u64> {
@@ -786,7 +772,7 @@ impl Vectors for EmbeddedVectors {
     }
 
     async fn reset(&self, collection: &str) -> Result<()> {
-        Self::check_name(collection)?;
+        crate::tiers::check_collection(collection)?;
         let mut cols = self.collections.lock();
         if let Some(c) = cols.remove(collection) {
             // Wait for a change in flight, then let go of the files.

@@ -301,16 +301,15 @@ pub async fn memory(home: &crate::home::Home, a: BenchMemoryArgs) -> Result<()> 
             Router::new(Catalog::builtin(), RouterConfig::default(), None)
                 .with_provider(Arc::new(lotus_local::LocalProvider::new(&home.models()))),
         );
-        let manager_router = router.clone();
+        let embedder = Arc::new(RouterEmbedder::new(router, "local:minilm", "bench"));
         let manager = MemoryManager::new(
             lotus_memory::embedded::open(dir.path(), IndexConfig::default())?,
-            Arc::new(RouterEmbedder::new(router, "local:minilm", "bench")),
+            embedder.clone(),
             ManagerConfig::default(),
         );
         let t_distract = Instant::now();
         if a.distractors > 0 {
             use lotus_memory::Embedder as _;
-            let embedder = RouterEmbedder::new(manager_router.clone(), "local:minilm", "bench");
             let texts = lotus_memory::quality::distractor_sentences(a.distractors.min(2000));
             let mut sentences = Vec::with_capacity(texts.len());
             for chunk in texts.chunks(64) {
@@ -341,11 +340,7 @@ pub async fn memory(home: &crate::home::Home, a: BenchMemoryArgs) -> Result<()> 
         out["users"] = json!(a.users);
         out["seed"] = json!(a.seed);
         out["embedder"] = json!("local:minilm");
-        out["load"] = json!(
-            std::fs::read_to_string("/proc/loadavg")
-                .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        );
+        out["load"] = json!(super::bench::load_avg());
         if a.json {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {

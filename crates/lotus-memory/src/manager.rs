@@ -357,6 +357,13 @@ impl MemoryManager {
         } else {
             q.kinds.clone()
         };
+        // The keyword search runs on another worker while the query is embedded and the
+        // vector index searched.
+        let keyword = {
+            let knowledge = self.tiers.knowledge.clone();
+            let (user, query, superseded) = (q.user.clone(), q.query.clone(), q.include_superseded);
+            tokio::spawn(async move { knowledge.keyword(&user, &query, fetch, superseded).await })
+        };
         let vector = self.embed_one(&q.query).await?;
         let filter = vector_filter(&q.user);
         let mut by_vector: Vec<(Uuid, f32)> = Vec::new();
@@ -370,11 +377,9 @@ impl MemoryManager {
         }
         by_vector.sort_by(|a, b| b.1.total_cmp(&a.1));
         by_vector.truncate(fetch);
-        let by_keyword = self
-            .tiers
-            .knowledge
-            .keyword(&q.user, &q.query, fetch, q.include_superseded)
-            .await?;
+        let by_keyword = keyword
+            .await
+            .map_err(|e| MemoryError::backend("knowledge", "keyword search", e))??;
 
         #[derive(Default)]
         struct Cand {

@@ -473,6 +473,22 @@ pub struct Report {
     pub p95_ms: f64,
     /// Time to remember everything.
     pub ingest_s: f64,
+    /// The questions whose gold evidence was not all in the first 10 hits, with what came first
+    /// instead: where to look when quality drops.
+    pub misses: Vec<Miss>,
+}
+
+/// A question the recall did not answer within its first 10 hits.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Miss {
+    /// Whose question.
+    pub user: String,
+    /// The question.
+    pub question: String,
+    /// The evidence it needed.
+    pub gold: Vec<String>,
+    /// The first three hits' texts.
+    pub got: Vec<String>,
 }
 
 /// Plays `scenario` into `m`, asks its questions (k = 10) and scores the answers.
@@ -540,7 +556,16 @@ pub async fn evaluate(m: &MemoryManager, scenario: &Scenario) -> Result<Report> 
         };
         at1 += f64::from(u8::from(found_within(1)));
         at5 += f64::from(u8::from(found_within(5)));
-        at10 += f64::from(u8::from(found_within(10)));
+        if found_within(10) {
+            at10 += 1.0;
+        } else {
+            r.misses.push(Miss {
+                user: q.user.clone(),
+                question: q.text.clone(),
+                gold: q.gold.clone(),
+                got: texts.iter().take(3).map(|t| (*t).to_owned()).collect(),
+            });
+        }
         if let Some(pos) = texts.iter().position(|t| q.gold.iter().any(|g| g == t)) {
             rr += 1.0 / (pos + 1) as f64;
         }

@@ -270,6 +270,10 @@ pub struct BenchVectorsArgs {
     /// Candidates considered per search (ef).
     #[arg(long, default_value_t = 64)]
     pub ef: usize,
+    /// Candidates considered while adding (ef_construction): lower builds faster, with
+    /// somewhat lower recall.
+    #[arg(long, default_value_t = 128)]
+    pub ef_construction: usize,
     /// Seed of the generated data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,

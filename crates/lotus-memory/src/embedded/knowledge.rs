@@ -1,12 +1,12 @@
-//! L4 on SQLite: the memories with an FTS5 keyword index (Porter stemming, BM25), fact validity,
-//! and user profiles. The schema is migrated by `PRAGMA user_version`.
+//! L4 on SQLite: the memories with an FTS5 keyword index (Porter stemming, BM25) whose terms are
+//! scoped by user, fact validity, and user profiles. The schema is migrated by `PRAGMA user_version`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{Connection, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -54,7 +54,23 @@ const MIGRATIONS: &[&str] = &[
          updated_us INTEGER NOT NULL,
          PRIMARY KEY (user, key)
      );",
+    // 2: keywords indexed per user (see `keywords::user_keys`), so a search scores only the
+    // asking user's memories; filled from `memories` by `index_keywords`.
+    "DROP TRIGGER memories_ai;
+     DROP TRIGGER memories_ad;
+     DROP TRIGGER memories_au;
+     DROP TABLE memories_fts;
+     CREATE VIRTUAL TABLE memories_keys USING fts5 (
+         keys, content = '', contentless_delete = 1, tokenize = 'porter unicode61'
+     );",
 ];
+
+/// The version whose migration creates `memories_keys`, which is then filled from `memories`.
+const KEYS_VERSION: usize = 2;
+
+/// A keyword search ranks every memory holding one of the query's rarer words, and of those
+/// holding only words found in at least this many of the user's memories, the newest this many.
+const KEYWORD_SCAN: i64 = 4000;
 
 const COLUMNS: &str = "id, user, kind, text, subject, attribute, value, importance, created_us, \
                        valid_from_us, valid_to_us, superseded_by, source, metadata";
@@ -92,8 +108,33 @@ fn migrate(conn: &Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
+        if i + 1 == KEYS_VERSION {
+            index_keywords(&tx)?;
+        }
         tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
         tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Indexes the keywords of every stored memory (after the migration that creates the index).
+fn index_keywords(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let mut read = tx
+        .prepare("SELECT rowid, user, text FROM memories")
+        .map_err(err)?;
+    let mut write = tx
+        .prepare("INSERT INTO memories_keys (rowid, keys) VALUES (?, ?)")
+        .map_err(err)?;
+    let mut rows = read.query([]).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
+        let (rowid, user, text): (i64, String, String) = (
+            r.get(0).map_err(err)?,
+            r.get(1).map_err(err)?,
+            r.get(2).map_err(err)?,
+        );
+        write
+            .execute(params![rowid, keywords::user_keys(&user, &text)])
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -156,31 +197,39 @@ impl Knowledge for SqliteKnowledge {
 
     async fn insert(&self, m: &Memory) -> Result<()> {
         let metadata = serde_json::to_string(&m.metadata).map_err(err)?;
-        self.conn
-            .lock()
-            .prepare_cached(&format!(
-                "INSERT INTO memories ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(err)?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO memories ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                m.id.to_string(),
+                m.user,
+                m.kind.as_str(),
+                m.text,
+                m.subject,
+                m.attribute,
+                m.value,
+                f64::from(m.importance),
+                m.created_us,
+                m.valid_from_us,
+                m.valid_to_us,
+                m.superseded_by.map(|u| u.to_string()),
+                m.source,
+                metadata,
+            ])
+        })
+        .map_err(err)?;
+        tx.prepare_cached("INSERT INTO memories_keys (rowid, keys) VALUES (?, ?)")
             .and_then(|mut s| {
                 s.execute(params![
-                    m.id.to_string(),
-                    m.user,
-                    m.kind.as_str(),
-                    m.text,
-                    m.subject,
-                    m.attribute,
-                    m.value,
-                    f64::from(m.importance),
-                    m.created_us,
-                    m.valid_from_us,
-                    m.valid_to_us,
-                    m.superseded_by.map(|u| u.to_string()),
-                    m.source,
-                    metadata,
+                    tx.last_insert_rowid(),
+                    keywords::user_keys(&m.user, &m.text)
                 ])
             })
             .map_err(err)?;
-        Ok(())
+        tx.commit().map_err(err)
     }
 
     async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Memory>> {
@@ -257,34 +306,87 @@ impl Knowledge for SqliteKnowledge {
         k: usize,
         include_superseded: bool,
     ) -> Result<Vec<(Uuid, f32)>> {
-        let Some(expr) = keywords::fts_query(query) else {
+        let terms = keywords::fts_terms(user, query);
+        if terms.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(if include_superseded {
-                "SELECT m.id, bm25(memories_fts) FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid
-                 WHERE memories_fts MATCH ?1 AND m.user = ?2 ORDER BY bm25(memories_fts) LIMIT ?3"
-            } else {
-                "SELECT m.id, bm25(memories_fts) FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid
-                 WHERE memories_fts MATCH ?1 AND m.user = ?2 AND m.valid_to_us IS NULL
-                 ORDER BY bm25(memories_fts) LIMIT ?3"
-            })
+        // How many of the user's memories each word is in, counted up to the scan bound.
+        let mut probe = conn
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM memories_keys WHERE memories_keys MATCH ?1 LIMIT ?2)",
+            )
             .map_err(err)?;
-        let rows = stmt
-            .query_map(
-                params![expr, user, i64::try_from(k).unwrap_or(i64::MAX)],
-                |r| {
+        let (mut rare, mut common) = (Vec::new(), Vec::new());
+        for t in terms {
+            let n: i64 = probe
+                .query_row(params![t, KEYWORD_SCAN], |r| r.get(0))
+                .map_err(err)?;
+            match n {
+                0 => {}
+                n if n < KEYWORD_SCAN => rare.push(t),
+                _ => common.push(t),
+            }
+        }
+        if rare.is_empty() && common.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every match of a rare word is ranked; of the common words' matches, only the newest
+        // KEYWORD_SCAN (from `floor` on). Older memories with common words only are left to the
+        // vector search, so a search costs a bounded number of rows however large the store.
+        let floor: i64 = if common.is_empty() {
+            0
+        } else {
+            conn.prepare_cached(
+                "SELECT rowid FROM memories_keys WHERE memories_keys MATCH ?1
+                 ORDER BY rowid DESC LIMIT 1 OFFSET ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![common.join(" OR "), KEYWORD_SCAN - 1], |r| r.get(0))
+            })
+            .optional()
+            .map_err(err)?
+            .unwrap_or(0)
+        };
+        let all = rare
+            .iter()
+            .chain(&common)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let limit = i64::try_from(k).unwrap_or(i64::MAX);
+        // The keys are the user's own; comparing the user too makes a checksum collision
+        // between two users harmless.
+        let current = if include_superseded {
+            ""
+        } else {
+            "AND m.valid_to_us IS NULL"
+        };
+        let rank = |expr: &str, range: &str, bound: i64| -> Result<Vec<(Uuid, f32)>> {
+            conn.prepare_cached(&format!(
+                "SELECT m.id, bm25(memories_keys) FROM memories_keys CROSS JOIN memories m
+                 ON m.rowid = memories_keys.rowid
+                 WHERE memories_keys MATCH ?1 AND memories_keys.rowid {range} ?4 AND m.user = ?2
+                 {current} ORDER BY bm25(memories_keys) LIMIT ?3"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map(params![expr, user, limit, bound], |r| {
                     Ok((
                         uuid(&r.get::<_, String>(0)?)?,
                         -(r.get::<_, f64>(1)? as f32),
                     ))
-                },
-            )
-            .map_err(err)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(err)?;
-        Ok(rows)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(err)
+        };
+        let mut found = rank(&all, ">=", floor)?;
+        if floor > 0 && !rare.is_empty() {
+            found.extend(rank(&rare.join(" OR "), "<", floor)?);
+            found.sort_by(|a, b| b.1.total_cmp(&a.1));
+            found.truncate(k);
+        }
+        Ok(found)
     }
 
     async fn select(&self, f: &ForgetFilter) -> Result<Vec<Memory>> {
@@ -331,11 +433,22 @@ impl Knowledge for SqliteKnowledge {
         let tx = conn.transaction().map_err(err)?;
         let mut n = 0;
         {
-            let mut stmt = tx
-                .prepare_cached("DELETE FROM memories WHERE id = ?")
+            let mut delete = tx
+                .prepare_cached("DELETE FROM memories WHERE id = ? RETURNING rowid")
+                .map_err(err)?;
+            let mut unindex = tx
+                .prepare_cached("DELETE FROM memories_keys WHERE rowid = ?")
                 .map_err(err)?;
             for id in ids {
-                n += stmt.execute([id.to_string()]).map_err(err)? as u64;
+                let rowids = delete
+                    .query_map([id.to_string()], |r| r.get::<_, i64>(0))
+                    .map_err(err)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(err)?;
+                for rowid in rowids {
+                    unindex.execute([rowid]).map_err(err)?;
+                    n += 1;
+                }
             }
         }
         tx.commit().map_err(err)?;
@@ -389,5 +502,139 @@ impl Knowledge for SqliteKnowledge {
             .execute("DELETE FROM user_profile WHERE user = ?", [user])
             .map_err(err)?;
         Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written before keywords were scoped by user is migrated: its memories are
+    /// found by their owner's keyword search, and only by it.
+    #[tokio::test]
+    async fn a_first_version_database_is_reindexed_by_user() {
+        let dir = std::env::temp_dir().join(format!("lotus-kn-migrate-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("the test store works");
+        let path = dir.join("memory.db");
+        let id = Uuid::now_v7();
+        {
+            let conn = Connection::open(&path).expect("the test store works");
+            conn.execute_batch(MIGRATIONS[0])
+                .expect("the test store works");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("the test store works");
+            conn.execute(
+                &format!(
+                    "INSERT INTO memories ({COLUMNS}) VALUES (?, 'ana', 'fact', 'my favourite editor is Helix',
+                     NULL, NULL, NULL, 0.5, 1, 1, NULL, NULL, 'test', '{{}}')"
+                ),
+                [id.to_string()],
+            )
+            .expect("the test store works");
+        }
+        let k = SqliteKnowledge::open(&path).expect("the test store works");
+        let found = k
+            .keyword("ana", "which editor?", 10, false)
+            .await
+            .expect("the test store works");
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), [id]);
+        assert!(
+            k.keyword("bo", "which editor?", 10, false)
+                .await
+                .expect("the test store works")
+                .is_empty()
+        );
+        assert_eq!(k.delete(&[id]).await.expect("the test store works"), 1);
+        assert!(
+            k.keyword("ana", "which editor?", 10, false)
+                .await
+                .expect("the test store works")
+                .is_empty()
+        );
+        let version: usize = k
+            .conn
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("the test store works");
+        assert_eq!(version, MIGRATIONS.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn memory(user: &str, text: &str) -> Memory {
+        Memory {
+            id: Uuid::now_v7(),
+            user: user.into(),
+            kind: crate::types::Kind::Episodic,
+            text: text.into(),
+            subject: None,
+            attribute: None,
+            value: None,
+            importance: 0.5,
+            created_us: 1,
+            valid_from_us: 1,
+            valid_to_us: None,
+            superseded_by: None,
+            source: "test".into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// With a word in more memories than a search ranks, a memory holding a rarer word of the
+    /// query is still found however old it is; the newest of the common word's matches are
+    /// ranked; another user's memories never count.
+    #[tokio::test]
+    async fn a_common_word_bounds_the_search_without_hiding_rare_ones() {
+        let dir = std::env::temp_dir().join(format!("lotus-kn-bound-{}", Uuid::now_v7()));
+        let k = SqliteKnowledge::open(&dir.join("memory.db")).expect("the test store works");
+        let old_rare = memory("ana", "a meeting about the Zanzibar project");
+        let old_common = memory("ana", "a short meeting");
+        k.insert(&old_rare).await.expect("the test store works");
+        k.insert(&old_common).await.expect("the test store works");
+        for i in 0..KEYWORD_SCAN {
+            k.insert(&memory(
+                "ana",
+                &format!("meeting number {i} ran long and then longer"),
+            ))
+            .await
+            .expect("the test store works");
+            if i % 8 == 0 {
+                k.insert(&memory("bo", "a meeting about Zanzibar"))
+                    .await
+                    .expect("the test store works");
+            }
+        }
+        let newest = memory("ana", "one more meeting ran long");
+        k.insert(&newest).await.expect("the test store works");
+
+        let found = k
+            .keyword("ana", "the Zanzibar meeting", 10, false)
+            .await
+            .expect("the test store works");
+        assert_eq!(
+            found[0].0, old_rare.id,
+            "the rare word ranks first: {found:?}"
+        );
+        assert!(found.iter().any(|f| f.0 == newest.id));
+        assert!(found.iter().all(|f| f.0 != old_common.id));
+        let mine: Vec<Uuid> = k
+            .list(Some("ana"))
+            .await
+            .expect("the test store works")
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert!(found.iter().all(|f| mine.contains(&f.0)));
+        // Only common words: the newest matches.
+        let found = k
+            .keyword("ana", "meeting", 10, false)
+            .await
+            .expect("the test store works");
+        assert_eq!(found.len(), 10);
+        assert!(
+            found
+                .iter()
+                .all(|f| f.0 != old_common.id && f.0 != old_rare.id)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

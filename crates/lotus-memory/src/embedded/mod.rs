@@ -11,6 +11,7 @@ pub mod working;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use distance::dot;
 pub use knowledge::SqliteKnowledge;
 pub use short::SqliteShortTerm;
 pub use vectors::{EmbeddedVectors, IndexConfig, Quantization};

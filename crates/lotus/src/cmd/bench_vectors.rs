@@ -22,67 +22,125 @@ fn normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= n);
 }
 
-/// `n` vectors around `clusters` centres (noise `spread`), unit length, row-major.
-fn clustered(rng: &mut Rng, centres: &[Vec<f32>], n: usize, spread: f32) -> Vec<f32> {
-    let dims = centres[0].len();
-    let mut out = Vec::with_capacity(n * dims);
-    for _ in 0..n {
-        let c = &centres[(rng.next_u64() % centres.len() as u64) as usize];
-        let mut v: Vec<f32> = c.iter().map(|x| x + spread * rng.normal()).collect();
-        normalize(&mut v);
-        out.extend_from_slice(&v);
-    }
-    out
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// The exact `k` nearest (cosine = dot of unit vectors) of every query among the vectors of its
-/// user (vector `i` and query `q` belong to user `i % users` and `q % users`), on every core.
-fn ground_truth(
-    base: &[f32],
-    queries: &[f32],
+/// Generated clustered vectors. Vector `i` is drawn from a generator seeded by `i`, so any part
+/// of the set can be made again instead of held: ten million 384-dimensional vectors are 15 GB.
+struct Data {
+    seed: u64,
+    centres: Vec<Vec<f32>>,
+    /// Noise relative to the centre's length: neighbours are in the same cluster, mostly.
+    spread: f32,
     dims: usize,
-    k: usize,
-    users: usize,
-) -> Vec<Vec<u32>> {
+}
+
+/// Queries are drawn from the generators numbered from here on, apart from the base vectors.
+const QUERY_STREAM: u64 = 1 << 62;
+
+impl Data {
+    fn new(seed: u64, n: usize, dims: usize) -> Self {
+        let mut rng = Rng(seed);
+        let centres = (0..(n / 100).clamp(16, 4096))
+            .map(|_| {
+                let mut c: Vec<f32> = (0..dims).map(|_| rng.normal()).collect();
+                normalize(&mut c);
+                c
+            })
+            .collect();
+        Self {
+            seed,
+            centres,
+            spread: 1.0 / (dims as f32).sqrt() * 0.6,
+            dims,
+        }
+    }
+
+    /// Vector number `n` of the generator into `out`: a centre plus noise, unit length.
+    fn draw(&self, n: u64, out: &mut [f32]) {
+        let mut rng = Rng(self.seed ^ n.wrapping_mul(0xd134_2543_de82_ef95));
+        let c = &self.centres[rng.below(self.centres.len())];
+        for (o, x) in out.iter_mut().zip(c) {
+            *o = x + self.spread * rng.normal();
+        }
+        normalize(out);
+    }
+
+    /// The base vectors `range`, row-major.
+    fn base(&self, range: std::ops::Range<usize>) -> Vec<f32> {
+        let mut out = vec![0.0; range.len() * self.dims];
+        for (row, i) in out.chunks_exact_mut(self.dims).zip(range) {
+            self.draw(i as u64, row);
+        }
+        out
+    }
+
+    /// `n` query vectors, row-major.
+    fn queries(&self, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; n * self.dims];
+        for (q, row) in out.chunks_exact_mut(self.dims).enumerate() {
+            self.draw(QUERY_STREAM + q as u64, row);
+        }
+        out
+    }
+}
+
+/// The exact `k` nearest (cosine = dot of unit vectors) of every query among the `n` base
+/// vectors of its user (vector `i` and query `q` belong to user `i % users` and `q % users`),
+/// generating the base vectors again on every core.
+fn ground_truth(data: &Data, n: usize, queries: &[f32], k: usize, users: usize) -> Vec<Vec<u32>> {
+    let dims = data.dims;
     let nq = queries.len() / dims;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = nq.div_ceil(threads);
-    std::thread::scope(|s| {
+    let per = n.div_ceil(threads);
+    let partial: Vec<Vec<Vec<(f32, u32)>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    (t * per..((t + 1) * per).min(nq))
-                        .map(|q| {
+                    let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(k + 1); nq];
+                    let (from, to) = (t * per, ((t + 1) * per).min(n));
+                    let mut at = from;
+                    while at < to {
+                        let end = (at + 4096).min(to);
+                        let rows = data.base(at..end);
+                        for (q, best) in best.iter_mut().enumerate() {
                             let qv = &queries[q * dims..(q + 1) * dims];
-                            let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-                            for (i, v) in base
+                            // The first row of this chunk that belongs to the query's user.
+                            let first = (q % users + users - at % users) % users;
+                            for (j, v) in rows
                                 .chunks_exact(dims)
                                 .enumerate()
-                                .skip(q % users)
+                                .skip(first)
                                 .step_by(users)
                             {
-                                let d = dot(qv, v);
+                                let d = lotus_memory::embedded::dot(qv, v);
                                 if best.len() < k || d > best[best.len() - 1].0 {
                                     let pos = best.partition_point(|b| b.0 >= d);
-                                    best.insert(pos, (d, i as u32));
+                                    best.insert(pos, (d, (at + j) as u32));
                                     best.truncate(k);
                                 }
                             }
-                            best.into_iter().map(|b| b.1).collect::<Vec<u32>>()
-                        })
-                        .collect::<Vec<_>>()
+                        }
+                        at = end;
+                    }
+                    best
                 })
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .map(|h| h.join().unwrap_or_default())
             .collect()
-    })
+    });
+    (0..nq)
+        .map(|q| {
+            let mut all: Vec<(f32, u32)> = partial
+                .iter()
+                .filter_map(|p| p.get(q))
+                .flatten()
+                .copied()
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0));
+            all.into_iter().take(k).map(|b| b.1).collect()
+        })
+        .collect()
 }
 
 fn rss_mb() -> f64 {
@@ -116,8 +174,24 @@ impl Drop for TempDir {
 
 /// Runs the benchmark.
 pub async fn run(a: BenchVectorsArgs) -> Result<()> {
-    if a.n == 0 || a.dims == 0 || a.queries == 0 || a.k == 0 || a.users == 0 || a.rounds == 0 {
-        bail!("--n, --dims, --queries, --k, --users and --rounds must be positive");
+    if [
+        a.n,
+        a.dims,
+        a.queries,
+        a.k,
+        a.users,
+        a.rounds,
+        a.ef,
+        a.ef_construction,
+    ]
+    .contains(&0)
+    {
+        bail!(
+            "--n, --dims, --queries, --k, --users, --rounds, --ef and --ef-construction must be positive"
+        );
+    }
+    if u32::try_from(a.n).is_err() {
+        bail!("--n may be at most {}", u32::MAX);
     }
     if a.n / a.users < a.k {
         bail!("each user needs at least --k vectors: lower --users or raise --n");
@@ -128,33 +202,26 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
     let quantization: Quantization = serde_json::from_value(json!(a.quantization))
         .map_err(|_| anyhow::anyhow!("--quantization must be f32, f16 or i8"))?;
     let t_gen = Instant::now();
-    let mut rng = Rng(a.seed);
-    let clusters = (a.n / 100).clamp(16, 4096);
-    let centres: Vec<Vec<f32>> = (0..clusters)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..a.dims).map(|_| rng.normal()).collect();
-            normalize(&mut c);
-            c
-        })
-        .collect();
-    // Spread relative to the centre's length: neighbours are in the same cluster, mostly.
-    let spread = 1.0 / (a.dims as f32).sqrt() * 0.6;
-    let base = clustered(&mut rng, &centres, a.n, spread);
-    let queries = clustered(&mut rng, &centres, a.queries, spread);
+    let data = Data::new(a.seed, a.n, a.dims);
+    let queries = data.queries(a.queries);
     eprintln!(
-        "generated {} × {} ({} clusters) and {} queries in {:.1} s; computing exact neighbours…",
+        "{} × {} ({} clusters), {} queries; computing exact neighbours…",
         a.n,
         a.dims,
-        clusters,
+        data.centres.len(),
         a.queries,
-        t_gen.elapsed().as_secs_f64()
     );
-    let t_gt = Instant::now();
-    let truth = ground_truth(&base, &queries, a.dims, a.k, a.users);
-    eprintln!("ground truth in {:.1} s", t_gt.elapsed().as_secs_f64());
+    let truth = ground_truth(&data, a.n, &queries, a.k, a.users);
+    eprintln!("ground truth in {:.1} s", t_gen.elapsed().as_secs_f64());
     if let Some(dir) = &a.export {
         std::fs::create_dir_all(dir)?;
-        write_f32(&dir.join("base.f32"), &base)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("base.f32"))?);
+        for at in (0..a.n).step_by(10_000) {
+            for x in data.base(at..(at + 10_000).min(a.n)) {
+                f.write_all(&x.to_le_bytes())?;
+            }
+        }
+        f.flush()?;
         write_f32(&dir.join("queries.f32"), &queries)?;
         let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("truth.u32"))?);
         for row in &truth {
@@ -174,25 +241,36 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
     let config = IndexConfig {
         quantization,
         expansion_search: a.ef,
+        expansion_add: a.ef_construction,
         ..IndexConfig::default()
     };
     let index = EmbeddedVectors::open(dir.path(), config)?;
-    let ids: Vec<Uuid> = (0..a.n).map(|_| Uuid::now_v7()).collect();
+    // Vector `i` has the id `i + 1`.
+    let id = |i: usize| Uuid::from_u128(i as u128 + 1);
     let metas: Vec<BTreeMap<String, serde_json::Value>> = (0..a.users)
         .map(|u| BTreeMap::from([("user".to_owned(), json!(format!("user{u}")))]))
         .collect();
     let t_build = Instant::now();
-    for (chunk_i, chunk) in base.chunks(a.dims * 10_000).enumerate() {
-        let items: Vec<VectorItem> = chunk
+    for at in (0..a.n).step_by(10_000) {
+        let rows = data.base(at..(at + 10_000).min(a.n));
+        let items: Vec<VectorItem> = rows
             .chunks_exact(a.dims)
             .enumerate()
-            .map(|(i, v)| VectorItem {
-                id: ids[chunk_i * 10_000 + i],
+            .map(|(j, v)| VectorItem {
+                id: id(at + j),
                 vector: v.to_vec(),
-                meta: metas[(chunk_i * 10_000 + i) % a.users].clone(),
+                meta: metas[(at + j) % a.users].clone(),
             })
             .collect();
         index.upsert("bench", &items).await?;
+        if (at / 10_000) % 100 == 99 {
+            eprintln!(
+                "{} added ({:.0} s, RSS {} MB)",
+                at + 10_000,
+                t_build.elapsed().as_secs_f64(),
+                rss_mb()
+            );
+        }
     }
     let build_s = t_build.elapsed().as_secs_f64();
     let t_flush = Instant::now();
@@ -203,11 +281,6 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
         "built in {build_s:.1} s, checkpoint {checkpoint_s:.1} s, RSS {rss_after} MB; querying…"
     );
 
-    let position: std::collections::HashMap<Uuid, u32> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (*id, i as u32))
-        .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3)?;
     let mut hits = 0usize;
     let truth: Vec<HashSet<u32>> = truth
@@ -222,7 +295,9 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
             hist.record(t0.elapsed().as_nanos().max(1) as u64)?;
             hits += found
                 .iter()
-                .filter(|(id, _)| position.get(id).is_some_and(|p| want.contains(p)))
+                .filter(|(id, _)| {
+                    u32::try_from(id.as_u128().wrapping_sub(1)).is_ok_and(|p| want.contains(&p))
+                })
                 .count();
         }
     }
@@ -252,6 +327,8 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
         "checkpoint_s": (checkpoint_s * 100.0).round() / 100.0,
         "rss_mb": rss_after,
         "rss_index_mb": ((rss_after - rss_before) * 10.0).round() / 10.0,
+        "rss_peak_mb": super::bench::rss_kb(std::process::id(), "VmHWM:")
+            .map_or(0.0, |kb| (kb as f64 / 1024.0).round()),
         "disk_mb": ((index.disk_bytes() as f64 / 1048576.0) * 10.0).round() / 10.0,
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "load": super::bench::load_avg(),
@@ -361,6 +438,12 @@ pub async fn memory(home: &crate::home::Home, a: BenchMemoryArgs) -> Result<()> 
                 r.p95_ms,
                 r.ingest_s
             );
+            for m in &r.misses {
+                println!(
+                    "  not in the first 10: {} asked {:?}; wanted {:?}, first came {:?}",
+                    m.user, m.question, m.gold, m.got
+                );
+            }
         }
         Ok(())
     }

@@ -267,9 +267,10 @@ pub struct BenchVectorsArgs {
     /// f32, f16 or i8.
     #[arg(long, default_value = "f32")]
     pub quantization: String,
-    /// Candidates considered per search (ef).
-    #[arg(long, default_value_t = 64)]
-    pub ef: usize,
+    /// Candidates considered per search (ef). Several, comma-separated, measure the same index
+    /// once per value, reopened from disk each time (its load time is reported).
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub ef: Vec<usize>,
     /// Candidates considered while adding (ef_construction): lower builds faster, with
     /// somewhat lower recall.
     #[arg(long, default_value_t = 128)]

@@ -602,22 +602,34 @@ impl Hnsw {
         }
         h.vectors = vec![0u8; nodes * h.stride];
         r.read_exact(&mut h.vectors).map_err(io)?;
-        let read_words = |r: &mut Crc<_>, n: usize, max: usize| -> Result<Vec<AtomicU32>, String> {
-            let mut bytes = vec![0u8; n * 4];
-            r.read_exact(&mut bytes).map_err(io)?;
-            let words: Vec<u32> = bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            // Each list: a length, then that many ids of existing nodes.
-            for list in words.chunks(max + 1) {
-                let len = list[0] as usize;
-                if len > max || list[1..=len].iter().any(|&id| id as usize >= nodes) {
-                    return Err(bad("neighbour lists"));
+        // Read a few thousand lists at a time, so loading needs no more memory than the graph.
+        let mut bytes = Vec::new();
+        let mut read_words =
+            |r: &mut Crc<_>, n: usize, max: usize| -> Result<Vec<AtomicU32>, String> {
+                let mut out = Vec::with_capacity(n);
+                let per = (max + 1) * 4096;
+                while out.len() < n {
+                    let take = per.min(n - out.len());
+                    bytes.resize(take * 4, 0);
+                    r.read_exact(&mut bytes).map_err(io)?;
+                    let words: Vec<u32> = bytes
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    // Each list: a length, then that many ids of existing nodes.
+                    for list in words.chunks(max + 1) {
+                        let len = list[0] as usize;
+                        if len > max
+                            || list.len() < len + 1
+                            || list[1..=len].iter().any(|&id| id as usize >= nodes)
+                        {
+                            return Err(bad("neighbour lists"));
+                        }
+                    }
+                    out.extend(words.into_iter().map(AtomicU32::new));
                 }
-            }
-            Ok(words.into_iter().map(AtomicU32::new).collect())
-        };
+                Ok(out)
+            };
         h.links0 = read_words(&mut r, nodes * (h.m0 + 1), h.m0)?;
         for i in 0..nodes {
             let level = h.levels[i] as usize;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::extract;
+use crate::keywords;
 use crate::tiers::{
     Knowledge, MemoryError, Result, ShortTerm, StreamRecord, VectorFilter, VectorItem, Vectors,
     Working, WorkingItem,
@@ -175,6 +176,15 @@ fn vector_item(m: &Memory, vector: Vec<f32>) -> VectorItem {
         vector,
         meta,
     }
+}
+
+/// Whether `m` may be a hit of `q`: the asker's, of the kinds asked, current unless superseded
+/// facts were asked for, with the metadata asked for.
+fn admits(q: &RecallQuery, kinds: &[Kind], m: &Memory) -> bool {
+    m.user == q.user
+        && kinds.contains(&m.kind)
+        && (q.include_superseded || m.is_current())
+        && q.metadata.iter().all(|(k, v)| m.metadata.get(k) == Some(v))
 }
 
 impl MemoryManager {
@@ -406,10 +416,7 @@ impl MemoryManager {
         let half_life = self.config.recency_half_life.as_micros().max(1) as f64;
         let mut hits: Vec<Hit> = memories
             .into_iter()
-            .filter(|m| m.user == q.user)
-            .filter(|m| kinds.contains(&m.kind))
-            .filter(|m| q.include_superseded || m.is_current())
-            .filter(|m| q.metadata.iter().all(|(k, v)| m.metadata.get(k) == Some(v)))
+            .filter(|m| admits(q, &kinds, m))
             .filter_map(|m| {
                 let c = cands.get(&m.id)?;
                 if c.kw.is_none() && c.sim.is_some_and(|s| s < self.config.min_similarity) {
@@ -427,11 +434,17 @@ impl MemoryManager {
                     vector_rank: c.vec,
                     similarity: c.sim,
                     history: Vec::new(),
+                    via: None,
                     memory: m,
                 })
             })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        if let Some(linked) = self.second_hop(q, &kinds, &hits).await? {
+            // Found already, lower down: it moves up.
+            hits.retain(|h| h.memory.id != linked.memory.id);
+            hits.insert(1, linked);
+        }
         hits.truncate(q.k);
         for h in &mut hits {
             if let (Some(s), Some(a)) = (&h.memory.subject, &h.memory.attribute) {
@@ -446,6 +459,57 @@ impl MemoryManager {
             }
         }
         Ok(hits)
+    }
+
+    /// The memory that best shares the first hit's own words (those not in the query), to be
+    /// placed right after it: "where does my sister live?" finds "my sister is called Dana", and
+    /// through "Dana", "Dana lives in Kyoto", which shares no word with the question but "live".
+    /// `None` when there is none, or it is the second hit already.
+    async fn second_hop(
+        &self,
+        q: &RecallQuery,
+        kinds: &[Kind],
+        hits: &[Hit],
+    ) -> Result<Option<Hit>> {
+        let Some(first) = hits.first() else {
+            return Ok(None);
+        };
+        let asked = keywords::words(&q.query);
+        let own: Vec<String> = keywords::words(&first.memory.text)
+            .into_iter()
+            .filter(|w| !asked.contains(w))
+            .collect();
+        if own.is_empty() {
+            return Ok(None);
+        }
+        let found = self
+            .tiers
+            .knowledge
+            .keyword(&q.user, &own.join(" "), 4, q.include_superseded)
+            .await?;
+        let Some(best) = found
+            .into_iter()
+            .map(|(id, _)| id)
+            .find(|id| *id != first.memory.id)
+        else {
+            return Ok(None);
+        };
+        if hits.get(1).is_some_and(|h| h.memory.id == best) {
+            return Ok(None);
+        }
+        let memories = self.tiers.knowledge.get_many(&[best]).await?;
+        let linked = memories
+            .iter()
+            .find(|m| m.id == best && admits(q, kinds, m));
+        Ok(linked.map(|m| Hit {
+            score: first.score * 0.9,
+            keyword_rank: None,
+            vector_rank: None,
+            similarity: None,
+            history: Vec::new(),
+            via: Some(first.memory.id),
+            memory: m.clone(),
+        }))
     }
 
     /// Forgets what `f` selects, in every tier: the memories, their vectors, their records in

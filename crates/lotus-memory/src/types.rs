@@ -236,6 +236,9 @@ pub struct Hit {
     /// Earlier values of the same fact, newest first (each superseded).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Memory>,
+    /// Found through this hit (a second hop: it shares that memory's words, not the query's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Uuid>,
 }
 
 /// What to forget: memories by id, or every memory of a user matching the rest.

@@ -323,3 +323,36 @@ async fn the_quality_scenario_leaks_nothing() {
     assert_eq!(r.stale_rate, 0.0, "{r:?}");
     assert!(r.recall_at_10 >= 0.9, "{r:?}");
 }
+
+/// A second hop: "what is my sister called?" finds "my sister is called Dana"; the memory about
+/// Dana shares no word with the question and means nothing like it, and comes right after it,
+/// linked through the first. Another user's memory of the same name is never linked.
+#[tokio::test]
+async fn recall_follows_the_first_hit_to_a_linked_memory() {
+    let Some(models) = models() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manager(&models, dir.path());
+    for text in [
+        "my sister is called Dana",
+        "my sister sent photos of the football match",
+        "the plumber fixed the boiler",
+        "Dana keeps bees on her roof",
+    ] {
+        m.remember(remember("ana", text)).await.expect("remember");
+    }
+    m.remember(remember("bo", "Dana keeps goats"))
+        .await
+        .expect("remember");
+    let hits = m
+        .recall(&RecallQuery::new("ana", "what is my sister called?"))
+        .await
+        .expect("recall");
+    let texts: Vec<&str> = hits.iter().map(|h| h.memory.text.as_str()).collect();
+    assert_eq!(
+        texts[..2],
+        ["my sister is called Dana", "Dana keeps bees on her roof"],
+        "{texts:?}"
+    );
+    assert_eq!(hits[1].via, Some(hits[0].memory.id));
+    assert!(hits.iter().all(|h| h.memory.user == "ana"), "{texts:?}");
+}

@@ -341,6 +341,9 @@ fn print_hits(query: &str, out: &Value) {
             h["score"].as_f64().unwrap_or(0.0),
             m["id"].as_str().unwrap_or("")
         );
+        if let Some(via) = h["via"].as_str() {
+            println!("   linked through {via} (shares its words, not the question's)");
+        }
         for old in h["history"].as_array().into_iter().flatten() {
             println!(
                 "   superseded: {} (until {})",

@@ -83,6 +83,28 @@ pub fn fact(text: &str) -> Option<Fact> {
     None
 }
 
+static REMEMBER: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)^\s*(?:(?:please|ash|hey ash)[,\s]+)*(?:remember|note|keep in mind|don't forget|do not forget)(?:\s+that)?[:,]?\s+(?P<rest>.+)$",
+    )
+    .ok()
+});
+
+/// What a user's message asks to keep: the sentence after "remember (that)", "note that",
+/// "keep in mind"… (an explicit request), or the message itself when it states a fact ("my
+/// favourite editor is Helix"). `None` for anything else (questions, chatter).
+pub fn worth_keeping(text: &str) -> Option<String> {
+    let text = text.trim();
+    if let Some(c) = REMEMBER.as_ref().and_then(|re| re.captures(text)) {
+        let rest = c.name("rest")?.as_str().trim();
+        let rest = rest.trim_end_matches(['.', '!', ' ']);
+        if !rest.is_empty() && !rest.contains('?') {
+            return Some(rest.to_owned());
+        }
+    }
+    fact(text).map(|_| text.trim_end_matches(['.', '!', ' ']).to_owned())
+}
+
 /// Lowercase, single spaces, one spelling of `favourite`.
 pub fn normalize(s: &str) -> String {
     s.split_whitespace()
@@ -108,6 +130,25 @@ mod tests {
             attribute: a.into(),
             value: v.into(),
         })
+    }
+
+    #[test]
+    fn requests_to_remember_and_stated_facts_are_kept() {
+        assert_eq!(
+            worth_keeping("Remember that my favourite editor is Helix.").as_deref(),
+            Some("my favourite editor is Helix")
+        );
+        assert_eq!(
+            worth_keeping("please note: the meeting moved to Friday").as_deref(),
+            Some("the meeting moved to Friday")
+        );
+        assert_eq!(
+            worth_keeping("I live in Lisbon.").as_deref(),
+            Some("I live in Lisbon")
+        );
+        assert_eq!(worth_keeping("What is my favourite editor?"), None);
+        assert_eq!(worth_keeping("remember what I said?"), None);
+        assert_eq!(worth_keeping("tell me a joke"), None);
     }
 
     #[test]

@@ -28,12 +28,13 @@ pub mod tiers;
 pub mod types;
 
 pub use manager::{
-    Consolidated, Embedder, Forgotten, ManagerConfig, MemoryManager, RouterEmbedder, Tiers,
+    Consolidated, Embedder, Forgotten, ManagerConfig, MemoryManager, NewTurn, Observed,
+    RouterEmbedder, Tiers,
 };
 pub use module::MemoryModule;
 pub use tiers::{
-    Knowledge, MemoryError, Result, ShortTerm, StreamRecord, VectorFilter, VectorItem, Vectors,
-    Working, WorkingItem,
+    Knowledge, MemoryError, Result, ShortTerm, StreamRecord, Turn, VectorFilter, VectorItem,
+    Vectors, Working, WorkingItem,
 };
 pub use types::{
     ForgetFilter, Hit, Kind, Memory, NewMemory, RecallQuery, Remembered, Stats, now_us,

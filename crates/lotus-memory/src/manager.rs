@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::extract;
 use crate::keywords;
 use crate::tiers::{
-    Knowledge, MemoryError, Result, ShortTerm, StreamRecord, VectorFilter, VectorItem, Vectors,
-    Working, WorkingItem,
+    Knowledge, MemoryError, Result, ShortTerm, StreamRecord, Turn, VectorFilter, VectorItem,
+    Vectors, Working, WorkingItem,
 };
 use crate::types::{
     ForgetFilter, Hit, Kind, Memory, NewMemory, RecallQuery, Remembered, Stats, now_us,
@@ -115,6 +115,36 @@ pub struct Forgotten {
     pub working: u64,
     /// Vectors removed.
     pub vectors: u64,
+    /// Turns removed from the conversation history.
+    pub history: u64,
+}
+
+/// A turn to record with [`MemoryManager::observe`].
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NewTurn {
+    /// Whose.
+    pub user: String,
+    /// The session.
+    #[serde(default)]
+    pub session: String,
+    /// `user` (the default), `assistant`, `tool`.
+    #[serde(default)]
+    pub role: String,
+    /// What was said.
+    pub text: String,
+    /// Anything to keep with it (models, tokens, cost).
+    #[serde(default)]
+    pub meta: serde_json::Value,
+}
+
+/// What [`MemoryManager::observe`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Observed {
+    /// The turn's id.
+    pub turn: Uuid,
+    /// The memory the turn became, when it asked to remember something or stated a fact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned: Option<Remembered>,
 }
 
 /// What `consolidate` moved.
@@ -563,6 +593,7 @@ impl MemoryManager {
         }
         out.short_term = self.tiers.short_term.forget(&f.user, &out.ids).await?;
         out.working = self.tiers.working.forget(&f.user, &out.ids).await?;
+        out.history = k.history_forget(&f.user, &out.ids).await?;
         if f.all {
             for kind in Kind::ALL {
                 out.vectors += self
@@ -574,28 +605,84 @@ impl MemoryManager {
             out.short_term += self.tiers.short_term.clear_user(&f.user).await?;
             out.working += self.tiers.working.clear_user(&f.user).await?;
             k.profile_clear(&f.user).await?;
+            out.history += k.history_clear(&f.user).await?;
         }
         // The source of truth goes last: an interrupted forget is found and finished by a retry.
         k.delete(&out.ids).await?;
         Ok(out)
     }
 
-    /// Records an interaction in working memory.
-    pub async fn observe(&self, user: &str, role: &str, text: &str) -> Result<()> {
-        check_user(user)?;
+    /// Records a turn of a conversation: in working memory (recent turns) and in the
+    /// conversation history (L4). A user's turn that asks to remember something ("remember
+    /// that …") or states a fact ("my favourite editor is Helix") is remembered at once.
+    pub async fn observe(&self, t: NewTurn) -> Result<Observed> {
+        check_user(&t.user)?;
+        if t.text.trim().is_empty() {
+            return Err(MemoryError::BadInput("an empty turn".into()));
+        }
+        let role = if t.role.is_empty() { "user" } else { &t.role };
+        let learned = match extract::worth_keeping(&t.text).filter(|_| role == "user") {
+            Some(text) => Some(
+                self.remember(NewMemory {
+                    user: t.user.clone(),
+                    text,
+                    source: Some("conversation".into()),
+                    metadata: BTreeMap::from([(
+                        "session".to_owned(),
+                        serde_json::Value::String(t.session.clone()),
+                    )]),
+                    ..NewMemory::default()
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let memory_id = learned.as_ref().map(|r| r.memory.id);
+        let turn = Turn {
+            id: Uuid::now_v7(),
+            user: t.user,
+            session: t.session,
+            role: role.to_owned(),
+            text: t.text,
+            at_us: now_us(),
+            memory_id,
+            meta: t.meta,
+        };
         self.tiers
             .working
             .push(
-                user,
+                &turn.user,
                 &WorkingItem {
-                    id: Uuid::now_v7(),
-                    memory_id: None,
-                    role: role.to_owned(),
-                    text: text.to_owned(),
-                    at_us: now_us(),
+                    id: turn.id,
+                    memory_id,
+                    role: turn.role.clone(),
+                    text: turn.text.clone(),
+                    at_us: turn.at_us,
                 },
             )
-            .await
+            .await?;
+        self.tiers.knowledge.history_append(&turn).await?;
+        Ok(Observed {
+            turn: turn.id,
+            learned,
+        })
+    }
+
+    /// The newest `limit` turns of `user` (of one session when given), oldest first.
+    pub async fn history(
+        &self,
+        user: &str,
+        session: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Turn>> {
+        check_user(user)?;
+        self.tiers.knowledge.history(user, session, limit).await
+    }
+
+    /// The newest `n` turns in working memory, newest first.
+    pub async fn recent(&self, user: &str, n: usize) -> Result<Vec<WorkingItem>> {
+        check_user(user)?;
+        self.tiers.working.recent(user, n).await
     }
 
     /// Moves interactions older than the working TTL to the stream (remembering the facts the

@@ -1,5 +1,6 @@
 //! The `memory` core module: the manager behind the tools `memory.remember`, `memory.recall`,
-//! `memory.forget`, `memory.stats`, `memory.export`, `memory.import`, `memory.reindex`, the
+//! `memory.forget`, `memory.observe`, `memory.history`, `memory.stats`, `memory.export`,
+//! `memory.import`, `memory.reindex`, the
 //! `memory.store` event, and periodic consolidation.
 //!
 //! Settings (`[modules.memory]`): `data_dir` (set by `lotus up` to `$LOTUS_HOME/data/memory`),
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use crate::backends::Backends;
 use crate::embedded::{IndexConfig, Quantization};
-use crate::manager::{Embedder, ManagerConfig, MemoryManager};
+use crate::manager::{Embedder, ManagerConfig, MemoryManager, NewTurn};
 use crate::tiers::{MemoryError, Result};
 use crate::types::{ForgetFilter, Kind, Memory, NewMemory, RecallQuery};
 
@@ -272,6 +273,48 @@ impl MemoryModule {
     async fn reindex(&mut self) -> Result<Value, ModuleError> {
         let n = self.manager()?.reindex().await.map_err(me)?;
         Ok(json!({ "embedded": n }))
+    }
+
+    /// Records a turn of a conversation (working memory and the conversation history); a
+    /// user's turn that asks to remember something or states a fact is remembered at once.
+    #[tool("observe")]
+    async fn observe(
+        &mut self,
+        text: String,
+        user: Option<String>,
+        session: Option<String>,
+        role: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<Value, ModuleError> {
+        let r = self
+            .manager()?
+            .observe(NewTurn {
+                user: self.user(user),
+                session: session.unwrap_or_default(),
+                role: role.unwrap_or_default(),
+                text,
+                meta: meta.unwrap_or(Value::Null),
+            })
+            .await
+            .map_err(me)?;
+        to_json(&r)
+    }
+
+    /// The conversation history of a user (of one session when given): the newest `limit`
+    /// turns (20 unless told), oldest first.
+    #[tool("history")]
+    async fn history(
+        &mut self,
+        user: Option<String>,
+        session: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Value, ModuleError> {
+        let turns = self
+            .manager()?
+            .history(&self.user(user), session.as_deref(), limit.unwrap_or(20))
+            .await
+            .map_err(me)?;
+        to_json(&turns)
     }
 
     /// `memory.store` events: the payload is what `memory.remember` takes.

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use uuid::Uuid;
 
 use crate::keywords;
-use crate::tiers::{Knowledge, MemoryError, Result};
+use crate::tiers::{Knowledge, MemoryError, Result, Turn};
 use crate::types::{ForgetFilter, Memory};
 
 const MIGRATIONS: &[&str] = &[
@@ -43,6 +43,20 @@ const MIGRATIONS: &[&str] = &[
          updated_us BIGINT NOT NULL,
          PRIMARY KEY ("user", key)
      );"#,
+    // 2: the conversation history.
+    r#"CREATE TABLE lotus_conversation_history (
+         id UUID PRIMARY KEY,
+         "user" TEXT NOT NULL,
+         session TEXT NOT NULL,
+         role TEXT NOT NULL,
+         text TEXT NOT NULL,
+         at_us BIGINT NOT NULL,
+         memory_id UUID,
+         meta JSONB NOT NULL
+     );
+     CREATE INDEX lotus_conversation_history_user ON lotus_conversation_history ("user", at_us);
+     CREATE INDEX lotus_conversation_history_session
+         ON lotus_conversation_history ("user", session, at_us);"#,
 ];
 
 /// An arbitrary, fixed key for the migration lock.
@@ -384,6 +398,80 @@ impl Knowledge for PgKnowledge {
         self.client
             .execute(
                 r#"DELETE FROM lotus_user_profile WHERE "user" = $1"#,
+                &[&user],
+            )
+            .await
+            .map_err(err)
+    }
+
+    async fn history_append(&self, t: &Turn) -> Result<()> {
+        self.client
+            .execute(
+                r#"INSERT INTO lotus_conversation_history
+                   (id, "user", session, role, text, at_us, memory_id, meta)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                &[
+                    &t.id,
+                    &t.user,
+                    &t.session,
+                    &t.role,
+                    &t.text,
+                    &t.at_us,
+                    &t.memory_id,
+                    &t.meta,
+                ],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn history(&self, user: &str, session: Option<&str>, limit: usize) -> Result<Vec<Turn>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(
+                r#"SELECT id, "user", session, role, text, at_us, memory_id, meta
+                   FROM lotus_conversation_history
+                   WHERE "user" = $1 AND ($2::TEXT IS NULL OR session = $2)
+                   ORDER BY at_us DESC, id DESC LIMIT $3"#,
+                &[&user, &session, &limit],
+            )
+            .await
+            .map_err(err)?;
+        let mut turns = rows
+            .iter()
+            .map(|r| {
+                Ok(Turn {
+                    id: r.try_get(0).map_err(err)?,
+                    user: r.try_get(1).map_err(err)?,
+                    session: r.try_get(2).map_err(err)?,
+                    role: r.try_get(3).map_err(err)?,
+                    text: r.try_get(4).map_err(err)?,
+                    at_us: r.try_get(5).map_err(err)?,
+                    memory_id: r.try_get(6).map_err(err)?,
+                    meta: r.try_get(7).map_err(err)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    async fn history_forget(&self, user: &str, memory_ids: &[Uuid]) -> Result<u64> {
+        self.client
+            .execute(
+                r#"DELETE FROM lotus_conversation_history WHERE "user" = $1 AND memory_id = ANY($2)"#,
+                &[&user, &memory_ids],
+            )
+            .await
+            .map_err(err)
+    }
+
+    async fn history_clear(&self, user: &str) -> Result<u64> {
+        self.client
+            .execute(
+                r#"DELETE FROM lotus_conversation_history WHERE "user" = $1"#,
                 &[&user],
             )
             .await

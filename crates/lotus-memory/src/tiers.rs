@@ -209,6 +209,29 @@ pub trait Vectors: Send + Sync {
     async fn reset(&self, collection: &str) -> Result<()>;
 }
 
+/// A turn of a conversation, kept in `conversation_history` (L4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Its id.
+    pub id: Uuid,
+    /// Whose conversation.
+    pub user: String,
+    /// The session (one `lotus chat`, one `lotus ask`).
+    pub session: String,
+    /// `user`, `assistant`, `tool`.
+    pub role: String,
+    /// What was said.
+    pub text: String,
+    /// When (µs since the epoch).
+    pub at_us: i64,
+    /// The memory the turn became, if any (so forgetting that memory forgets this turn too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_id: Option<Uuid>,
+    /// Models, tokens, cost: whatever the writer wants kept (a JSON object).
+    #[serde(default)]
+    pub meta: Value,
+}
+
 /// L4: persistent knowledge — the memories themselves (the source of truth, with keyword
 /// search and fact validity), and user profiles.
 #[async_trait]
@@ -255,4 +278,12 @@ pub trait Knowledge: Send + Sync {
     async fn profile(&self, user: &str) -> Result<BTreeMap<String, Value>>;
     /// Removes `user`'s profile.
     async fn profile_clear(&self, user: &str) -> Result<u64>;
+    /// Appends a turn to the conversation history.
+    async fn history_append(&self, turn: &Turn) -> Result<()>;
+    /// The newest `limit` turns of `user` (of one `session` when given), oldest first.
+    async fn history(&self, user: &str, session: Option<&str>, limit: usize) -> Result<Vec<Turn>>;
+    /// Removes `user`'s turns that became one of `memory_ids`; how many.
+    async fn history_forget(&self, user: &str, memory_ids: &[Uuid]) -> Result<u64>;
+    /// Removes `user`'s whole history; how many turns.
+    async fn history_clear(&self, user: &str) -> Result<u64>;
 }

@@ -356,3 +356,76 @@ async fn recall_follows_the_first_hit_to_a_linked_memory() {
     assert_eq!(hits[1].via, Some(hits[0].memory.id));
     assert!(hits.iter().all(|h| h.memory.user == "ana"), "{texts:?}");
 }
+
+/// A conversation's turns are kept; a turn asking to remember is remembered at once and found
+/// by recall; forgetting that memory removes the turn from the history too.
+#[tokio::test]
+async fn turns_are_kept_and_what_the_user_asks_to_remember_is_remembered() {
+    let Some(models) = models() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = manager(&models, dir.path());
+    let turn = |role: &str, text: &str| lotus_memory::NewTurn {
+        user: "ana".into(),
+        session: "s1".into(),
+        role: role.into(),
+        text: text.into(),
+        meta: serde_json::Value::Null,
+    };
+    let said = m
+        .observe(turn("user", "Remember that my favourite editor is Helix."))
+        .await
+        .expect("observe");
+    let learned = said.learned.expect("remembered at once");
+    assert_eq!(learned.memory.text, "my favourite editor is Helix");
+    assert_eq!(
+        learned.memory.attribute.as_deref(),
+        Some("favourite editor")
+    );
+    let answered = m
+        .observe(turn("assistant", "Noted: Helix."))
+        .await
+        .expect("observe");
+    assert!(answered.learned.is_none(), "only the user's words are kept");
+    let asked = m
+        .observe(turn("user", "What is my favourite editor?"))
+        .await
+        .expect("observe");
+    assert!(asked.learned.is_none(), "a question is not a fact");
+    let hits = m
+        .recall(&RecallQuery::new("ana", "which editor do I like?"))
+        .await
+        .expect("recall");
+    assert_eq!(hits[0].memory.id, learned.memory.id);
+    let history = m.history("ana", Some("s1"), 10).await.expect("history");
+    assert_eq!(
+        history.iter().map(|t| t.role.as_str()).collect::<Vec<_>>(),
+        ["user", "assistant", "user"]
+    );
+    let recent = m.recent("ana", 10).await.expect("recent");
+    assert_eq!(
+        recent.iter().map(|t| t.role.as_str()).collect::<Vec<_>>(),
+        ["user", "assistant", "user", "memory"],
+        "newest first, with the memory the first turn made"
+    );
+    assert!(
+        m.observe(turn("user", "  ")).await.is_err(),
+        "an empty turn is refused"
+    );
+
+    let gone = m
+        .forget(&ForgetFilter {
+            user: "ana".into(),
+            ids: vec![learned.memory.id],
+            ..ForgetFilter::default()
+        })
+        .await
+        .expect("forget");
+    assert_eq!(gone.history, 1);
+    assert_eq!(gone.working, 2, "the turn and the memory's own item");
+    let history = m.history("ana", None, 10).await.expect("history");
+    assert!(
+        history.iter().all(|t| !t.text.starts_with("Remember that")),
+        "{history:?}"
+    );
+    assert_eq!(history.len(), 2);
+}

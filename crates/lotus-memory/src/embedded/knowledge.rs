@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::keywords;
-use crate::tiers::{Knowledge, MemoryError, Result};
+use crate::tiers::{Knowledge, MemoryError, Result, Turn};
 use crate::types::{ForgetFilter, Memory};
 
 const MIGRATIONS: &[&str] = &[
@@ -63,6 +63,19 @@ const MIGRATIONS: &[&str] = &[
      CREATE VIRTUAL TABLE memories_keys USING fts5 (
          keys, content = '', contentless_delete = 1, tokenize = 'porter unicode61'
      );",
+    // 3: the conversation history.
+    "CREATE TABLE conversation_history (
+         id TEXT PRIMARY KEY,
+         user TEXT NOT NULL,
+         session TEXT NOT NULL,
+         role TEXT NOT NULL,
+         text TEXT NOT NULL,
+         at_us INTEGER NOT NULL,
+         memory_id TEXT,
+         meta TEXT NOT NULL
+     );
+     CREATE INDEX conversation_history_user ON conversation_history (user, at_us);
+     CREATE INDEX conversation_history_session ON conversation_history (user, session, at_us);",
 ];
 
 /// The version whose migration creates `memories_keys`, which is then filled from `memories`.
@@ -500,6 +513,92 @@ impl Knowledge for SqliteKnowledge {
             .conn
             .lock()
             .execute("DELETE FROM user_profile WHERE user = ?", [user])
+            .map_err(err)?;
+        Ok(n as u64)
+    }
+
+    async fn history_append(&self, t: &Turn) -> Result<()> {
+        self.conn
+            .lock()
+            .prepare_cached(
+                "INSERT INTO conversation_history (id, user, session, role, text, at_us, memory_id, meta)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    t.id.to_string(),
+                    t.user,
+                    t.session,
+                    t.role,
+                    t.text,
+                    t.at_us,
+                    t.memory_id.map(|m| m.to_string()),
+                    t.meta.to_string(),
+                ])
+            })
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn history(&self, user: &str, session: Option<&str>, limit: usize) -> Result<Vec<Turn>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, user, session, role, text, at_us, memory_id, meta FROM conversation_history
+                 WHERE user = ?1 AND (?2 IS NULL OR session = ?2)
+                 ORDER BY at_us DESC, id DESC LIMIT ?3",
+            )
+            .map_err(err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut turns = stmt
+            .query_map(params![user, session, limit], |r| {
+                let meta: String = r.get(7)?;
+                Ok(Turn {
+                    id: uuid(&r.get::<_, String>(0)?)?,
+                    user: r.get(1)?,
+                    session: r.get(2)?,
+                    role: r.get(3)?,
+                    text: r.get(4)?,
+                    at_us: r.get(5)?,
+                    memory_id: r
+                        .get::<_, Option<String>>(6)?
+                        .map(|m| uuid(&m))
+                        .transpose()?,
+                    meta: serde_json::from_str(&meta).unwrap_or(Value::Null),
+                })
+            })
+            .map_err(err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err)?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    async fn history_forget(&self, user: &str, memory_ids: &[Uuid]) -> Result<u64> {
+        if memory_ids.is_empty() {
+            return Ok(0);
+        }
+        let mut args = vec![text(user)];
+        args.extend(memory_ids.iter().map(|m| text(&m.to_string())));
+        let n = self
+            .conn
+            .lock()
+            .execute(
+                &format!(
+                    "DELETE FROM conversation_history WHERE user = ? AND memory_id IN ({})",
+                    placeholders(memory_ids.len())
+                ),
+                params_from_iter(args),
+            )
+            .map_err(err)?;
+        Ok(n as u64)
+    }
+
+    async fn history_clear(&self, user: &str) -> Result<u64> {
+        let n = self
+            .conn
+            .lock()
+            .execute("DELETE FROM conversation_history WHERE user = ?", [user])
             .map_err(err)?;
         Ok(n as u64)
     }

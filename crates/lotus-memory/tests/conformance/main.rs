@@ -12,8 +12,8 @@ use lotus_memory::embedded::{
 use lotus_memory::pg::PgKnowledge;
 use lotus_memory::redis_tiers::{RedisShortTerm, RedisWorking};
 use lotus_memory::{
-    ForgetFilter, Kind, Knowledge, Memory, ShortTerm, StreamRecord, VectorItem, Vectors, Working,
-    WorkingItem, now_us,
+    ForgetFilter, Kind, Knowledge, Memory, ShortTerm, StreamRecord, Turn, VectorItem, Vectors,
+    Working, WorkingItem, now_us,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -759,6 +759,91 @@ async fn knowledge_conformance() {
         );
         assert!(k.profile(&other).await.expect("profile").is_empty(), "{b}");
         assert_eq!(k.profile_clear(&user).await.expect("clear"), 1, "{b}");
+
+        // The conversation history: per user and session, newest kept, forgotten with its memory.
+        let turn = |u: &str, session: &str, role: &str, text: &str, at_us, memory_id| Turn {
+            id: Uuid::now_v7(),
+            user: u.to_owned(),
+            session: session.to_owned(),
+            role: role.to_owned(),
+            text: text.to_owned(),
+            at_us,
+            memory_id,
+            meta: json!({"model": "scripted:one", "tokens": 12}),
+        };
+        let t0 = now_us();
+        let turns = [
+            turn(
+                &user,
+                "s1",
+                "user",
+                "Remember that my favourite editor is Helix.",
+                t0,
+                Some(helix.id),
+            ),
+            turn(
+                &user,
+                "s1",
+                "assistant",
+                "I will remember Helix.",
+                t0 + 1,
+                None,
+            ),
+            turn(
+                &user,
+                "s2",
+                "user",
+                "What is my favourite editor?",
+                t0 + 2,
+                None,
+            ),
+            turn(
+                &other,
+                "s1",
+                "user",
+                "my favourite editor is Emacs",
+                t0 + 3,
+                None,
+            ),
+        ];
+        for t in &turns {
+            k.history_append(t).await.expect("append");
+        }
+        let all = k.history(&user, None, 10).await.expect("history");
+        assert_eq!(
+            all,
+            turns[..3].to_vec(),
+            "{b}: oldest first, as stored, never another user's"
+        );
+        let s1 = k.history(&user, Some("s1"), 10).await.expect("history");
+        assert_eq!(s1.len(), 2, "{b}");
+        let newest = k.history(&user, None, 2).await.expect("history");
+        assert_eq!(
+            newest,
+            turns[1..3].to_vec(),
+            "{b}: the newest, oldest first"
+        );
+        assert_eq!(
+            k.history_forget(&user, &[helix.id]).await.expect("forget"),
+            1,
+            "{b}"
+        );
+        assert!(
+            k.history(&user, None, 10)
+                .await
+                .expect("history")
+                .iter()
+                .all(|t| t.id != turns[0].id),
+            "{b}: the turn that became a forgotten memory is gone"
+        );
+        assert_eq!(k.history_clear(&user).await.expect("clear"), 2, "{b}");
+        assert_eq!(
+            k.history(&other, None, 10).await.expect("history").len(),
+            1,
+            "{b}"
+        );
+        k.history_clear(&other).await.expect("clear");
+
         k.delete(&[helix.id, zed.id, theirs.id])
             .await
             .expect("cleanup");

@@ -252,6 +252,66 @@ impl Context {
             .await?)
     }
 
+    /// Starts a streamed completion on `chain` (model names or aliases, tried in order) instead
+    /// of the manifest's, for a caller that picked its model (`lotus ask --model`); the manifest
+    /// must still have a `providers` block.
+    pub async fn chat_on(
+        &self,
+        chain: Vec<String>,
+        request: ChatRequest,
+    ) -> Result<Routed, LlmError> {
+        if chain.is_empty() {
+            return self.chat(request).await;
+        }
+        let (router, _) = self.llm().await?;
+        Ok(router
+            .chat(ChatCall {
+                module: self.name.to_string(),
+                chain,
+                request,
+            })
+            .await?)
+    }
+
+    /// The model that would answer first on `chain` (empty: the manifest's chain): the first
+    /// of it whose provider is configured. `None` when none is, or LLMs are not available.
+    pub fn first_model(&self, chain: &[String]) -> Option<ModelRef> {
+        let router = self.shared.router.as_ref()?;
+        let names: Vec<String> = if chain.is_empty() {
+            let p = self.manifest.providers.as_ref()?;
+            std::iter::once(&p.primary)
+                .chain(&p.fallback)
+                .cloned()
+                .collect()
+        } else {
+            chain.to_vec()
+        };
+        router
+            .chain(&names)
+            .ok()?
+            .into_iter()
+            .find(|m| router.providers().any(|p| p.name() == m.provider))
+    }
+
+    /// The router's model catalog (context windows, prices, capabilities), if LLMs are
+    /// configured.
+    pub fn catalog(&self) -> Option<&lotus_providers::Catalog> {
+        self.shared.router.as_ref().map(|r| r.catalog())
+    }
+
+    /// The tools this module may call (`permissions.tools`), registered now, sorted by name
+    /// (a stable order, so a prompt listing them stays the same between calls). Its own tools
+    /// are left out: a module calls those directly.
+    pub fn tools(&self) -> Vec<lotus_core::ToolSpec> {
+        self.shared
+            .tools
+            .read()
+            .values()
+            .filter(|t| t.spec.module != *self.name && self.manifest.may_call_tool(&t.spec.name))
+            .map(|t| t.spec.clone())
+            .collect()
+    }
+
     /// Like [`chat`](Self::chat), collected into one response.
     pub async fn complete(
         &self,

@@ -377,8 +377,8 @@ impl Slot {
 }
 
 #[derive(Clone)]
-struct ToolEntry {
-    spec: ToolSpec,
+pub(crate) struct ToolEntry {
+    pub(crate) spec: ToolSpec,
     local: String,
 }
 
@@ -401,7 +401,7 @@ pub(crate) struct Shared {
     extra: Vec<ModuleDef>,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     broken: RwLock<Vec<Broken>>,
-    tools: RwLock<BTreeMap<String, ToolEntry>>,
+    pub(crate) tools: RwLock<BTreeMap<String, ToolEntry>>,
     order: Mutex<Vec<String>>,
     recorders: Mutex<Vec<(Arc<Queue>, JoinHandle<()>)>>,
     recorder_subs: Mutex<Vec<Subscription>>,

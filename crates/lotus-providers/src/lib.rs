@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod ollama;
 pub mod openai;
 pub mod router;
+pub mod scripted;
 pub mod setup;
 mod types;
 mod wire;
@@ -32,6 +33,7 @@ pub use error::{ErrorKind, ProviderError, parse_retry_after};
 pub use keystore::{KeyStore, KeyStoreError};
 pub use ledger::{CostRow, Ledger};
 pub use router::{Attempt, ChatCall, Routed, Router, RouterConfig};
+pub use scripted::{Reply, Scripted};
 pub use types::{
     ChatEvent, ChatRequest, ChatResponse, Embeddings, Message, Part, Role, StopReason, ToolCall,
     ToolSpec, Usage,

@@ -21,6 +21,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ask ASH: the answer streams as it is written, with memory and tools.
+    Ask(AskArgs),
     /// Run the nucleus in the foreground (SIGINT/SIGTERM stop it cleanly).
     Up(UpArgs),
     /// Inspect and validate modules.
@@ -58,6 +60,34 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lotus ask`.
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// What to ask.
+    pub prompt: String,
+    /// Model or alias to use instead of the configured chain.
+    #[arg(long, short = 'm', value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Whose memory to use (default: `[modules.memory] default_user`, `me`).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Continue a session: its earlier turns are in context.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Most model calls with tools (default: `[modules.reasoning] max_steps`, 8).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u32>,
+    /// Offer no tools to the model.
+    #[arg(long)]
+    pub no_tools: bool,
+    /// Show every step (context, model calls, thoughts, tool results) on stderr.
+    #[arg(long)]
+    pub steps: bool,
+    /// Print the whole outcome as JSON at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
 }

@@ -20,7 +20,13 @@ pub fn all() -> Vec<NativeModule> {
             factory: || Box::new(Echo),
         },
         memory(),
+        reasoning(),
     ]
+}
+
+/// The reasoning module.
+pub fn reasoning() -> NativeModule {
+    lotus_reasoning::native()
 }
 
 /// The memory module.

@@ -93,7 +93,7 @@ impl Target {
 
 /// With the local embedding model configured and missing, fetches it once (like `lotus
 /// provider chat` does for the chat model), unless `[providers.local] auto_pull` is off.
-async fn fetch_embedding_model(home: &Home, cfg: &Config) -> Result<()> {
+pub(crate) async fn fetch_embedding_model(home: &Home, cfg: &Config) -> Result<()> {
     #[cfg(feature = "local")]
     {
         let model = cfg

@@ -1,5 +1,6 @@
 //! One function per command.
 
+mod ask;
 mod bench;
 mod bench_vectors;
 mod doctor;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         crate::logging::init_cli();
     }
     match cli.command {
+        Command::Ask(args) => ask::run(&home, &load()?, args).await,
         Command::Up(args) => up::run(home.clone(), load()?, args).await,
         Command::Module(c) => module::run(&home, c).await,
         Command::Tool(c) => tool::run(&home, &load()?, c).await,

@@ -66,7 +66,7 @@ fn local(_: &Home, _: &Config) -> Vec<setup::Extra> {
 }
 
 /// With nothing else configured, the local model is fetched on first use (`auto_pull`).
-async fn pull_local_if_alone(
+pub(crate) async fn pull_local_if_alone(
     home: &Home,
     cfg: &Config,
     setup: &Setup,

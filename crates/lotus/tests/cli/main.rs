@@ -252,6 +252,8 @@ fn the_done_when_scenario() {
             "system.module_started",
             "system.module_started",
             "system.module_started",
+            "system.module_started",
+            "system.module_stopped",
             "system.module_stopped",
             "system.module_stopped",
             "system.module_stopped"
@@ -259,7 +261,7 @@ fn the_done_when_scenario() {
     );
     // Reverse start order on stop: heartbeat (critical) started first, so it stops last.
     assert!(
-        out.lines().nth(5).is_some_and(|l| l.contains("heartbeat")),
+        out.lines().nth(7).is_some_and(|l| l.contains("heartbeat")),
         "{out}"
     );
 }
@@ -375,7 +377,7 @@ fn api_requires_the_token_and_answers_json_errors() {
         .json()
         .expect("json");
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["running"], 3);
+    assert_eq!(health["running"], 4);
 
     let r = http.get(up.url("/api/v1/modules")).send().expect("send");
     assert_eq!(r.status(), 401);
@@ -974,6 +976,59 @@ fn with_nothing_configured_the_local_model_is_pulled_and_answers() {
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v[0]["name"], "smollm2");
     assert_eq!(v[0]["installed"], true);
+}
+
+/// Offline, with nothing configured: one `lotus ask` process is told a preference, a new one is
+/// asked about it and answers from memory, with the real local models.
+#[test]
+fn ask_remembers_across_processes_with_the_local_model() {
+    let pip_works = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pip_works {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs pip for the local model"
+        );
+        eprintln!("skipping: pip is not available");
+        return;
+    }
+    let home = tempfile::tempdir().expect("tempdir");
+    let ask = |args: &[&str]| {
+        let mut c = lotus(home.path());
+        for var in [
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "OPENROUTER_API_KEY",
+            "OLLAMA_HOST",
+        ] {
+            c.env_remove(var);
+        }
+        let out = c.arg("ask").args(args).output().expect("run lotus");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = ask(&["Remember that my favourite editor is Helix."]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("remembered"), "{err}");
+    let (code, out, err) = ask(&["--json", "What is my favourite editor?"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r: Value = serde_json::from_str(&out).expect("json");
+    assert!(r["text"].as_str().expect("text").contains("Helix"), "{r}");
+    assert_eq!(r["models"], json!(["local:smollm2"]));
+    assert!(r["memories"].as_u64().expect("memories") >= 1, "{r}");
+    let (code, _, err) = ask(&["  "]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("say what to ask"), "{err}");
+    let (code, _, err) = ask(&["-m", "anthropic:claude-sonnet-4", "hi"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot be used"), "{err}");
 }
 
 /// `lotus key`: a key stored encrypted reaches its provider; no file in the home holds it in

@@ -1,0 +1,508 @@
+//! The `reasoning` core module: it answers `cognition.task_request` events. For each task it
+//! assembles the context (persona, what memory recalls for the message, the session's recent
+//! turns, the tools it may offer), runs the [engine](crate::engine), and publishes
+//! `action.response.delta` while the answer streams, `cognition.step` for each thought, call,
+//! observation and reflection, and `action.response` at the end — all carrying the request's
+//! correlation id. The user's message and the answer are recorded in memory
+//! (`memory.observe`), which keeps what the user asked it to remember.
+//!
+//! Tasks run concurrently (up to `concurrency`), each in its own task, so a long one never
+//! holds up the module's mailbox.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use lotus_core::{Event, Pattern};
+use lotus_nucleus::{Context, ModuleError};
+use lotus_providers::{ChatRequest, Message, ModelInfo, ModelRef, Routed, ToolSpec};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::engine::{self, Host, Limits, Outcome, Stopped, Task};
+
+/// The persona when `[modules.reasoning] persona` does not set one.
+pub const PERSONA: &str = "You are ASH, the assistant of LOTUS, running on the user's own \
+machine. Answer directly and briefly. Use a tool only when it helps; never invent a tool's \
+result.";
+
+/// A task, as `cognition.task_request` carries it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// What the user said.
+    pub text: String,
+    /// Whose (the memory's default user when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The session, so its earlier turns are in context (a new one when absent).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The model (a name or alias) to use instead of the module's chain.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Overrides the step limit.
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    /// `false`: no tools for this task.
+    #[serde(default)]
+    pub tools: Option<bool>,
+}
+
+/// `[modules.reasoning]` settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+struct Settings {
+    persona: String,
+    default_user: String,
+    max_steps: u32,
+    max_tokens: u64,
+    max_cost_usd: f64,
+    #[serde(with = "humantime_serde")]
+    tool_timeout: Duration,
+    /// Memories recalled per task, at most.
+    memory_k: usize,
+    /// Tokens of recalled memories, at most.
+    memory_tokens: usize,
+    /// Earlier turns of the session in context, at most.
+    history_turns: usize,
+    /// Tokens kept free for the answer.
+    answer_tokens: usize,
+    /// Tasks at once.
+    concurrency: usize,
+    /// Tools never offered to the model (patterns over `module.tool`).
+    hide_tools: Vec<String>,
+    /// Offer tools to models without native tool calling, through the text protocol.
+    text_protocol_tools: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            persona: PERSONA.to_owned(),
+            default_user: "me".to_owned(),
+            max_steps: limits.max_steps,
+            max_tokens: limits.max_tokens,
+            max_cost_usd: limits.max_cost_usd,
+            tool_timeout: limits.tool_timeout,
+            memory_k: 6,
+            memory_tokens: 800,
+            history_turns: 12,
+            answer_tokens: 1024,
+            concurrency: 4,
+            hide_tools: [
+                "memory.observe",
+                "memory.history",
+                "memory.export",
+                "memory.import",
+                "memory.reindex",
+                "memory.stats",
+            ]
+            .map(String::from)
+            .to_vec(),
+            text_protocol_tools: true,
+        }
+    }
+}
+
+/// The reasoning module.
+#[derive(Default)]
+pub struct ReasoningModule {
+    settings: Option<Arc<Settings>>,
+    hidden: Arc<Vec<Pattern>>,
+    running: Option<Arc<Semaphore>>,
+}
+
+/// Estimated tokens of a text (4 bytes a token: close for English with the common tokenizers,
+/// and on the safe side for code).
+pub fn tokens(text: &str) -> usize {
+    text.len().div_ceil(4)
+}
+
+/// The [`Host`] of one task: the module's context, replying under the request's correlation id.
+struct TaskHost {
+    cx: Context,
+    correlation: Uuid,
+    session: String,
+}
+
+impl TaskHost {
+    async fn emit(&self, topic: &str, mut payload: Value) {
+        payload["session"] = json!(self.session);
+        if let Err(e) = self.cx.reply_with(self.correlation, topic, payload).await {
+            self.cx.warn(format!("cannot publish {topic}: {e}"));
+        }
+    }
+}
+
+#[async_trait]
+impl Host for TaskHost {
+    fn model(&self, chain: &[String]) -> Option<(ModelRef, Option<ModelInfo>)> {
+        let m = self.cx.first_model(chain)?;
+        let info = self.info(&m);
+        Some((m, info))
+    }
+
+    fn info(&self, model: &ModelRef) -> Option<ModelInfo> {
+        self.cx.catalog()?.info(model).cloned()
+    }
+
+    async fn chat(&self, chain: &[String], request: ChatRequest) -> Result<Routed, String> {
+        self.cx
+            .chat_on(chain.to_vec(), request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn call_tool(&self, name: &str, args: Value) -> Result<Value, String> {
+        self.cx
+            .call_tool(name, args)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delta(&self, step: u32, text: &str) {
+        self.emit(
+            "action.response.delta",
+            json!({"step": step, "delta": text}),
+        )
+        .await;
+    }
+
+    async fn step(&self, record: Value) {
+        self.emit("cognition.step", record).await;
+    }
+}
+
+fn today() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .chars()
+        .take(10)
+        .collect()
+}
+
+/// Calls a memory tool; memory is optional (a nucleus without it still answers), so a failure
+/// is logged and read as nothing.
+async fn memory(cx: &Context, tool: &str, args: Value) -> Option<Value> {
+    match cx.call_tool(tool, args).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            cx.warn(format!("{tool}: {e}"));
+            None
+        }
+    }
+}
+
+/// What the context holds besides the conversation.
+struct Assembled {
+    messages: Vec<Message>,
+    recalled: usize,
+    history: usize,
+}
+
+/// What memory gave a task: recalled hits, the session's turns, what it just learned.
+#[derive(Clone, Copy)]
+struct Gathered<'a> {
+    hits: &'a [Value],
+    turns: &'a [Value],
+    learned: Option<&'a str>,
+}
+
+/// Builds the messages: system (persona, date, recalled memories within `memory_tokens`),
+/// the session's earlier turns (newest kept first, within the window), the user's message.
+fn assemble(
+    s: &Settings,
+    window: usize,
+    tools: &[ToolSpec],
+    memory: &Gathered<'_>,
+    text: &str,
+) -> Result<Assembled, String> {
+    let Gathered {
+        hits,
+        turns,
+        learned,
+    } = *memory;
+    // The system prompt stays the same from one task to the next (persona, date), so provider
+    // prompt caches hit; what changes (memories, what was just saved) rides with the message.
+    let system = format!("{}\nToday is {} (UTC).", s.persona, today());
+    let mut notes = String::new();
+    let mut recalled = 0;
+    let mut used = 0;
+    for h in hits.iter().take(s.memory_k) {
+        let Some(t) = h.pointer("/memory/text").and_then(Value::as_str) else {
+            continue;
+        };
+        let line = format!("- {t}\n");
+        if used + tokens(&line) > s.memory_tokens {
+            break;
+        }
+        used += tokens(&line);
+        notes.push_str(&line);
+        recalled += 1;
+    }
+    // Labels small models follow better than none: the facts, then the message, then what was
+    // just saved.
+    let text = if recalled == 0 && learned.is_none() {
+        text.to_owned()
+    } else {
+        let label = if text.trim_end().ends_with('?') {
+            "Question"
+        } else {
+            "Message"
+        };
+        let mut m = String::new();
+        if recalled > 0 {
+            m.push_str(&format!("Facts about me:\n{notes}\n"));
+        }
+        m.push_str(&format!("{label}: {text}"));
+        if let Some(l) = learned {
+            m.push_str(&format!(
+                "\n\n(Done: you saved \"{l}\" to memory. Say so in one short sentence.)"
+            ));
+        }
+        m
+    };
+    let text = text.as_str();
+    let fixed = tokens(&system)
+        + tokens(text)
+        + tools
+            .iter()
+            .map(|t| tokens(&t.description) + tokens(&t.input_schema.to_string()) + 8)
+            .sum::<usize>()
+        + s.answer_tokens;
+    if fixed > window {
+        return Err(format!(
+            "the message is too long for the model: about {} tokens with the context, and the model takes {window}; shorten it or use a model with a larger context window (--model)",
+            fixed
+        ));
+    }
+    // Earlier turns, newest first, while they fit.
+    let mut room = window - fixed;
+    let mut kept: Vec<Message> = Vec::new();
+    for t in turns.iter().rev() {
+        let (Some(role), Some(body)) = (
+            t.get("role").and_then(Value::as_str),
+            t.get("text").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let cost = tokens(body) + 4;
+        if cost > room {
+            break;
+        }
+        room -= cost;
+        kept.push(match role {
+            "assistant" => Message::assistant(body),
+            _ => Message::user(body),
+        });
+    }
+    kept.reverse();
+    let history = kept.len();
+    let mut messages = vec![Message::system(system)];
+    messages.extend(kept);
+    messages.push(Message::user(text));
+    Ok(Assembled {
+        messages,
+        recalled,
+        history,
+    })
+}
+
+async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: Event) {
+    let correlation = ev.correlation_id.unwrap_or(ev.id);
+    let req: TaskRequest = match serde_json::from_value(ev.payload.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            let host = TaskHost {
+                cx: cx.clone(),
+                correlation,
+                session: String::new(),
+            };
+            host.emit(
+                "action.response",
+                json!({"text": "", "stopped": Stopped::Error, "error": format!("cognition.task_request from {}: {e}; send {{\"text\": …, \"user\"?, \"session\"?, \"model\"?}}", ev.source)}),
+            )
+            .await;
+            return;
+        }
+    };
+    let session = req
+        .session
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let host = TaskHost {
+        cx: cx.clone(),
+        correlation,
+        session: session.clone(),
+    };
+    let user = req
+        .user
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| s.default_user.clone());
+    let chain: Vec<String> = req.model.iter().cloned().collect();
+    let host = &host;
+    let fail = |e: String| async move {
+        host.emit(
+            "action.response",
+            json!({"text": "", "stopped": Stopped::Error, "error": e}),
+        )
+        .await;
+    };
+    if req.text.trim().is_empty() {
+        return fail("the task has no text".into()).await;
+    }
+    let Some((model, info)) = host.model(&chain) else {
+        let why = match &req.model {
+            Some(m) => format!(
+                "the model `{m}` cannot be used: its provider is not configured or the name is unknown (`lotus provider list` shows what is)"
+            ),
+            None => "no model is configured: set an API key (`lotus key set openai`), pull the local model (`lotus model pull smollm2`), or name one with --model".into(),
+        };
+        return fail(why).await;
+    };
+    let native = engine::native_tools(&model, info.as_ref());
+    let offer_tools = req.tools.unwrap_or(true) && (native || s.text_protocol_tools);
+    let tools: Vec<ToolSpec> = if offer_tools {
+        cx.tools()
+            .into_iter()
+            .filter(|t| !hidden.iter().any(|p| p.matches_str(&t.name)))
+            .map(|t| ToolSpec {
+                name: t.name,
+                description: t.description,
+                input_schema: t.input_schema,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    // Memory: what it recalls for the message, the session so far; then the message itself.
+    let (hits, turns) = tokio::join!(
+        memory(
+            &cx,
+            "memory.recall",
+            json!({"query": req.text, "user": user, "k": s.memory_k})
+        ),
+        memory(
+            &cx,
+            "memory.history",
+            json!({"user": user, "session": session, "limit": s.history_turns})
+        ),
+    );
+    let hits = hits.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+    let turns = turns
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    let observed = memory(
+        &cx,
+        "memory.observe",
+        json!({"user": user, "session": session, "role": "user", "text": req.text}),
+    )
+    .await;
+    let learned = observed
+        .as_ref()
+        .and_then(|o| o.pointer("/learned/memory/id"))
+        .cloned();
+    let window = info
+        .as_ref()
+        .map(|i| usize::try_from(i.context).unwrap_or(usize::MAX))
+        .filter(|&c| c > 0)
+        .unwrap_or(8192);
+    let learned_text = observed
+        .as_ref()
+        .and_then(|o| o.pointer("/learned/memory/text"))
+        .and_then(Value::as_str);
+    let gathered = Gathered {
+        hits: &hits,
+        turns: &turns,
+        learned: learned_text,
+    };
+    let assembled = match assemble(&s, window, &tools, &gathered, &req.text) {
+        Ok(a) => a,
+        Err(e) => return fail(e).await,
+    };
+    host.step(json!({
+        "kind": "context", "step": 0, "model": model.to_string(),
+        "native_tools": native, "tools": tools.len(),
+        "memories": assembled.recalled, "history": assembled.history,
+    }))
+    .await;
+    let limits = Limits {
+        max_steps: req.max_steps.unwrap_or(s.max_steps).max(1),
+        max_tokens: s.max_tokens,
+        max_cost_usd: s.max_cost_usd,
+        tool_timeout: s.tool_timeout,
+        ..Limits::default()
+    };
+    let out: Outcome = engine::run(
+        host,
+        Task {
+            messages: assembled.messages,
+            tools: &tools,
+            chain: &chain,
+            limits: &limits,
+        },
+    )
+    .await;
+    if !out.text.is_empty() {
+        memory(
+            &cx,
+            "memory.observe",
+            json!({
+                "user": user, "session": session, "role": "assistant", "text": out.text,
+                "meta": {"models": out.models, "usage": out.usage, "cost_usd": out.cost_usd},
+            }),
+        )
+        .await;
+    }
+    let mut payload = serde_json::to_value(&out).unwrap_or_else(|_| json!({}));
+    payload["user"] = json!(user);
+    payload["memories"] = json!(assembled.recalled);
+    if let Some(id) = learned {
+        payload["learned"] = id;
+    }
+    host.emit("action.response", payload).await;
+}
+
+#[lotus_nucleus::module]
+impl ReasoningModule {
+    async fn initialize(&mut self, cx: &Context) -> Result<(), ModuleError> {
+        let s: Settings = serde_json::from_value(cx.settings().clone())
+            .map_err(|e| ModuleError::msg(format!("[modules.reasoning]: {e}")))?;
+        let hidden = s
+            .hide_tools
+            .iter()
+            .map(|p| {
+                Pattern::new(p).map_err(|e| {
+                    ModuleError::msg(format!("[modules.reasoning] hide_tools: `{p}`: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.running = Some(Arc::new(Semaphore::new(s.concurrency.max(1))));
+        self.settings = Some(Arc::new(s));
+        self.hidden = Arc::new(hidden);
+        Ok(())
+    }
+
+    /// Runs a task: `{"text": …, "user"?, "session"?, "model"?, "max_steps"?, "tools"?}`.
+    #[on_event("cognition.task_request")]
+    async fn task(&mut self, cx: &Context, ev: &Event) -> Result<(), ModuleError> {
+        let (Some(s), Some(running)) = (self.settings.clone(), self.running.clone()) else {
+            return Err(ModuleError::msg("the reasoning module is not initialized"));
+        };
+        let (cx, ev, hidden) = (cx.clone(), ev.clone(), self.hidden.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = running.acquire_owned().await else {
+                return;
+            };
+            run_task(cx, s, hidden, ev).await;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,427 @@
+//! The reasoning loop in a real nucleus, driven by a scripted provider: multi-step tool use, a
+//! failing tool, a repeated call, the step and token limits, parallel calls, the text protocol.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use lotus_bus::SqliteLog;
+use lotus_core::{Event, Manifest, Overflow, Pattern, json};
+use lotus_nucleus::{
+    Context, ModuleDef, ModuleError, NativeHost, NativeModule, Nucleus, NucleusBuilder,
+    NucleusSettings, Origin, StateStore,
+};
+use lotus_providers::{
+    Catalog, ChatRequest, Provider, Reply, Role, Router, RouterConfig, Scripted,
+};
+use serde_json::Value;
+
+static WEATHER_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Tools for the model to use.
+#[derive(Default)]
+struct Toolbox;
+
+#[lotus_nucleus::module]
+impl Toolbox {
+    /// The weather in a city.
+    #[tool("weather")]
+    async fn weather(&mut self, city: String) -> Result<Value, ModuleError> {
+        WEATHER_CALLS.fetch_add(1, Ordering::SeqCst);
+        Ok(json!({"city": city, "temp_c": 21}))
+    }
+
+    /// Reads a sensor that is offline.
+    #[tool("sensor")]
+    async fn sensor(&mut self) -> Result<Value, ModuleError> {
+        Err(ModuleError::msg("the sensor is offline"))
+    }
+
+    /// Waits, then says when it started and ended (µs since an arbitrary origin).
+    #[tool("wait")]
+    async fn wait(&mut self, _cx: &Context, ms: u64) -> Result<Value, ModuleError> {
+        let origin = *ORIGIN;
+        let start = origin.elapsed().as_micros() as u64;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(json!({"start": start, "end": origin.elapsed().as_micros() as u64}))
+    }
+}
+
+static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn def(yaml: &str) -> ModuleDef {
+    ModuleDef {
+        manifest: Arc::new(Manifest::parse(yaml, Path::new("test.yaml")).expect("test manifest")),
+        origin: Origin::Builtin,
+    }
+}
+
+struct Run {
+    nucleus: Nucleus,
+    script: Arc<Scripted>,
+    _dir: tempfile::TempDir,
+}
+
+/// A nucleus with the reasoning module, two toolboxes and a scripted model whose catalog entry
+/// says it has native tools (`openai:gpt-4o-mini`, served by the script), or not (`local:…`).
+async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
+    let script = Arc::new(Scripted::new(provider, replies));
+    let model = if provider == "local" {
+        "local:smollm2"
+    } else {
+        "openai:gpt-4o-mini"
+    };
+    let router = Router::new(
+        Catalog::builtin(),
+        RouterConfig {
+            chain: vec![model.into()],
+            retries: 0,
+            ..RouterConfig::default()
+        },
+        None,
+    )
+    .with_provider(script.clone() as Arc<dyn Provider>);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = NativeHost::new()
+        .with(lotus_reasoning::native())
+        .expect("manifest")
+        .with_entry(
+            "toolbox",
+            NativeModule {
+                manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
+                factory: || Box::new(Toolbox),
+            },
+        );
+    let mut ns = NucleusSettings {
+        tool_timeout: Duration::from_secs(5),
+        ..NucleusSettings::default()
+    };
+    ns.modules.insert("reasoning".into(), settings);
+    let nucleus = NucleusBuilder::new(ns)
+        .log(Arc::new(
+            SqliteLog::open(&dir.path().join("streams.db")).expect("log"),
+        ))
+        .state(StateStore::open(&dir.path().join("state.db")).expect("state"))
+        .host(host)
+        .router(Arc::new(router))
+        .module(def(
+            "name: toolbox\nversion: 0.1.0\ntype: capability\nentry: toolbox\n",
+        ))
+        .module(def(
+            "name: other\nversion: 0.1.0\ntype: capability\nentry: toolbox\n",
+        ))
+        .build()
+        .expect("nucleus");
+    nucleus.start().await;
+    Run {
+        nucleus,
+        script,
+        _dir: dir,
+    }
+}
+
+/// What a task published: its deltas joined, its steps, its response.
+struct Told {
+    deltas: String,
+    steps: Vec<Value>,
+    response: Value,
+}
+
+impl Told {
+    fn steps_of(&self, kind: &str) -> Vec<&Value> {
+        self.steps.iter().filter(|s| s["kind"] == kind).collect()
+    }
+}
+
+async fn ask(n: &Nucleus, task: Value) -> Told {
+    let sub = n.bus().subscribe(
+        "test",
+        ["action.response", "action.response.delta", "cognition.step"]
+            .iter()
+            .map(|p| Pattern::new(p).expect("pattern"))
+            .collect(),
+        4096,
+        Overflow::Block,
+    );
+    let (ev, _) = n
+        .publish("test", "cognition.task_request", task)
+        .await
+        .expect("publish");
+    let mut told = Told {
+        deltas: String::new(),
+        steps: Vec::new(),
+        response: Value::Null,
+    };
+    loop {
+        let e: Arc<Event> = tokio::time::timeout(Duration::from_secs(20), sub.recv())
+            .await
+            .expect("an answer in time")
+            .expect("subscription open");
+        if e.correlation_id != Some(ev.id) {
+            continue;
+        }
+        match e.topic.as_str() {
+            "action.response.delta" => told
+                .deltas
+                .push_str(e.payload["delta"].as_str().expect("delta")),
+            "cognition.step" => told.steps.push(e.payload.clone()),
+            _ => {
+                told.response = e.payload.clone();
+                return told;
+            }
+        }
+    }
+}
+
+fn last_user_or_tool(req: &ChatRequest) -> String {
+    req.messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Tool || m.role == Role::User)
+        .map(|m| m.text())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_tool_is_called_and_its_result_answers_the_question() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::text("Let me look.").and_call("toolbox__weather", json!({"city": "Lisbon"})),
+            Reply::text("It is 21 °C in Lisbon."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask(
+        &run.nucleus,
+        json!({"text": "How warm is it in Lisbon?", "session": "s1"}),
+    )
+    .await;
+    let r = &told.response;
+    assert_eq!(r["text"], "It is 21 °C in Lisbon.", "{r}");
+    assert_eq!(r["stopped"], "answer");
+    assert_eq!(r["steps"], 2);
+    assert_eq!(r["tool_calls"], 1);
+    assert_eq!(r["models"], json!(["openai:gpt-4o-mini"]));
+    assert_eq!(r["session"], "s1");
+    assert!(r["cost_usd"].as_f64().expect("cost") > 0.0, "priced: {r}");
+    assert!(
+        told.deltas.ends_with("It is 21 °C in Lisbon."),
+        "{}",
+        told.deltas
+    );
+    assert_eq!(told.steps_of("thought")[0]["text"], "Let me look.");
+    assert_eq!(told.steps_of("tool_call")[0]["tool"], "toolbox.weather");
+    let obs = told.steps_of("observation");
+    assert_eq!(obs[0]["ok"], true);
+    assert_eq!(obs[0]["result"]["temp_c"], 21);
+
+    let requests = run.script.requests();
+    assert_eq!(requests.len(), 2);
+    // The tools are offered under provider-safe names, in a stable order, without the hidden
+    // ones and without the module's own.
+    let names: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "other__sensor",
+            "other__wait",
+            "other__weather",
+            "toolbox__sensor",
+            "toolbox__wait",
+            "toolbox__weather"
+        ]
+    );
+    assert_eq!(requests[0].messages[0].role, Role::System);
+    assert!(requests[0].messages[0].text().contains("ASH"));
+    assert!(last_user_or_tool(&requests[1]).contains("\"temp_c\":21"));
+}
+
+#[tokio::test]
+async fn a_failing_tool_becomes_an_observation() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__sensor", json!({})),
+            Reply::text("The sensor is offline, so I cannot tell."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask(&run.nucleus, json!({"text": "Read the sensor."})).await;
+    assert_eq!(told.response["stopped"], "answer");
+    assert_eq!(told.steps_of("observation")[0]["ok"], false);
+    assert!(!told.steps_of("reflection").is_empty());
+    let second = &run.script.requests()[1];
+    assert!(
+        last_user_or_tool(second).contains("the sensor is offline"),
+        "the model is told why: {second:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_call_is_run_once_and_a_loop_is_stopped() {
+    let before = WEATHER_CALLS.load(Ordering::SeqCst);
+    let again = || Reply::call("other__weather", json!({"city": "Oslo"}));
+    let run = nucleus(
+        "openai",
+        vec![again(), again(), again(), Reply::text("Oslo: 21 °C.")],
+        json!({}),
+    )
+    .await;
+    let told = ask(&run.nucleus, json!({"text": "Weather in Oslo?"})).await;
+    let r = &told.response;
+    assert_eq!(r["stopped"], "loop", "{r}");
+    assert_eq!(r["text"], "Oslo: 21 °C.");
+    assert_eq!(r["steps"], 4);
+    assert_eq!(told.steps_of("tool_call").len(), 1, "run once");
+    // Other tests run beside this one: at least this test's call, and no more than one of
+    // this test's repeats.
+    assert!(WEATHER_CALLS.load(Ordering::SeqCst) > before);
+    assert!(told.steps_of("reflection").iter().any(|s| {
+        s["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("same arguments")
+    }));
+    let last = run.script.requests().pop().expect("requests");
+    assert!(last_user_or_tool(&last).contains("repeating the same tool call"));
+}
+
+#[tokio::test]
+async fn the_step_limit_asks_for_an_answer_without_tools() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__weather", json!({"city": "Rome"})),
+            Reply::call("toolbox__weather", json!({"city": "Paris"})),
+            Reply::text("Rome and Paris are both 21 °C."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask(
+        &run.nucleus,
+        json!({"text": "Compare Rome, Paris and Madrid.", "max_steps": 2}),
+    )
+    .await;
+    let r = &told.response;
+    assert_eq!(r["stopped"], "step_limit", "{r}");
+    assert_eq!(r["steps"], 3);
+    assert_eq!(r["text"], "Rome and Paris are both 21 °C.");
+    let last = run.script.requests().pop().expect("requests");
+    assert!(last_user_or_tool(&last).contains("used all 2 steps"));
+}
+
+#[tokio::test]
+async fn the_token_budget_stops_the_task() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__weather", json!({"city": "Rome"})).with_usage(90_000, 100),
+            Reply::call("toolbox__weather", json!({"city": "Bern"})).with_usage(90_000, 100),
+            Reply::text("never reached"),
+        ],
+        json!({"max_tokens": 150_000}),
+    )
+    .await;
+    let told = ask(&run.nucleus, json!({"text": "Weather everywhere."})).await;
+    let r = &told.response;
+    assert_eq!(r["stopped"], "budget", "{r}");
+    assert_eq!(r["steps"], 2);
+    assert!(r["error"].as_str().expect("why").contains("budget"));
+    assert_eq!(
+        run.script.remaining(),
+        1,
+        "no call after the budget is spent"
+    );
+}
+
+#[tokio::test]
+async fn independent_calls_run_at_once() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__wait", json!({"ms": 400}))
+                .and_call("other__wait", json!({"ms": 400})),
+            Reply::text("Both waited."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask(&run.nucleus, json!({"text": "Wait twice."})).await;
+    assert_eq!(told.response["tool_calls"], 2);
+    let obs = told.steps_of("observation");
+    let (a, b) = (&obs[0]["result"], &obs[1]["result"]);
+    let (a0, a1, b0, b1) = (
+        a["start"].as_u64().expect("start"),
+        a["end"].as_u64().expect("end"),
+        b["start"].as_u64().expect("start"),
+        b["end"].as_u64().expect("end"),
+    );
+    assert!(a0 < b1 && b0 < a1, "the two waits overlap: {a} {b}");
+}
+
+#[tokio::test]
+async fn a_model_without_tool_calling_uses_the_text_protocol() {
+    let run = nucleus(
+        "local",
+        vec![
+            Reply::text(
+                "Thought: I need the weather.\nAction: weather\nAction Input: {'city': 'Lisbon'}",
+            ),
+            Reply::text("Action: other.weather\nAction Input: {\"city\": \"Lisbon\""),
+            Reply::text("Final Answer: It is 21 °C in Lisbon."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask(&run.nucleus, json!({"text": "How warm is Lisbon?"})).await;
+    let r = &told.response;
+    // `weather` names two tools (toolbox's and other's): the model is asked to repair that.
+    assert_eq!(r["text"], "It is 21 °C in Lisbon.", "{r}");
+    assert_eq!(
+        told.deltas, "It is 21 °C in Lisbon.",
+        "only the answer streams"
+    );
+    let requests = run.script.requests();
+    assert!(
+        requests[0].tools.is_empty(),
+        "tools are in the prompt, not the request"
+    );
+    assert!(requests[0].messages[0].text().contains("Action Input:"));
+    assert!(
+        last_user_or_tool(&requests[1]).contains("could be any of other.weather, toolbox.weather")
+    );
+    let call = &told.steps_of("tool_call")[0];
+    assert_eq!(call["tool"], "other.weather");
+    assert_eq!(call["arguments"], json!({"city": "Lisbon"}));
+}
+
+#[tokio::test]
+async fn a_bad_task_and_a_missing_model_are_answered_with_a_reason() {
+    let run = nucleus("openai", vec![], json!({})).await;
+    let told = ask(&run.nucleus, json!({"txt": "typo"})).await;
+    assert_eq!(told.response["stopped"], "error");
+    assert!(
+        told.response["error"]
+            .as_str()
+            .expect("why")
+            .contains("unknown field `txt`")
+    );
+    let told = ask(
+        &run.nucleus,
+        json!({"text": "hi", "model": "anthropic:claude-sonnet-4"}),
+    )
+    .await;
+    assert!(
+        told.response["error"]
+            .as_str()
+            .expect("why")
+            .contains("cannot be used"),
+        "{}",
+        told.response
+    );
+}

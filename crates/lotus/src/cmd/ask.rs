@@ -1,0 +1,319 @@
+//! `lotus ask "…"`: one task for ASH — through the running nucleus when there is one (its
+//! event stream carries the answer as it is written), else through a nucleus in this process
+//! that runs the memory and reasoning modules on the home's files.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use lotus_bus::SqliteLog;
+use lotus_core::{Event, Overflow, Pattern};
+use lotus_nucleus::{ModuleState, NativeHost, NucleusBuilder, StateStore};
+use lotus_server::PublishResponse;
+use serde_json::{Value, json};
+
+use crate::cli::AskArgs;
+use crate::client::Client;
+use crate::config::Config;
+use crate::exit::{CliError, ExitCode, bad_input};
+use crate::home::Home;
+
+/// The topics a task answers on.
+const ANSWER_TOPICS: &str = "action.response,action.response.delta,cognition.step";
+
+/// Prints a task's events as they come; returns the final response once it arrives.
+struct Printer {
+    json: bool,
+    steps: bool,
+    /// Whether the line on stdout is open (deltas written, no newline yet).
+    open: bool,
+    /// Whether any of the answer streamed.
+    streamed: bool,
+    started: Instant,
+}
+
+impl Printer {
+    fn new(args: &AskArgs) -> Self {
+        Self {
+            json: args.json,
+            steps: args.steps,
+            open: false,
+            streamed: false,
+            started: Instant::now(),
+        }
+    }
+
+    fn close_line(&mut self) {
+        if self.open {
+            println!();
+            self.open = false;
+        }
+    }
+
+    fn on(&mut self, ev: &Event) -> Result<Option<Value>> {
+        let p = &ev.payload;
+        match ev.topic.as_str() {
+            "action.response.delta" if !self.json => {
+                let mut out = std::io::stdout();
+                out.write_all(p["delta"].as_str().unwrap_or_default().as_bytes())?;
+                out.flush()?;
+                self.open = true;
+                self.streamed = true;
+            }
+            "cognition.step" if self.steps => {
+                self.close_line();
+                eprintln!("  · {}", step_line(p));
+            }
+            // Without --steps, only the tools show (so a pause has a reason).
+            "cognition.step" if p["kind"] == "tool_call" => {
+                self.close_line();
+                eprintln!(
+                    "  → {} {}",
+                    p["tool"].as_str().unwrap_or("?"),
+                    p["arguments"]
+                );
+            }
+            "action.response" => return Ok(Some(p.clone())),
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// Prints the end of the answer and its cost; fails when the task did.
+    fn finish(&mut self, r: &Value) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(r)?);
+        } else {
+            if !self.streamed && r["stopped"] != "error" {
+                // The answer did not stream (a model that sent it whole): print it now.
+                print!("{}", r["text"].as_str().unwrap_or_default());
+                self.open = true;
+            }
+            self.close_line();
+        }
+        if r["stopped"] == "error" {
+            let why = r["error"].as_str().unwrap_or("the task failed");
+            let code = if why.contains("not configured") || why.contains("no model") {
+                ExitCode::BadInput
+            } else {
+                ExitCode::Failure
+            };
+            return Err(CliError::new(code, why.to_owned()).into());
+        }
+        if !self.json {
+            let models: Vec<&str> = r["models"]
+                .as_array()
+                .map(|m| m.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut note = format!(
+                "({} · {} steps · {} tools · {}+{} tokens · ${:.4} · {:.1} s",
+                models.join(", "),
+                r["steps"],
+                r["tool_calls"],
+                r["usage"]["input_tokens"],
+                r["usage"]["output_tokens"],
+                r["cost_usd"].as_f64().unwrap_or(0.0),
+                self.started.elapsed().as_secs_f64()
+            );
+            match r["stopped"].as_str() {
+                Some("answer") | None => {}
+                Some(other) => note.push_str(&format!(" · stopped: {other}")),
+            }
+            if r.get("learned").is_some() {
+                note.push_str(" · remembered");
+            }
+            note.push(')');
+            eprintln!("{note}");
+        }
+        Ok(())
+    }
+}
+
+fn step_line(p: &Value) -> String {
+    let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+    match p["kind"].as_str().unwrap_or_default() {
+        "context" => format!(
+            "context: {} · {} memories · {} earlier turns · {} tools{}",
+            s("model"),
+            p["memories"],
+            p["history"],
+            p["tools"],
+            if p["native_tools"] == false {
+                " (text protocol)"
+            } else {
+                ""
+            }
+        ),
+        "model" => format!(
+            "step {}: {} ({}+{} tokens)",
+            p["step"],
+            s("model"),
+            p["input_tokens"],
+            p["output_tokens"]
+        ),
+        "thought" => format!("thought: {}", s("text")),
+        "tool_call" => format!("call {} {}", s("tool"), p["arguments"]),
+        "observation" => {
+            let mut r = p["result"].to_string();
+            if r.len() > 200 {
+                let mut cut = 200;
+                while !r.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                r.truncate(cut);
+                r.push('…');
+            }
+            format!(
+                "{} {} ({} ms): {r}",
+                if p["ok"] == true { "result" } else { "failed" },
+                s("tool"),
+                p["duration_us"].as_u64().unwrap_or(0) / 1000
+            )
+        }
+        "reflection" => format!("reflection: {}", s("text")),
+        other => format!("{other}: {p}"),
+    }
+}
+
+fn task(args: &AskArgs) -> Result<Value> {
+    if args.prompt.trim().is_empty() {
+        return Err(bad_input("say what to ask: lotus ask \"…\""));
+    }
+    let mut t = json!({"text": args.prompt});
+    if let Some(m) = &args.model {
+        t["model"] = json!(m);
+    }
+    if let Some(u) = &args.user {
+        t["user"] = json!(u);
+    }
+    if let Some(s) = &args.session {
+        t["session"] = json!(s);
+    }
+    if let Some(n) = args.max_steps {
+        t["max_steps"] = json!(n);
+    }
+    if args.no_tools {
+        t["tools"] = json!(false);
+    }
+    Ok(t)
+}
+
+/// Runs `lotus ask`.
+pub async fn run(home: &Home, cfg: &Config, args: AskArgs) -> Result<()> {
+    let payload = task(&args)?;
+    home.ensure()?;
+    let mut printer = Printer::new(&args);
+    if let Ok(client) = Client::new(home, cfg) {
+        return remote(&client, payload, &mut printer).await;
+    }
+    local(home, cfg, &args, payload, &mut printer).await
+}
+
+async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Result<()> {
+    // Listen first, so nothing the task says is missed.
+    let resp = client.stream(ANSWER_TOPICS).await?;
+    let mut events = resp.bytes_stream().eventsource();
+    let published: PublishResponse = client
+        .post(
+            "/api/v1/events",
+            &json!({"topic": "cognition.task_request", "payload": payload}),
+        )
+        .await?;
+    if published.matched == 0 {
+        return Err(CliError::new(
+            ExitCode::Failure,
+            "the running nucleus has no reasoning module: enable it in lotus.toml ([modules.reasoning] enabled = true) and restart `lotus up`",
+        )
+        .into());
+    }
+    while let Some(item) = events.next().await {
+        let item = item.context("the event stream broke")?;
+        if item.event != "event" {
+            continue;
+        }
+        let ev: Event = serde_json::from_str(&item.data)
+            .context("the nucleus sent an event that is not valid")?;
+        if ev.correlation_id.map(|c| c.to_string()).as_deref() != Some(published.id.as_str()) {
+            continue;
+        }
+        if let Some(r) = printer.on(&ev)? {
+            return printer.finish(&r);
+        }
+    }
+    Err(CliError::new(
+        ExitCode::NotRunning,
+        "the nucleus closed the event stream before the answer (it is stopping)",
+    )
+    .into())
+}
+
+async fn local(
+    home: &Home,
+    cfg: &Config,
+    args: &AskArgs,
+    payload: Value,
+    printer: &mut Printer,
+) -> Result<()> {
+    super::memory::fetch_embedding_model(home, cfg).await?;
+    let lock = home.lock()?;
+    let cfg = cfg.clone().with_home(home);
+    let setup = super::provider::router(home, &cfg).await?;
+    let chain: Vec<String> = args.model.iter().cloned().collect();
+    super::provider::pull_local_if_alone(home, &cfg, &setup, &chain).await?;
+    let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
+    let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;
+    let host = NativeHost::new()
+        .with(lotus::builtin::memory())
+        .and_then(|h| h.with(lotus::builtin::reasoning()))
+        .map_err(|e| anyhow::anyhow!("a built-in manifest is invalid: {e}"))?;
+    let nucleus = NucleusBuilder::new(cfg.nucleus_settings())
+        .log(Arc::new(log))
+        .state(state)
+        .host(host)
+        .router(setup.router)
+        .build()?;
+    nucleus.start().await;
+    for name in ["memory", "reasoning"] {
+        let info = nucleus.module(name);
+        if info.as_ref().map(|m| m.state) != Some(ModuleState::Running) {
+            let why = info
+                .and_then(|m| m.last_error)
+                .unwrap_or_else(|| "it did not start".into());
+            let _ = nucleus.shutdown().await;
+            return Err(CliError::new(
+                ExitCode::Failure,
+                format!("the {name} module cannot run: {why}"),
+            )
+            .into());
+        }
+    }
+    let patterns = ANSWER_TOPICS
+        .split(',')
+        .map(Pattern::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sub = nucleus
+        .bus()
+        .subscribe("cli:ask", patterns, 65_536, Overflow::Block);
+    let (ev, _) = nucleus
+        .publish("cli", "cognition.task_request", payload)
+        .await?;
+    let mut outcome = Err(anyhow::anyhow!(
+        "the reasoning module stopped before answering"
+    ));
+    while let Some(e) = sub.recv().await {
+        if e.correlation_id != Some(ev.id) {
+            continue;
+        }
+        if let Some(r) = printer.on(&e)? {
+            outcome = printer.finish(&r);
+            break;
+        }
+    }
+    drop(sub);
+    nucleus.shutdown().await?;
+    drop(lock);
+    outcome
+}

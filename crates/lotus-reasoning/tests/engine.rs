@@ -72,6 +72,20 @@ async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
     } else {
         "openai:gpt-4o-mini"
     };
+    let (nucleus, dir) = nucleus_with(script.clone(), model, settings).await;
+    Run {
+        nucleus,
+        script,
+        _dir: dir,
+    }
+}
+
+/// The same nucleus over any provider, answering as `model`.
+async fn nucleus_with(
+    provider: Arc<dyn Provider>,
+    model: &str,
+    settings: Value,
+) -> (Nucleus, tempfile::TempDir) {
     let router = Router::new(
         Catalog::builtin(),
         RouterConfig {
@@ -81,7 +95,7 @@ async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
         },
         None,
     )
-    .with_provider(script.clone() as Arc<dyn Provider>);
+    .with_provider(provider);
     let dir = tempfile::tempdir().expect("tempdir");
     let host = NativeHost::new()
         .with(lotus_reasoning::native())
@@ -114,11 +128,7 @@ async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
         .build()
         .expect("nucleus");
     nucleus.start().await;
-    Run {
-        nucleus,
-        script,
-        _dir: dir,
-    }
+    (nucleus, dir)
 }
 
 /// What a task published: its deltas joined, its steps, its response.
@@ -423,5 +433,131 @@ async fn a_bad_task_and_a_missing_model_are_answered_with_a_reason() {
             .contains("cannot be used"),
         "{}",
         told.response
+    );
+}
+
+fn fixture(name: &str, tool: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lotus-providers/tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+    .replace("get_weather", tool)
+}
+
+/// Against a real HTTP server speaking OpenAI's wire format: the tool call streamed in
+/// fragments, the result sent back under the call's id, the final answer streamed.
+#[tokio::test]
+async fn end_to_end_over_the_openai_wire() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    let sse = |body: String| {
+        ResponseTemplate::new(200).set_body_raw(body.into_bytes(), "text/event-stream")
+    };
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains("\"role\":\"tool\""))
+        .respond_with(sse(fixture("openai-text.sse", "")))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(sse(fixture("openai-tool.sse", "toolbox__weather")))
+        .mount(&server)
+        .await;
+    let http = lotus_providers::http_client().expect("http");
+    let openai = lotus_providers::openai::OpenAi::new(
+        "openai",
+        &format!("{}/v1", server.uri()),
+        Some(lotus_providers::Secret::new("sk-test")),
+        http,
+    );
+    let (n, _dir) = nucleus_with(Arc::new(openai), "openai:gpt-4o-mini", json!({})).await;
+    let told = ask(&n, json!({"text": "What is the weather in Paris?"})).await;
+    let r = &told.response;
+    assert_eq!(r["text"], "The capital of France is Paris.", "{r}");
+    assert_eq!(r["tool_calls"], 1);
+    assert_eq!(told.deltas, "The capital of France is Paris.");
+    let call = told.steps_of("tool_call")[0];
+    assert_eq!(call["tool"], "toolbox.weather");
+    assert_eq!(call["arguments"], json!({"city": "Paris"}));
+    assert!(r["usage"]["input_tokens"].as_u64().expect("usage") >= 61);
+
+    let bodies: Vec<Value> = server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(
+        bodies[0]["tools"][5]["function"]["name"],
+        "toolbox__weather"
+    );
+    let messages = bodies[1]["messages"].as_array().expect("messages");
+    let result = messages.last().expect("tool result");
+    assert_eq!(result["role"], "tool");
+    assert_eq!(result["tool_call_id"], "call_F9ZaqPWo69u0urxAhVt8meDW");
+    assert!(
+        result["content"]
+            .as_str()
+            .expect("content")
+            .contains("\"temp_c\":21")
+    );
+}
+
+/// The same over Anthropic's Messages API: the tool_use block, its tool_result, and the tools
+/// declared again on the call that carries them.
+#[tokio::test]
+async fn end_to_end_over_the_anthropic_wire() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    let sse = |body: String| {
+        ResponseTemplate::new(200).set_body_raw(body.into_bytes(), "text/event-stream")
+    };
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .and(body_string_contains("tool_result"))
+        .respond_with(sse(fixture("anthropic-text.sse", "")))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(sse(fixture("anthropic-tool.sse", "other__weather")))
+        .mount(&server)
+        .await;
+    let http = lotus_providers::http_client().expect("http");
+    let anthropic = lotus_providers::anthropic::Anthropic::new(
+        &format!("{}/v1", server.uri()),
+        Some(lotus_providers::Secret::new("sk-ant-test")),
+        http,
+    );
+    let (n, _dir) = nucleus_with(Arc::new(anthropic), "anthropic:claude-sonnet-4", json!({})).await;
+    let told = ask(&n, json!({"text": "What is the weather in Paris?"})).await;
+    let r = &told.response;
+    assert_eq!(r["text"], "The capital of France is Paris.", "{r}");
+    assert_eq!(r["models"], json!(["anthropic:claude-sonnet-4"]));
+    assert_eq!(told.steps_of("tool_call")[0]["tool"], "other.weather");
+    assert!(r["cost_usd"].as_f64().expect("cost") > 0.0);
+
+    let bodies: Vec<Value> = server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert!(bodies[1]["tools"].as_array().is_some_and(|t| t.len() == 6));
+    let text = bodies[1]["messages"].to_string();
+    assert!(
+        text.contains("toolu_01T1x1fJ34qAmk2tNTrN7Up6") && text.contains("temp_c"),
+        "{text}"
     );
 }

@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Ask ASH: the answer streams as it is written, with memory and tools.
     Ask(AskArgs),
+    /// Talk with ASH: one session, answers streamed, `/help` for commands.
+    Chat(ChatArgs),
     /// Run the nucleus in the foreground (SIGINT/SIGTERM stop it cleanly).
     Up(UpArgs),
     /// Inspect and validate modules.
@@ -90,6 +92,20 @@ pub struct AskArgs {
     /// Print the whole outcome as JSON at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `lotus chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Model or alias to use instead of the configured chain (`/model` changes it).
+    #[arg(long, short = 'm', value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Whose memory to use.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Show every step on stderr.
+    #[arg(long)]
+    pub steps: bool,
 }
 
 /// `lotus up`.

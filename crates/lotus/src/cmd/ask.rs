@@ -11,7 +11,7 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use lotus_bus::SqliteLog;
 use lotus_core::{Event, Overflow, Pattern};
-use lotus_nucleus::{ModuleState, NativeHost, NucleusBuilder, StateStore};
+use lotus_nucleus::{ModuleState, NativeHost, Nucleus, NucleusBuilder, StateStore};
 use lotus_server::PublishResponse;
 use serde_json::{Value, json};
 
@@ -25,7 +25,7 @@ use crate::home::Home;
 const ANSWER_TOPICS: &str = "action.response,action.response.delta,cognition.step";
 
 /// Prints a task's events as they come; returns the final response once it arrives.
-struct Printer {
+pub(crate) struct Printer {
     json: bool,
     steps: bool,
     /// Whether the line on stdout is open (deltas written, no newline yet).
@@ -36,14 +36,21 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(args: &AskArgs) -> Self {
+    pub(crate) fn new(json: bool, steps: bool) -> Self {
         Self {
-            json: args.json,
-            steps: args.steps,
+            json,
+            steps,
             open: false,
             streamed: false,
             started: Instant::now(),
         }
+    }
+
+    /// Ready for the next task (`lotus chat`).
+    pub(crate) fn reset(&mut self) {
+        self.open = false;
+        self.streamed = false;
+        self.started = Instant::now();
     }
 
     fn close_line(&mut self) {
@@ -83,7 +90,7 @@ impl Printer {
     }
 
     /// Prints the end of the answer and its cost; fails when the task did.
-    fn finish(&mut self, r: &Value) -> Result<()> {
+    pub(crate) fn finish(&mut self, r: &Value) -> Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(r)?);
         } else {
@@ -204,15 +211,107 @@ fn task(args: &AskArgs) -> Result<Value> {
 /// Runs `lotus ask`.
 pub async fn run(home: &Home, cfg: &Config, args: AskArgs) -> Result<()> {
     let payload = task(&args)?;
-    home.ensure()?;
-    let mut printer = Printer::new(&args);
-    if let Ok(client) = Client::new(home, cfg) {
-        return remote(&client, payload, &mut printer).await;
-    }
-    local(home, cfg, &args, payload, &mut printer).await
+    let mut printer = Printer::new(args.json, args.steps);
+    let target = Target::open(home, cfg, args.model.as_deref()).await?;
+    let outcome = target.run(payload, &mut printer).await;
+    target.close().await?;
+    printer.finish(&outcome?)
 }
 
-async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Result<()> {
+/// Where tasks run.
+pub(crate) enum Target {
+    /// The running nucleus.
+    Remote(Client),
+    /// A nucleus in this process with the memory and reasoning modules (holding the home's
+    /// lock).
+    Local(Nucleus, std::fs::File),
+}
+
+impl Target {
+    /// The running nucleus, else one started here; `model` is the model the first task will
+    /// use (so the local model is fetched when it is the only one).
+    pub(crate) async fn open(home: &Home, cfg: &Config, model: Option<&str>) -> Result<Self> {
+        home.ensure()?;
+        if let Ok(client) = Client::new(home, cfg) {
+            return Ok(Self::Remote(client));
+        }
+        super::memory::fetch_embedding_model(home, cfg).await?;
+        let lock = home.lock()?;
+        let cfg = cfg.clone().with_home(home);
+        let setup = super::provider::router(home, &cfg).await?;
+        let chain: Vec<String> = model.iter().map(|m| (*m).to_owned()).collect();
+        super::provider::pull_local_if_alone(home, &cfg, &setup, &chain).await?;
+        let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
+        let state =
+            StateStore::open(&home.state_db()).context("cannot open the module state store")?;
+        let host = NativeHost::new()
+            .with(lotus::builtin::memory())
+            .and_then(|h| h.with(lotus::builtin::reasoning()))
+            .map_err(|e| anyhow::anyhow!("a built-in manifest is invalid: {e}"))?;
+        let nucleus = NucleusBuilder::new(cfg.nucleus_settings())
+            .log(Arc::new(log))
+            .state(state)
+            .host(host)
+            .router(setup.router)
+            .build()?;
+        nucleus.start().await;
+        for name in ["memory", "reasoning"] {
+            let info = nucleus.module(name);
+            if info.as_ref().map(|m| m.state) != Some(ModuleState::Running) {
+                let why = info
+                    .and_then(|m| m.last_error)
+                    .unwrap_or_else(|| "it did not start".into());
+                let _ = nucleus.shutdown().await;
+                return Err(CliError::new(
+                    ExitCode::Failure,
+                    format!("the {name} module cannot run: {why}"),
+                )
+                .into());
+            }
+        }
+        Ok(Self::Local(nucleus, lock))
+    }
+
+    /// Runs one task, printing it as it goes; the final `action.response`.
+    pub(crate) async fn run(&self, payload: Value, printer: &mut Printer) -> Result<Value> {
+        match self {
+            Self::Remote(client) => remote(client, payload, printer).await,
+            Self::Local(nucleus, _) => local(nucleus, payload, printer).await,
+        }
+    }
+
+    /// Calls a tool (memory's, for `/memory`).
+    pub(crate) async fn call_tool(&self, tool: &str, args: Value) -> Result<Value> {
+        match self {
+            Self::Remote(client) => {
+                let r: lotus_server::CallResponse = client
+                    .post(&format!("/api/v1/tools/{tool}/call"), &args)
+                    .await?;
+                Ok(r.result)
+            }
+            Self::Local(n, _) => Ok(n.call_tool(tool, args).await?),
+        }
+    }
+
+    /// The tools registered, by name.
+    pub(crate) async fn tools(&self) -> Result<Vec<lotus_core::ToolSpec>> {
+        match self {
+            Self::Remote(client) => client.get("/api/v1/tools", &[]).await,
+            Self::Local(n, _) => Ok(n.tools()),
+        }
+    }
+
+    /// Stops the nucleus started here, if any.
+    pub(crate) async fn close(self) -> Result<()> {
+        if let Self::Local(n, lock) = self {
+            n.shutdown().await?;
+            drop(lock);
+        }
+        Ok(())
+    }
+}
+
+async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Result<Value> {
     // Listen first, so nothing the task says is missed.
     let resp = client.stream(ANSWER_TOPICS).await?;
     let mut events = resp.bytes_stream().eventsource();
@@ -240,7 +339,7 @@ async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Resul
             continue;
         }
         if let Some(r) = printer.on(&ev)? {
-            return printer.finish(&r);
+            return Ok(r);
         }
     }
     Err(CliError::new(
@@ -250,46 +349,7 @@ async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Resul
     .into())
 }
 
-async fn local(
-    home: &Home,
-    cfg: &Config,
-    args: &AskArgs,
-    payload: Value,
-    printer: &mut Printer,
-) -> Result<()> {
-    super::memory::fetch_embedding_model(home, cfg).await?;
-    let lock = home.lock()?;
-    let cfg = cfg.clone().with_home(home);
-    let setup = super::provider::router(home, &cfg).await?;
-    let chain: Vec<String> = args.model.iter().cloned().collect();
-    super::provider::pull_local_if_alone(home, &cfg, &setup, &chain).await?;
-    let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
-    let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;
-    let host = NativeHost::new()
-        .with(lotus::builtin::memory())
-        .and_then(|h| h.with(lotus::builtin::reasoning()))
-        .map_err(|e| anyhow::anyhow!("a built-in manifest is invalid: {e}"))?;
-    let nucleus = NucleusBuilder::new(cfg.nucleus_settings())
-        .log(Arc::new(log))
-        .state(state)
-        .host(host)
-        .router(setup.router)
-        .build()?;
-    nucleus.start().await;
-    for name in ["memory", "reasoning"] {
-        let info = nucleus.module(name);
-        if info.as_ref().map(|m| m.state) != Some(ModuleState::Running) {
-            let why = info
-                .and_then(|m| m.last_error)
-                .unwrap_or_else(|| "it did not start".into());
-            let _ = nucleus.shutdown().await;
-            return Err(CliError::new(
-                ExitCode::Failure,
-                format!("the {name} module cannot run: {why}"),
-            )
-            .into());
-        }
-    }
+async fn local(nucleus: &Nucleus, payload: Value, printer: &mut Printer) -> Result<Value> {
     let patterns = ANSWER_TOPICS
         .split(',')
         .map(Pattern::new)
@@ -300,20 +360,15 @@ async fn local(
     let (ev, _) = nucleus
         .publish("cli", "cognition.task_request", payload)
         .await?;
-    let mut outcome = Err(anyhow::anyhow!(
-        "the reasoning module stopped before answering"
-    ));
     while let Some(e) = sub.recv().await {
         if e.correlation_id != Some(ev.id) {
             continue;
         }
         if let Some(r) = printer.on(&e)? {
-            outcome = printer.finish(&r);
-            break;
+            return Ok(r);
         }
     }
-    drop(sub);
-    nucleus.shutdown().await?;
-    drop(lock);
-    outcome
+    Err(anyhow::anyhow!(
+        "the reasoning module stopped before answering"
+    ))
 }

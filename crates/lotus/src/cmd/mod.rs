@@ -3,6 +3,7 @@
 mod ask;
 mod bench;
 mod bench_vectors;
+mod chat;
 mod doctor;
 mod events;
 mod install;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Ask(args) => ask::run(&home, &load()?, args).await,
+        Command::Chat(args) => chat::run(&home, &load()?, args).await,
         Command::Up(args) => up::run(home.clone(), load()?, args).await,
         Command::Module(c) => module::run(&home, c).await,
         Command::Tool(c) => tool::run(&home, &load()?, c).await,

@@ -1023,6 +1023,51 @@ fn ask_remembers_across_processes_with_the_local_model() {
     assert!(r["text"].as_str().expect("text").contains("Helix"), "{r}");
     assert_eq!(r["models"], json!(["local:smollm2"]));
     assert!(r["memories"].as_u64().expect("memories") >= 1, "{r}");
+
+    // `lotus chat` in the same home: a session, its commands, and a bad one that does not end it.
+    let mut c = lotus(home.path());
+    for var in [
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "OPENROUTER_API_KEY",
+    ] {
+        c.env_remove(var);
+    }
+    let mut child = c
+        .arg("chat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("chat");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(
+                b"What is my favourite editor?\n/bogus\n/cost\n/memory editor\n/history\n/exit\n",
+            )
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("chat ends");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Helix"), "{stdout}");
+    assert!(stdout.contains("1 tasks ·"), "{stdout}");
+    assert!(
+        stdout.contains("1. my favourite editor is Helix"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("user: What is my favourite editor?"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+
     let (code, _, err) = ask(&["  "]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("say what to ask"), "{err}");

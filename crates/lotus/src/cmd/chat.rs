@@ -1,0 +1,180 @@
+//! `lotus chat`: a conversation with ASH. Each line is a task in one session (so earlier turns
+//! are in context), answered as it streams; lines starting with `/` are commands.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::ask::{Printer, Target};
+use crate::cli::ChatArgs;
+use crate::config::Config;
+use crate::home::Home;
+
+const HELP: &str = "\
+/model [MODEL]   show or set the model (`/model default` for the configured chain)
+/tools           the tools ASH may use
+/memory QUERY    what memory recalls for QUERY
+/history         this session's turns
+/cost            tokens and cost of this session
+/new             start a new session (earlier turns leave the context)
+/exit            leave (also Ctrl-D)";
+
+/// What the session has used.
+#[derive(Default)]
+struct Totals {
+    tasks: u64,
+    input: u64,
+    output: u64,
+    cost: f64,
+    models: Vec<String>,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Value) {
+        self.tasks += 1;
+        self.input += r["usage"]["input_tokens"].as_u64().unwrap_or(0);
+        self.output += r["usage"]["output_tokens"].as_u64().unwrap_or(0);
+        self.cost += r["cost_usd"].as_f64().unwrap_or(0.0);
+        for m in r["models"].as_array().into_iter().flatten() {
+            if let Some(m) = m.as_str()
+                && !self.models.iter().any(|x| x == m)
+            {
+                self.models.push(m.to_owned());
+            }
+        }
+    }
+}
+
+/// Runs `lotus chat`.
+pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
+    let target = Target::open(home, cfg, args.model.as_deref()).await?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut model = args.model.clone();
+    let mut session = uuid::Uuid::now_v7().to_string();
+    let mut totals = Totals::default();
+    let mut printer = Printer::new(false, args.steps);
+    if interactive {
+        eprintln!("ASH is listening. /help for commands, /exit or Ctrl-D to leave.");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            print!("you › ");
+            std::io::stdout().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(command) = line.strip_prefix('/') {
+            let (name, rest) = command
+                .split_once(char::is_whitespace)
+                .map_or((command, ""), |(n, r)| (n, r.trim()));
+            match name {
+                "exit" | "quit" | "q" => break,
+                "help" | "?" => println!("{HELP}"),
+                "model" if rest.is_empty() => println!(
+                    "model: {}",
+                    model.as_deref().unwrap_or("the configured chain")
+                ),
+                "model" => {
+                    model = (rest != "default").then(|| rest.to_owned());
+                    println!(
+                        "model: {}",
+                        model.as_deref().unwrap_or("the configured chain")
+                    );
+                }
+                "tools" => match target.tools().await {
+                    Ok(tools) => {
+                        for t in tools {
+                            println!("{:<24} {}", t.name, t.description);
+                        }
+                    }
+                    Err(e) => eprintln!("error: {e:#}"),
+                },
+                "memory" if rest.is_empty() => println!("usage: /memory QUERY"),
+                "memory" => match target
+                    .call_tool(
+                        "memory.recall",
+                        json!({"query": rest, "k": 5, "user": args.user}),
+                    )
+                    .await
+                {
+                    Ok(hits) => {
+                        let hits = hits.as_array().cloned().unwrap_or_default();
+                        if hits.is_empty() {
+                            println!("(nothing)");
+                        }
+                        for (i, h) in hits.iter().enumerate() {
+                            println!(
+                                "{}. {}",
+                                i + 1,
+                                h["memory"]["text"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("error: {e:#}"),
+                },
+                "history" => match target
+                    .call_tool(
+                        "memory.history",
+                        json!({"session": session, "limit": 50, "user": args.user}),
+                    )
+                    .await
+                {
+                    Ok(turns) => {
+                        for t in turns.as_array().into_iter().flatten() {
+                            println!(
+                                "{:>9}: {}",
+                                t["role"].as_str().unwrap_or_default(),
+                                t["text"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("error: {e:#}"),
+                },
+                "cost" => println!(
+                    "{} tasks · {}+{} tokens · ${:.4} · {}",
+                    totals.tasks,
+                    totals.input,
+                    totals.output,
+                    totals.cost,
+                    if totals.models.is_empty() {
+                        "no model yet".to_owned()
+                    } else {
+                        totals.models.join(", ")
+                    }
+                ),
+                "new" => {
+                    session = uuid::Uuid::now_v7().to_string();
+                    println!("a new session begins");
+                }
+                other => eprintln!("unknown command /{other}; /help lists them"),
+            }
+            continue;
+        }
+        let mut payload = json!({"text": line, "session": session});
+        if let Some(m) = &model {
+            payload["model"] = json!(m);
+        }
+        if let Some(u) = &args.user {
+            payload["user"] = json!(u);
+        }
+        printer.reset();
+        match target.run(payload, &mut printer).await {
+            Ok(r) => {
+                totals.add(&r);
+                // A failed task is said, and the conversation goes on.
+                if let Err(e) = printer.finish(&r) {
+                    eprintln!("error: {e:#}");
+                }
+            }
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    target.close().await
+}

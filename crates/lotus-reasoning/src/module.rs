@@ -76,6 +76,8 @@ struct Settings {
     hide_tools: Vec<String>,
     /// Offer tools to models without native tool calling, through the text protocol.
     text_protocol_tools: bool,
+    /// Use the memory module (recall, history, recording the turns).
+    memory: bool,
 }
 
 impl Default for Settings {
@@ -104,6 +106,7 @@ impl Default for Settings {
             .map(String::from)
             .to_vec(),
             text_protocol_tools: true,
+            memory: true,
         }
     }
 }
@@ -185,9 +188,12 @@ fn today() -> String {
         .collect()
 }
 
-/// Calls a memory tool; memory is optional (a nucleus without it still answers), so a failure
-/// is logged and read as nothing.
-async fn memory(cx: &Context, tool: &str, args: Value) -> Option<Value> {
+/// Calls a memory tool, when memory is on; memory is optional (a nucleus without it still
+/// answers), so a failure is logged and read as nothing.
+async fn memory(cx: &Context, on: bool, tool: &str, args: Value) -> Option<Value> {
+    if !on {
+        return None;
+    }
     match cx.call_tool(tool, args).await {
         Ok(v) => Some(v),
         Err(e) => {
@@ -386,11 +392,13 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
     let (hits, turns) = tokio::join!(
         memory(
             &cx,
+            s.memory,
             "memory.recall",
             json!({"query": req.text, "user": user, "k": s.memory_k})
         ),
         memory(
             &cx,
+            s.memory,
             "memory.history",
             json!({"user": user, "session": session, "limit": s.history_turns})
         ),
@@ -401,6 +409,7 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
         .unwrap_or_default();
     let observed = memory(
         &cx,
+        s.memory,
         "memory.observe",
         json!({"user": user, "session": session, "role": "user", "text": req.text}),
     )
@@ -453,6 +462,7 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
     if !out.text.is_empty() {
         memory(
             &cx,
+            s.memory,
             "memory.observe",
             json!({
                 "user": user, "session": session, "role": "assistant", "text": out.text,

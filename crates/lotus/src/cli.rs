@@ -264,10 +264,31 @@ pub enum BenchCmd {
     /// The embedded vector index on generated clustered vectors with exact ground truth:
     /// recall@10, query latency, build time, RSS, size on disk.
     Vectors(BenchVectorsArgs),
+    /// The reasoning loop's own time per step against a local OpenAI-compatible mock (the
+    /// mock's time taken out), and LangGraph's on the same mock with `--langgraph`.
+    Reasoning(BenchReasoningArgs),
     /// Memory quality on a seeded synthetic scenario (facts, updates, forget requests, chains,
     /// chatter, several users) with the real embeddings: recall@1/5/10, MRR, stale rate,
     /// forget and cross-user leaks, tokens per query, latency.
     Memory(BenchMemoryArgs),
+}
+
+/// `lotus bench reasoning`.
+#[derive(Debug, Args)]
+pub struct BenchReasoningArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Tasks measured (a tenth more run first, unmeasured).
+    #[arg(long, default_value_t = 500)]
+    pub tasks: usize,
+    /// Model calls per task (each but the last asks for a tool).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Also run bench/langgraph_react.py (pip install -r bench/requirements-langgraph.txt)
+    /// against the same mock and print the ratio.
+    #[arg(long)]
+    pub langgraph: bool,
 }
 
 /// `lotus bench memory`.

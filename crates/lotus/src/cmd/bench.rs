@@ -18,6 +18,7 @@ pub async fn run(home: &crate::home::Home, cmd: BenchCmd) -> Result<()> {
         BenchCmd::Up(f) => up(f.json).await,
         BenchCmd::Reload(a) => reload(a).await,
         BenchCmd::Providers(a) => providers(a).await,
+        BenchCmd::Reasoning(a) => super::bench_reasoning::run(a).await,
         BenchCmd::Local(f) => local(home, f.json).await,
         BenchCmd::Vectors(a) => super::bench_vectors::run(a).await,
         BenchCmd::Memory(a) => super::bench_vectors::memory(home, a).await,
@@ -38,7 +39,7 @@ pub(super) fn load_avg() -> String {
         .unwrap_or_default()
 }
 
-fn us(h: &Histogram<u64>, q: f64) -> f64 {
+pub(super) fn us(h: &Histogram<u64>, q: f64) -> f64 {
     (h.value_at_quantile(q) as f64 / 1000.0 * 100.0).round() / 100.0
 }
 
@@ -809,7 +810,7 @@ async fn providers(args: BenchProvidersArgs) -> Result<()> {
 }
 
 /// A fresh private folder under the system's temporary directory.
-fn tempfile_dir() -> Result<std::path::PathBuf> {
+pub(super) fn tempfile_dir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("lotus-bench-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

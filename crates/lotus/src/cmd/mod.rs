@@ -2,6 +2,7 @@
 
 mod ask;
 mod bench;
+mod bench_reasoning;
 mod bench_vectors;
 mod chat;
 mod doctor;

@@ -289,6 +289,10 @@ pub struct BenchReasoningArgs {
     /// against the same mock and print the ratio.
     #[arg(long)]
     pub langgraph: bool,
+    /// Also time N answers of the local model through the loop: first streamed token and
+    /// whole answer (needs `lotus model pull smollm2`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub local: usize,
 }
 
 /// `lotus bench memory`.

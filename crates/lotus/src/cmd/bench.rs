@@ -18,7 +18,7 @@ pub async fn run(home: &crate::home::Home, cmd: BenchCmd) -> Result<()> {
         BenchCmd::Up(f) => up(f.json).await,
         BenchCmd::Reload(a) => reload(a).await,
         BenchCmd::Providers(a) => providers(a).await,
-        BenchCmd::Reasoning(a) => super::bench_reasoning::run(a).await,
+        BenchCmd::Reasoning(a) => super::bench_reasoning::run(home, a).await,
         BenchCmd::Local(f) => local(home, f.json).await,
         BenchCmd::Vectors(a) => super::bench_vectors::run(a).await,
         BenchCmd::Memory(a) => super::bench_vectors::memory(home, a).await,

@@ -150,8 +150,13 @@ impl Lookup {
     }
 }
 
+/// A quantile of nanoseconds, in milliseconds to 0.1 µs.
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    (h.value_at_quantile(q) as f64 / 100.0).round() / 10_000.0
+}
+
 /// Runs `lotus bench reasoning`.
-pub async fn run(args: BenchReasoningArgs) -> Result<()> {
+pub async fn run(home: &crate::home::Home, args: BenchReasoningArgs) -> Result<()> {
     let steps = args.steps.max(1);
     let served = Arc::new(Served::default());
     let base = mock(steps, served.clone()).await?;
@@ -172,38 +177,11 @@ pub async fn run(args: BenchReasoningArgs) -> Result<()> {
         None,
     )
     .with_provider(provider);
-    let dir = tempfile_dir()?;
-    let host = NativeHost::new()
-        .with(lotus::builtin::reasoning())
-        .map_err(|e| anyhow!("{e}"))?
-        .with_entry(
-            "lookup",
-            NativeModule {
-                manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
-                factory: || Box::new(Lookup),
-            },
-        );
-    let mut settings = NucleusSettings::default();
-    settings.modules.insert(
-        "reasoning".into(),
+    let (nucleus, dir) = bench_nucleus(
+        router,
         json!({"memory": false, "max_steps": steps + 1, "concurrency": 1}),
-    );
-    let nucleus = NucleusBuilder::new(settings)
-        .log(Arc::new(lotus_bus::SqliteLog::open(
-            &dir.join("streams.db"),
-        )?))
-        .state(lotus_nucleus::StateStore::open(&dir.join("state.db"))?)
-        .host(host)
-        .router(Arc::new(router))
-        .module(ModuleDef {
-            manifest: Arc::new(Manifest::parse(
-                "name: bench\nversion: 0.1.0\ntype: capability\nentry: lookup\n",
-                std::path::Path::new("<bench>"),
-            )?),
-            origin: Origin::Builtin,
-        })
-        .build()?;
-    nucleus.start().await;
+    )
+    .await?;
     let sub = nucleus.bus().subscribe(
         "bench",
         vec![Pattern::new("action.response")?],
@@ -258,7 +236,7 @@ pub async fn run(args: BenchReasoningArgs) -> Result<()> {
         "overhead_per_step_p50_us": us(&per_step, 0.5),
         "overhead_per_step_p99_us": us(&per_step, 0.99),
         "engine_overhead_per_step_p50_us": us(&engine, 0.5),
-        "task_p50_ms": us(&task_hist, 0.5) / 1000.0,
+        "task_p50_ms": ms(&task_hist, 0.5),
         "tasks_per_s": (total as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
         "load": load_avg(),
     });
@@ -273,9 +251,25 @@ pub async fn run(args: BenchReasoningArgs) -> Result<()> {
             );
         }
     }
+    if args.local > 0 {
+        #[cfg(feature = "local")]
+        {
+            out["local"] = local_first_token(home, args.local).await?;
+        }
+        #[cfg(not(feature = "local"))]
+        return Err(anyhow!("this lotus was built without the `local` feature"));
+    }
+    #[cfg(not(feature = "local"))]
+    let _ = home;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        if let Some(l) = out.get("local") {
+            println!(
+                "local model through the loop: first token p50 {} ms, whole answer p50 {} ms ({} tasks; the first, which loads the model, {} ms)",
+                l["first_token_p50_ms"], l["answer_p50_ms"], l["tasks"], l["first_task_ms"]
+            );
+        }
         println!(
             "reasoning overhead per step: p50 {} µs, p99 {} µs ({} tasks of {} steps, {} tasks/s; load {})",
             out["overhead_per_step_p50_us"],
@@ -343,5 +337,125 @@ async fn langgraph(base: &str, tasks: usize, steps: usize, served: &Served) -> R
         "overhead_per_step_p50_us": us(&h, 0.5),
         "overhead_per_step_p99_us": us(&h, 0.99),
         "versions": r["versions"],
+    }))
+}
+
+/// A nucleus with the reasoning module (settings `reasoning`) on `router` and the `bench.lookup`
+/// tool, in a fresh folder (returned, for removal).
+async fn bench_nucleus(
+    router: lotus_providers::Router,
+    reasoning: Value,
+) -> Result<(lotus_nucleus::Nucleus, std::path::PathBuf)> {
+    let dir = tempfile_dir()?;
+    let host = NativeHost::new()
+        .with(lotus::builtin::reasoning())
+        .map_err(|e| anyhow!("{e}"))?
+        .with_entry(
+            "lookup",
+            NativeModule {
+                manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
+                factory: || Box::new(Lookup),
+            },
+        );
+    let mut settings = NucleusSettings::default();
+    settings.modules.insert("reasoning".into(), reasoning);
+    let nucleus = NucleusBuilder::new(settings)
+        .log(Arc::new(lotus_bus::SqliteLog::open(
+            &dir.join("streams.db"),
+        )?))
+        .state(lotus_nucleus::StateStore::open(&dir.join("state.db"))?)
+        .host(host)
+        .router(Arc::new(router))
+        .module(ModuleDef {
+            manifest: Arc::new(Manifest::parse(
+                "name: bench\nversion: 0.1.0\ntype: capability\nentry: lookup\n",
+                std::path::Path::new("<bench>"),
+            )?),
+            origin: Origin::Builtin,
+        })
+        .build()?;
+    nucleus.start().await;
+    Ok((nucleus, dir))
+}
+
+/// Time to the first streamed token of an answer from the local model, through the whole
+/// reasoning path (task event, context, router, model, delta event), and to the whole answer.
+#[cfg(feature = "local")]
+async fn local_first_token(home: &crate::home::Home, tasks: usize) -> Result<Value> {
+    if !lotus_local::ready(&home.models(), lotus_local::CHAT_MODEL) {
+        return Err(anyhow!(
+            "the local chat model is not installed: run `lotus model pull smollm2` first"
+        ));
+    }
+    let router = lotus_providers::Router::new(
+        lotus_providers::Catalog::builtin(),
+        lotus_providers::RouterConfig {
+            chain: vec![format!("local:{}", lotus_local::CHAT_MODEL)],
+            retries: 0,
+            timeout: Duration::from_secs(300),
+            ..lotus_providers::RouterConfig::default()
+        },
+        None,
+    )
+    .with_provider(Arc::new(lotus_local::LocalProvider::new(&home.models())));
+    let (nucleus, dir) = bench_nucleus(router, json!({"memory": false})).await?;
+    let sub = nucleus.bus().subscribe(
+        "bench",
+        vec![
+            Pattern::new("action.response")?,
+            Pattern::new("action.response.delta")?,
+        ],
+        4096,
+        Overflow::Block,
+    );
+    let mut first = Histogram::<u64>::new(3)?;
+    let mut whole = Histogram::<u64>::new(3)?;
+    // The first task loads the model: measured apart.
+    let mut load_ms = 0.0;
+    for i in 0..=tasks {
+        let t = Instant::now();
+        let (ev, _) = nucleus
+            .publish(
+                "bench",
+                "cognition.task_request",
+                json!({"text": "What is the capital of France?", "tools": false, "session": format!("l{i}")}),
+            )
+            .await?;
+        let mut ttft = None;
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(300), sub.recv())
+                .await
+                .map_err(|_| anyhow!("no answer within 300 s"))?
+                .ok_or_else(|| anyhow!("the bus closed"))?;
+            if e.correlation_id != Some(ev.id) {
+                continue;
+            }
+            if e.topic.as_str() == "action.response.delta" {
+                ttft.get_or_insert(t.elapsed());
+                continue;
+            }
+            if e.payload["stopped"] != "answer" {
+                return Err(anyhow!("the local model did not answer: {}", e.payload));
+            }
+            break;
+        }
+        let ttft = ttft.ok_or_else(|| anyhow!("the answer did not stream"))?;
+        if i == 0 {
+            load_ms = t.elapsed().as_secs_f64() * 1000.0;
+            continue;
+        }
+        first.record(ttft.as_nanos() as u64)?;
+        whole.record(t.elapsed().as_nanos() as u64)?;
+    }
+    drop(sub);
+    nucleus.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "model": format!("local:{}", lotus_local::CHAT_MODEL),
+        "tasks": tasks,
+        "first_task_ms": (load_ms * 10.0).round() / 10.0,
+        "first_token_p50_ms": ms(&first, 0.5),
+        "first_token_p99_ms": ms(&first, 0.99),
+        "answer_p50_ms": ms(&whole, 0.5),
     }))
 }

@@ -1074,6 +1074,26 @@ fn ask_remembers_across_processes_with_the_local_model() {
     let (code, _, err) = ask(&["-m", "anthropic:claude-sonnet-4", "hi"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot be used"), "{err}");
+
+    // Through a running nucleus: the task goes over its bus, the answer comes back on its event
+    // stream.
+    let no_keys = [
+        ("OPENAI_API_KEY", ""),
+        ("ANTHROPIC_API_KEY", ""),
+        ("GEMINI_API_KEY", ""),
+        ("GOOGLE_API_KEY", ""),
+        ("OPENROUTER_API_KEY", ""),
+    ];
+    let mut up = Up::start_in(home, &no_keys);
+    let (code, out, err) = run(
+        up.home.path(),
+        &["ask", "--json", "What is my favourite editor?"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).expect("json");
+    assert!(r["text"].as_str().expect("text").contains("Helix"), "{r}");
+    let (code, err) = up.stop();
+    assert_eq!(code, 0, "{err}");
 }
 
 /// `lotus key`: a key stored encrypted reaches its provider; no file in the home holds it in

@@ -98,6 +98,48 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Tool calls put together from their streamed parts: each call's id and name, and its
+/// arguments' JSON text joined from the fragments.
+#[derive(Debug, Default)]
+pub struct CallParts(Vec<(String, String, String)>);
+
+impl CallParts {
+    fn at(&mut self, index: usize) -> &mut (String, String, String) {
+        if self.0.len() <= index {
+            self.0.resize(index + 1, Default::default());
+        }
+        &mut self.0[index]
+    }
+
+    /// Takes a [`ChatEvent::ToolCallStart`] or [`ChatEvent::ToolCallDelta`]; `false` for any
+    /// other event.
+    pub fn take(&mut self, ev: &ChatEvent) -> bool {
+        match ev {
+            ChatEvent::ToolCallStart { index, id, name } => {
+                let c = self.at(*index);
+                c.0.clone_from(id);
+                c.1.clone_from(name);
+                true
+            }
+            ChatEvent::ToolCallDelta { index, arguments } => {
+                self.at(*index).2.push_str(arguments);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether any call began.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|(_, name, _)| name.is_empty())
+    }
+
+    /// The calls, in order: (id, name, arguments' JSON text).
+    pub fn into_parts(self) -> impl Iterator<Item = (String, String, String)> {
+        self.0.into_iter().filter(|(_, name, _)| !name.is_empty())
+    }
+}
+
 /// Reads a whole stream into a [`ChatResponse`]: text joined, tool calls assembled from their
 /// deltas with their arguments parsed.
 pub async fn collect(
@@ -105,27 +147,18 @@ pub async fn collect(
     mut stream: ChatStream,
 ) -> Result<ChatResponse, ProviderError> {
     let mut text = String::new();
-    let mut calls: Vec<(String, String, String)> = Vec::new();
+    let mut calls = CallParts::default();
     while let Some(ev) = stream.next().await {
-        match ev? {
+        let ev = ev?;
+        if calls.take(&ev) {
+            continue;
+        }
+        match ev {
             ChatEvent::Text { delta } => text.push_str(&delta),
-            ChatEvent::ToolCallStart { index, id, name } => {
-                if calls.len() <= index {
-                    calls.resize(index + 1, Default::default());
-                }
-                calls[index].0 = id;
-                calls[index].1 = name;
-            }
-            ChatEvent::ToolCallDelta { index, arguments } => {
-                if calls.len() <= index {
-                    calls.resize(index + 1, Default::default());
-                }
-                calls[index].2.push_str(&arguments);
-            }
+            ChatEvent::ToolCallStart { .. } | ChatEvent::ToolCallDelta { .. } => {}
             ChatEvent::Finished { stop_reason, usage } => {
                 let tool_calls = calls
-                    .into_iter()
-                    .filter(|(_, name, _)| !name.is_empty())
+                    .into_parts()
                     .map(|(id, name, args)| {
                         let arguments = if args.trim().is_empty() {
                             serde_json::json!({})

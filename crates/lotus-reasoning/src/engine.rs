@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lotus_providers::{
-    ChatEvent, ChatRequest, Message, ModelInfo, ModelRef, Routed, StopReason, ToolCall, ToolSpec,
-    Usage,
+    CallParts, ChatEvent, ChatRequest, Message, ModelInfo, ModelRef, Routed, StopReason, ToolCall,
+    ToolSpec, Usage,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -442,12 +442,16 @@ async fn call(
     let Routed { model, stream, .. } = host.chat(chain, request).await?;
     let mut stream = stream;
     let mut text = String::new();
-    let mut calls: Vec<(String, String, String)> = Vec::new();
+    let mut calls = CallParts::default();
     let mut filter = AnswerFilter::default();
     let mut usage = Usage::default();
     let mut finished = false;
     while let Some(ev) = stream.next().await {
-        match ev.map_err(|e| e.to_string())? {
+        let ev = ev.map_err(|e| e.to_string())?;
+        if calls.take(&ev) {
+            continue;
+        }
+        match ev {
             ChatEvent::Text { delta } => {
                 text.push_str(&delta);
                 let shown = if text_protocol {
@@ -459,19 +463,7 @@ async fn call(
                     host.delta(step, &s).await;
                 }
             }
-            ChatEvent::ToolCallStart { index, id, name } => {
-                if calls.len() <= index {
-                    calls.resize(index + 1, Default::default());
-                }
-                calls[index].0 = id;
-                calls[index].1 = name;
-            }
-            ChatEvent::ToolCallDelta { index, arguments } => {
-                if calls.len() <= index {
-                    calls.resize(index + 1, Default::default());
-                }
-                calls[index].2.push_str(&arguments);
-            }
+            ChatEvent::ToolCallStart { .. } | ChatEvent::ToolCallDelta { .. } => {}
             ChatEvent::Finished {
                 stop_reason,
                 usage: u,
@@ -494,8 +486,7 @@ async fn call(
         host.delta(step, &s).await;
     }
     let calls = calls
-        .into_iter()
-        .filter(|(_, name, _)| !name.is_empty())
+        .into_parts()
         .map(|(id, name, args)| {
             // Arguments that are not a JSON object are repaired where possible, else passed as
             // they are, so the tool's own validation explains what is wrong.

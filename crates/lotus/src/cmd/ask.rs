@@ -3,18 +3,17 @@
 //! that runs the memory and reasoning modules on the home's files.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use lotus_bus::SqliteLog;
 use lotus_core::{Event, Overflow, Pattern};
-use lotus_nucleus::{ModuleState, NativeHost, Nucleus, NucleusBuilder, StateStore};
+use lotus_nucleus::Nucleus;
 use lotus_server::PublishResponse;
 use serde_json::{Value, json};
 
+use super::target::Target;
 use crate::cli::AskArgs;
 use crate::client::Client;
 use crate::config::Config;
@@ -212,102 +211,22 @@ fn task(args: &AskArgs) -> Result<Value> {
 pub async fn run(home: &Home, cfg: &Config, args: AskArgs) -> Result<()> {
     let payload = task(&args)?;
     let mut printer = Printer::new(args.json, args.steps);
-    let target = Target::open(home, cfg, args.model.as_deref()).await?;
-    let outcome = target.run(payload, &mut printer).await;
+    let chain: Vec<String> = args.model.iter().cloned().collect();
+    let target = Target::open(home, cfg, Some(&chain)).await?;
+    let outcome = task_on(&target, payload, &mut printer).await;
     target.close().await?;
     printer.finish(&outcome?)
 }
 
-/// Where tasks run.
-pub(crate) enum Target {
-    /// The running nucleus.
-    Remote(Client),
-    /// A nucleus in this process with the memory and reasoning modules (holding the home's
-    /// lock).
-    Local(Nucleus, std::fs::File),
-}
-
-impl Target {
-    /// The running nucleus, else one started here; `model` is the model the first task will
-    /// use (so the local model is fetched when it is the only one).
-    pub(crate) async fn open(home: &Home, cfg: &Config, model: Option<&str>) -> Result<Self> {
-        home.ensure()?;
-        if let Ok(client) = Client::new(home, cfg) {
-            return Ok(Self::Remote(client));
-        }
-        super::memory::fetch_embedding_model(home, cfg).await?;
-        let lock = home.lock()?;
-        let cfg = cfg.clone().with_home(home);
-        let setup = super::provider::router(home, &cfg).await?;
-        let chain: Vec<String> = model.iter().map(|m| (*m).to_owned()).collect();
-        super::provider::pull_local_if_alone(home, &cfg, &setup, &chain).await?;
-        let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
-        let state =
-            StateStore::open(&home.state_db()).context("cannot open the module state store")?;
-        let host = NativeHost::new()
-            .with(lotus::builtin::memory())
-            .and_then(|h| h.with(lotus::builtin::reasoning()))
-            .map_err(|e| anyhow::anyhow!("a built-in manifest is invalid: {e}"))?;
-        let nucleus = NucleusBuilder::new(cfg.nucleus_settings())
-            .log(Arc::new(log))
-            .state(state)
-            .host(host)
-            .router(setup.router)
-            .build()?;
-        nucleus.start().await;
-        for name in ["memory", "reasoning"] {
-            let info = nucleus.module(name);
-            if info.as_ref().map(|m| m.state) != Some(ModuleState::Running) {
-                let why = info
-                    .and_then(|m| m.last_error)
-                    .unwrap_or_else(|| "it did not start".into());
-                let _ = nucleus.shutdown().await;
-                return Err(CliError::new(
-                    ExitCode::Failure,
-                    format!("the {name} module cannot run: {why}"),
-                )
-                .into());
-            }
-        }
-        Ok(Self::Local(nucleus, lock))
-    }
-
-    /// Runs one task, printing it as it goes; the final `action.response`.
-    pub(crate) async fn run(&self, payload: Value, printer: &mut Printer) -> Result<Value> {
-        match self {
-            Self::Remote(client) => remote(client, payload, printer).await,
-            Self::Local(nucleus, _) => local(nucleus, payload, printer).await,
-        }
-    }
-
-    /// Calls a tool (memory's, for `/memory`).
-    pub(crate) async fn call_tool(&self, tool: &str, args: Value) -> Result<Value> {
-        match self {
-            Self::Remote(client) => {
-                let r: lotus_server::CallResponse = client
-                    .post(&format!("/api/v1/tools/{tool}/call"), &args)
-                    .await?;
-                Ok(r.result)
-            }
-            Self::Local(n, _) => Ok(n.call_tool(tool, args).await?),
-        }
-    }
-
-    /// The tools registered, by name.
-    pub(crate) async fn tools(&self) -> Result<Vec<lotus_core::ToolSpec>> {
-        match self {
-            Self::Remote(client) => client.get("/api/v1/tools", &[]).await,
-            Self::Local(n, _) => Ok(n.tools()),
-        }
-    }
-
-    /// Stops the nucleus started here, if any.
-    pub(crate) async fn close(self) -> Result<()> {
-        if let Self::Local(n, lock) = self {
-            n.shutdown().await?;
-            drop(lock);
-        }
-        Ok(())
+/// Runs one task on `target`, printing it as it goes; the final `action.response`.
+pub(crate) async fn task_on(
+    target: &Target,
+    payload: Value,
+    printer: &mut Printer,
+) -> Result<Value> {
+    match target {
+        Target::Remote(client) => remote(client, payload, printer).await,
+        Target::Local(nucleus, _) => local(nucleus, payload, printer).await,
     }
 }
 

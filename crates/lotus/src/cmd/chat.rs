@@ -6,7 +6,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::ask::{Printer, Target};
+use super::ask::{Printer, task_on};
+use super::target::Target;
 use crate::cli::ChatArgs;
 use crate::config::Config;
 use crate::home::Home;
@@ -48,7 +49,8 @@ impl Totals {
 
 /// Runs `lotus chat`.
 pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
-    let target = Target::open(home, cfg, args.model.as_deref()).await?;
+    let chain: Vec<String> = args.model.iter().cloned().collect();
+    let target = Target::open(home, cfg, Some(&chain)).await?;
     let interactive = std::io::stdin().is_terminal();
     let mut model = args.model.clone();
     let mut session = uuid::Uuid::now_v7().to_string();
@@ -98,7 +100,7 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
                 },
                 "memory" if rest.is_empty() => println!("usage: /memory QUERY"),
                 "memory" => match target
-                    .call_tool(
+                    .call(
                         "memory.recall",
                         json!({"query": rest, "k": 5, "user": args.user}),
                     )
@@ -120,7 +122,7 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
                     Err(e) => eprintln!("error: {e:#}"),
                 },
                 "history" => match target
-                    .call_tool(
+                    .call(
                         "memory.history",
                         json!({"session": session, "limit": 50, "user": args.user}),
                     )
@@ -165,7 +167,7 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
             payload["user"] = json!(u);
         }
         printer.reset();
-        match target.run(payload, &mut printer).await {
+        match task_on(&target, payload, &mut printer).await {
             Ok(r) => {
                 totals.add(&r);
                 // A failed task is said, and the conversation goes on.

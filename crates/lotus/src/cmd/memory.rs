@@ -3,93 +3,16 @@
 //! the memory module on the home's files.
 
 use std::io::{BufRead, Write};
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use lotus_bus::SqliteLog;
-use lotus_nucleus::{ModuleState, NativeHost, Nucleus, NucleusBuilder, StateStore, ToolError};
-use lotus_server::CallResponse;
 use serde_json::{Value, json};
 
+use super::target::Target;
 use crate::cli::MemoryCmd;
-use crate::client::Client;
 use crate::config::Config;
-use crate::exit::{CliError, ExitCode, bad_input};
+use crate::exit::bad_input;
 use crate::home::Home;
-
-/// Where the tools run.
-enum Target {
-    /// The running nucleus.
-    Remote(Client),
-    /// A nucleus in this process with only the memory module (holding the home's lock).
-    Local(Nucleus, std::fs::File),
-}
-
-impl Target {
-    async fn open(home: &Home, cfg: &Config) -> Result<Self> {
-        home.ensure()?;
-        fetch_embedding_model(home, cfg).await?;
-        if let Ok(client) = Client::new(home, cfg) {
-            return Ok(Self::Remote(client));
-        }
-        let lock = home.lock()?;
-        let cfg = cfg.clone().with_home(home);
-        let setup = super::provider::router(home, &cfg).await?;
-        let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
-        let state =
-            StateStore::open(&home.state_db()).context("cannot open the module state store")?;
-        let host = NativeHost::new()
-            .with(lotus::builtin::memory())
-            .map_err(|e| anyhow::anyhow!("the memory manifest is invalid: {e}"))?;
-        let nucleus = NucleusBuilder::new(cfg.nucleus_settings())
-            .log(Arc::new(log))
-            .state(state)
-            .host(host)
-            .router(setup.router)
-            .build()?;
-        nucleus.start().await;
-        let info = nucleus.module("memory");
-        if info.as_ref().map(|m| m.state) != Some(ModuleState::Running) {
-            let why = info
-                .and_then(|m| m.last_error)
-                .unwrap_or_else(|| "it did not start".into());
-            let _ = nucleus.shutdown().await;
-            return Err(CliError::new(
-                ExitCode::Failure,
-                format!("the memory module cannot run: {why}"),
-            )
-            .into());
-        }
-        Ok(Self::Local(nucleus, lock))
-    }
-
-    async fn call(&self, tool: &str, args: Value) -> Result<Value> {
-        match self {
-            Self::Remote(client) => {
-                let r: CallResponse = client
-                    .post(&format!("/api/v1/tools/{tool}/call"), &args)
-                    .await?;
-                Ok(r.result)
-            }
-            Self::Local(n, _) => n.call_tool(tool, args).await.map_err(|e| {
-                let code = match e {
-                    ToolError::InvalidArguments { .. } => ExitCode::BadInput,
-                    ToolError::NotFound { .. } => ExitCode::NotFound,
-                    _ => ExitCode::Failure,
-                };
-                CliError::new(code, e.to_string()).into()
-            }),
-        }
-    }
-
-    async fn close(self) -> Result<()> {
-        if let Self::Local(n, _lock) = self {
-            n.shutdown().await?;
-        }
-        Ok(())
-    }
-}
 
 /// With the local embedding model configured and missing, fetches it once (like `lotus
 /// provider chat` does for the chat model), unless `[providers.local] auto_pull` is off.
@@ -188,7 +111,7 @@ pub async fn run(home: &Home, cfg: &Config, cmd: MemoryCmd) -> Result<()> {
         MemoryCmd::Reindex => ("memory.reindex", json!({}), false),
     };
     let args = strip_nulls(args);
-    let target = Target::open(home, cfg).await?;
+    let target = Target::open(home, cfg, None).await?;
     let result = target.call(tool, args).await;
     target.close().await?;
     let out = result?;

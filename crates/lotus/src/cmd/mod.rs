@@ -15,6 +15,7 @@ mod module;
 mod provider;
 mod scaffold;
 mod sdk;
+mod target;
 mod tool;
 mod up;
 mod watch;

@@ -238,32 +238,23 @@ impl Context {
     /// `providers.fallback`; `default` stands for the configured chain), with the router's
     /// retries, budgets and timeouts. The cost ledger records the call under this module.
     pub async fn chat(&self, request: ChatRequest) -> Result<Routed, LlmError> {
-        let (router, providers) = self.llm().await?;
-        let chain = std::iter::once(&providers.primary)
-            .chain(&providers.fallback)
-            .cloned()
-            .collect();
-        Ok(router
-            .chat(ChatCall {
-                module: self.name.to_string(),
-                chain,
-                request,
-            })
-            .await?)
+        self.chat_on(Vec::new(), request).await
     }
 
-    /// Starts a streamed completion on `chain` (model names or aliases, tried in order) instead
-    /// of the manifest's, for a caller that picked its model (`lotus ask --model`); the manifest
-    /// must still have a `providers` block.
+    /// Like [`chat`](Self::chat) on `chain` (model names or aliases, tried in order) instead of
+    /// the manifest's, for a caller that picked its model (`lotus ask --model`); empty means the
+    /// manifest's. The manifest must still have a `providers` block.
     pub async fn chat_on(
         &self,
         chain: Vec<String>,
         request: ChatRequest,
     ) -> Result<Routed, LlmError> {
-        if chain.is_empty() {
-            return self.chat(request).await;
-        }
-        let (router, _) = self.llm().await?;
+        let (router, providers) = self.llm().await?;
+        let chain = if chain.is_empty() {
+            manifest_chain(providers)
+        } else {
+            chain
+        };
         Ok(router
             .chat(ChatCall {
                 module: self.name.to_string(),
@@ -278,11 +269,7 @@ impl Context {
     pub fn first_model(&self, chain: &[String]) -> Option<ModelRef> {
         let router = self.shared.router.as_ref()?;
         let names: Vec<String> = if chain.is_empty() {
-            let p = self.manifest.providers.as_ref()?;
-            std::iter::once(&p.primary)
-                .chain(&p.fallback)
-                .cloned()
-                .collect()
+            manifest_chain(self.manifest.providers.as_ref()?)
         } else {
             chain.to_vec()
         };
@@ -348,4 +335,12 @@ impl Context {
     pub async fn state_delete(&self, key: &str) -> Result<bool, StateError> {
         self.shared.state.delete(&self.name, key).await
     }
+}
+
+/// A manifest's models in order: `providers.primary`, then `providers.fallback`.
+fn manifest_chain(p: &lotus_core::manifest::Providers) -> Vec<String> {
+    std::iter::once(&p.primary)
+        .chain(&p.fallback)
+        .cloned()
+        .collect()
 }

@@ -149,20 +149,17 @@ fn tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
 }
 
-fn events(reply: Reply, request_bytes: usize) -> Vec<Result<ChatEvent, ProviderError>> {
+fn events(reply: Reply, req: &ChatRequest) -> Vec<Result<ChatEvent, ProviderError>> {
     let mut out = Vec::new();
     // Words keep their following whitespace, so the deltas join back into the text.
+    let blank = |s: &str| s.len() - s.trim_start().len();
     let mut rest = reply.text.as_str();
     while !rest.is_empty() {
-        let end = rest
-            .char_indices()
-            .skip_while(|(_, c)| c.is_whitespace())
-            .find(|(_, c)| c.is_whitespace())
-            .map_or(rest.len(), |(i, _)| i);
-        let end = rest[end..]
-            .char_indices()
-            .find(|(_, c)| !c.is_whitespace())
-            .map_or(rest.len(), |(i, _)| end + i);
+        let word_at = blank(rest);
+        let word_end = rest[word_at..]
+            .find(char::is_whitespace)
+            .map_or(rest.len(), |i| word_at + i);
+        let end = word_end + blank(&rest[word_end..]);
         out.push(Ok(ChatEvent::Text {
             delta: rest[..end].to_owned(),
         }));
@@ -186,10 +183,14 @@ fn events(reply: Reply, request_bytes: usize) -> Vec<Result<ChatEvent, ProviderE
             arguments: args,
         }));
     }
-    let usage = reply.usage.unwrap_or(Usage {
-        input_tokens: tokens(request_bytes),
-        output_tokens: tokens(reply.text.len() + args_bytes).max(1),
-        cached_input_tokens: 0,
+    let usage = reply.usage.unwrap_or_else(|| {
+        let request_bytes = serde_json::to_string(&req.messages).map_or(0, |s| s.len())
+            + serde_json::to_string(&req.tools).map_or(0, |s| s.len());
+        Usage {
+            input_tokens: tokens(request_bytes),
+            output_tokens: tokens(reply.text.len() + args_bytes).max(1),
+            cached_input_tokens: 0,
+        }
     });
     out.push(Ok(ChatEvent::Finished {
         stop_reason: if reply.tool_calls.is_empty() {
@@ -209,11 +210,9 @@ impl Provider for Scripted {
 
     fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
-            let request_bytes = serde_json::to_string(&req.messages).map_or(0, |s| s.len())
-                + serde_json::to_string(&req.tools).map_or(0, |s| s.len());
             let reply = {
                 let mut s = self.script.lock();
-                s.requests.push(req);
+                s.requests.push(req.clone());
                 s.replies.pop_front().or_else(|| s.repeat.clone())
             };
             let Some(reply) = reply else {
@@ -233,8 +232,7 @@ impl Provider for Scripted {
                     message,
                 ));
             }
-            let stream: ChatStream =
-                Box::pin(futures_util::stream::iter(events(reply, request_bytes)));
+            let stream: ChatStream = Box::pin(futures_util::stream::iter(events(reply, &req)));
             Ok(stream)
         })
     }

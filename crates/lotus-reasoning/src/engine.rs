@@ -13,7 +13,7 @@ use lotus_providers::{
     CallParts, ChatEvent, ChatRequest, Message, ModelInfo, ModelRef, Routed, StopReason, ToolCall,
     ToolSpec, Usage,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::protocol::{self, AnswerFilter, Parsed};
@@ -21,9 +21,6 @@ use crate::protocol::{self, AnswerFilter, Parsed};
 /// What the engine needs from the system around it: models, tools, and somewhere to report.
 #[async_trait]
 pub trait Host: Send + Sync {
-    /// The model that would answer first on `chain` (empty: the host's default), with what the
-    /// catalog knows of it.
-    fn model(&self, chain: &[String]) -> Option<(ModelRef, Option<ModelInfo>)>;
     /// What the catalog knows of `model` (its price, for the cost).
     fn info(&self, model: &ModelRef) -> Option<ModelInfo>;
     /// Starts a streamed completion on `chain`.
@@ -36,8 +33,9 @@ pub trait Host: Send + Sync {
     async fn step(&self, record: Value);
 }
 
-/// Limits of one task.
-#[derive(Clone, Debug)]
+/// Limits of one task (also `[modules.reasoning]` settings).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     /// Model calls with tools before the engine asks for an answer without them.
     pub max_steps: u32,
@@ -46,6 +44,7 @@ pub struct Limits {
     /// USD the task may cost (priced models only).
     pub max_cost_usd: f64,
     /// Longest wait for one tool call.
+    #[serde(with = "humantime_serde")]
     pub tool_timeout: Duration,
     /// Longest observation passed back to the model, in bytes (the rest is cut, and it says so).
     pub max_observation_bytes: usize,
@@ -113,6 +112,8 @@ pub struct Task<'a> {
     pub tools: &'a [ToolSpec],
     /// The models to try in order (empty: the host's default).
     pub chain: &'a [String],
+    /// Whether the model calls tools natively (else the text protocol; see [`native_tools`]).
+    pub native: bool,
     /// Limits.
     pub limits: &'a Limits,
 }
@@ -166,12 +167,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
         overhead_us: 0,
         model_us: 0,
     };
-    let Some((first, info)) = host.model(task.chain) else {
-        out.stopped = Stopped::Error;
-        out.error = Some("no model is configured: set an API key (`lotus key set openai`), pull the local model (`lotus model pull smollm2`) or name one with --model".into());
-        return out;
-    };
-    let native = native_tools(&first, info.as_ref());
+    let native = task.native;
     let mut messages = task.messages;
     let by_wire: HashMap<String, &str> = task
         .tools
@@ -206,7 +202,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
         {
             out.stopped = Stopped::Budget;
             out.error = Some(format!(
-                "the task's budget is spent ({} tokens, ${:.4}; limits {} tokens, ${:.2})",
+                "the task's budget is spent ({} tokens, ${:.4}; limits {} tokens, ${:.2}): raise max_tokens or max_cost_usd in [modules.reasoning] of lotus.toml",
                 out.usage.input_tokens + out.usage.output_tokens,
                 out.cost_usd,
                 limits.max_tokens,
@@ -259,9 +255,17 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
         }))
         .await;
 
-        // What the reply asks for.
-        let (thought, calls) = if native && !with_tools {
-            (String::new(), Vec::new())
+        // What the reply asks for: tool calls (with the thought before them), or the answer.
+        let (thought, calls, answer) = if !with_tools {
+            // A model taught the text protocol may still use it for its last answer.
+            let answer = match (native || task.tools.is_empty(), &reply.text) {
+                (false, t) => match protocol::parse(t, task.tools) {
+                    Parsed::Answer(a) => a,
+                    _ => t.trim().to_owned(),
+                },
+                (true, t) => t.trim().to_owned(),
+            };
+            (String::new(), Vec::new(), answer)
         } else if native {
             let calls: Vec<ToolCall> = reply
                 .calls
@@ -273,12 +277,10 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                     ..c
                 })
                 .collect();
-            (reply.text.clone(), calls)
-        } else if !with_tools {
-            (String::new(), Vec::new())
+            (reply.text.clone(), calls, reply.text.trim().to_owned())
         } else {
             match protocol::parse(&reply.text, task.tools) {
-                Parsed::Answer(_) => (String::new(), Vec::new()),
+                Parsed::Answer(a) => (String::new(), Vec::new(), a),
                 Parsed::Call {
                     thought,
                     name,
@@ -290,6 +292,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                         name,
                         arguments,
                     }],
+                    String::new(),
                 ),
                 Parsed::Malformed(why) if repairs < 2 => {
                     repairs += 1;
@@ -300,18 +303,12 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                     )));
                     continue;
                 }
-                Parsed::Malformed(_) => (String::new(), Vec::new()),
+                // Still unusable after the repairs: taken as the answer it is.
+                Parsed::Malformed(_) => (String::new(), Vec::new(), reply.text.trim().to_owned()),
             }
         };
         if calls.is_empty() {
-            out.text = if native || !with_tools {
-                reply.text.trim().to_owned()
-            } else {
-                match protocol::parse(&reply.text, task.tools) {
-                    Parsed::Answer(a) => a,
-                    _ => reply.text.trim().to_owned(),
-                }
-            };
+            out.text = answer;
             if out.text.is_empty() && forced.is_some() {
                 out.text =
                     "I could not finish this: I kept needing tools after my steps ran out.".into();
@@ -397,10 +394,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                 Err(e) => json!({"error": e}).to_string(),
             };
             if body.len() > limits.max_observation_bytes {
-                let mut cut = limits.max_observation_bytes;
-                while !body.is_char_boundary(cut) {
-                    cut -= 1;
-                }
+                let cut = body.floor_char_boundary(limits.max_observation_bytes);
                 let dropped = body.len() - cut;
                 body.truncate(cut);
                 body.push_str(&format!("… ({dropped} more bytes cut)"));

@@ -10,13 +10,13 @@
 //! holds up the module's mailbox.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use lotus_core::{Event, Pattern};
 use lotus_nucleus::{Context, ModuleError};
 use lotus_providers::{ChatRequest, Message, ModelInfo, ModelRef, Routed, ToolSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -29,25 +29,25 @@ machine. Answer directly and briefly. Use a tool only when it helps; never inven
 result.";
 
 /// A task, as `cognition.task_request` carries it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// What the user said.
     pub text: String,
     /// Whose (the memory's default user when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The session, so its earlier turns are in context (a new one when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
     /// The model (a name or alias) to use instead of the module's chain.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Overrides the step limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u32>,
     /// `false`: no tools for this task.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<bool>,
 }
 
@@ -57,11 +57,9 @@ pub struct TaskRequest {
 struct Settings {
     persona: String,
     default_user: String,
-    max_steps: u32,
-    max_tokens: u64,
-    max_cost_usd: f64,
-    #[serde(with = "humantime_serde")]
-    tool_timeout: Duration,
+    /// `max_steps`, `max_tokens`, `max_cost_usd`, `tool_timeout`, `max_observation_bytes`.
+    #[serde(flatten)]
+    limits: Limits,
     /// Memories recalled per task, at most.
     memory_k: usize,
     /// Tokens of recalled memories, at most.
@@ -82,14 +80,10 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let limits = Limits::default();
         Self {
             persona: PERSONA.to_owned(),
             default_user: "me".to_owned(),
-            max_steps: limits.max_steps,
-            max_tokens: limits.max_tokens,
-            max_cost_usd: limits.max_cost_usd,
-            tool_timeout: limits.tool_timeout,
+            limits: Limits::default(),
             memory_k: 6,
             memory_tokens: 800,
             history_turns: 12,
@@ -143,12 +137,6 @@ impl TaskHost {
 
 #[async_trait]
 impl Host for TaskHost {
-    fn model(&self, chain: &[String]) -> Option<(ModelRef, Option<ModelInfo>)> {
-        let m = self.cx.first_model(chain)?;
-        let info = self.info(&m);
-        Some((m, info))
-    }
-
     fn info(&self, model: &ModelRef) -> Option<ModelInfo> {
         self.cx.catalog()?.info(model).cloned()
     }
@@ -361,9 +349,9 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
         .await;
     };
     if req.text.trim().is_empty() {
-        return fail("the task has no text".into()).await;
+        return fail("the task has no text: send {\"text\": \"…\"}".into()).await;
     }
-    let Some((model, info)) = host.model(&chain) else {
+    let Some(model) = cx.first_model(&chain) else {
         let why = match &req.model {
             Some(m) => format!(
                 "the model `{m}` cannot be used: its provider is not configured or the name is unknown (`lotus provider list` shows what is)"
@@ -372,6 +360,7 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
         };
         return fail(why).await;
     };
+    let info = host.info(&model);
     let native = engine::native_tools(&model, info.as_ref());
     let offer_tools = req.tools.unwrap_or(true) && (native || s.text_protocol_tools);
     let tools: Vec<ToolSpec> = if offer_tools {
@@ -414,23 +403,16 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
         json!({"user": user, "session": session, "role": "user", "text": req.text}),
     )
     .await;
-    let learned = observed
-        .as_ref()
-        .and_then(|o| o.pointer("/learned/memory/id"))
-        .cloned();
     let window = info
         .as_ref()
         .map(|i| usize::try_from(i.context).unwrap_or(usize::MAX))
         .filter(|&c| c > 0)
         .unwrap_or(8192);
-    let learned_text = observed
-        .as_ref()
-        .and_then(|o| o.pointer("/learned/memory/text"))
-        .and_then(Value::as_str);
+    let learned = observed.as_ref().and_then(|o| o.pointer("/learned/memory"));
     let gathered = Gathered {
         hits: &hits,
         turns: &turns,
-        learned: learned_text,
+        learned: learned.and_then(|m| m["text"].as_str()),
     };
     let assembled = match assemble(&s, window, &tools, &gathered, &req.text) {
         Ok(a) => a,
@@ -443,11 +425,8 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
     }))
     .await;
     let limits = Limits {
-        max_steps: req.max_steps.unwrap_or(s.max_steps).max(1),
-        max_tokens: s.max_tokens,
-        max_cost_usd: s.max_cost_usd,
-        tool_timeout: s.tool_timeout,
-        ..Limits::default()
+        max_steps: req.max_steps.unwrap_or(s.limits.max_steps).max(1),
+        ..s.limits.clone()
     };
     let out: Outcome = engine::run(
         host,
@@ -455,6 +434,7 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
             messages: assembled.messages,
             tools: &tools,
             chain: &chain,
+            native,
             limits: &limits,
         },
     )
@@ -474,8 +454,8 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
     let mut payload = serde_json::to_value(&out).unwrap_or_else(|_| json!({}));
     payload["user"] = json!(user);
     payload["memories"] = json!(assembled.recalled);
-    if let Some(id) = learned {
-        payload["learned"] = id;
+    if let Some(m) = learned {
+        payload["learned"] = m["id"].clone();
     }
     host.emit("action.response", payload).await;
 }

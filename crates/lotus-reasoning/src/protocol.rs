@@ -64,8 +64,11 @@ pub fn instructions(tools: &[ToolSpec]) -> String {
 
 /// Finds `marker` (ASCII, case-insensitive) in `text`: the byte offset just after it.
 fn after(text: &str, marker: &str) -> Option<usize> {
-    let lower = text.to_ascii_lowercase();
-    lower.find(marker).map(|i| i + marker.len())
+    let m = marker.as_bytes();
+    text.as_bytes()
+        .windows(m.len())
+        .position(|w| w.eq_ignore_ascii_case(m))
+        .map(|i| i + m.len())
 }
 
 /// The first balanced `{…}` in `s` (strings respected); unclosed braces are closed at the end.
@@ -270,6 +273,8 @@ fn clean(s: &str) -> String {
 pub struct AnswerFilter {
     buf: String,
     mode: Mode,
+    /// Where the answer begins in a held reply, once `Final Answer:` is seen.
+    answer_at: Option<usize>,
     sent: usize,
 }
 
@@ -317,29 +322,17 @@ impl AnswerFilter {
     }
 
     fn release(&mut self) -> Option<String> {
-        let from = match self.mode {
+        let start = match self.mode {
             Mode::Deciding => return None,
-            Mode::Plain => {
-                if self.sent == 0 {
-                    self.buf.len() - self.buf.trim_start().len()
-                } else {
-                    self.sent
-                }
-            }
-            Mode::Held => {
-                let a = after(&self.buf, "final answer:")?;
-                // Skip the blank after the marker.
-                let skip = self.buf[a..].len() - self.buf[a..].trim_start().len();
-                if self.sent == 0 {
-                    if a + skip == self.buf.len() {
-                        return None;
-                    }
-                    a + skip
-                } else {
-                    self.sent
-                }
-            }
+            Mode::Plain => 0,
+            Mode::Held => match self.answer_at {
+                Some(a) => a,
+                None => *self.answer_at.insert(after(&self.buf, "final answer:")?),
+            },
         };
+        // The answer starts at its first non-blank character.
+        let rest = &self.buf[start..];
+        let from = self.sent.max(start + rest.len() - rest.trim_start().len());
         if from >= self.buf.len() {
             return None;
         }

@@ -446,28 +446,57 @@ fn fixture(name: &str, tool: &str) -> String {
     .replace("get_weather", tool)
 }
 
-/// Against a real HTTP server speaking OpenAI's wire format: the tool call streamed in
-/// fragments, the result sent back under the call's id, the final answer streamed.
-#[tokio::test]
-async fn end_to_end_over_the_openai_wire() {
-    use wiremock::matchers::{body_string_contains, method, path};
+/// A server at `path` that streams `first` (a tool call), then `then` (the answer) once a
+/// request holds `result_marker` (the tool's result).
+async fn two_turns(
+    path: &str,
+    result_marker: &str,
+    first: String,
+    then: String,
+) -> wiremock::MockServer {
+    use wiremock::matchers::{body_string_contains, method};
     use wiremock::{Mock, MockServer, ResponseTemplate};
-    let server = MockServer::start().await;
     let sse = |body: String| {
         ResponseTemplate::new(200).set_body_raw(body.into_bytes(), "text/event-stream")
     };
+    let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .and(body_string_contains("\"role\":\"tool\""))
-        .respond_with(sse(fixture("openai-text.sse", "")))
+        .and(wiremock::matchers::path(path))
+        .and(body_string_contains(result_marker))
+        .respond_with(sse(then))
         .with_priority(1)
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(sse(fixture("openai-tool.sse", "toolbox__weather")))
+        .and(wiremock::matchers::path(path))
+        .respond_with(sse(first))
         .mount(&server)
         .await;
+    server
+}
+
+/// The JSON bodies a server received, in order.
+async fn bodies(server: &wiremock::MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+        .collect()
+}
+
+/// Against a real HTTP server speaking OpenAI's wire format: the tool call streamed in
+/// fragments, the result sent back under the call's id, the final answer streamed.
+#[tokio::test]
+async fn end_to_end_over_the_openai_wire() {
+    let server = two_turns(
+        "/v1/chat/completions",
+        "\"role\":\"tool\"",
+        fixture("openai-tool.sse", "toolbox__weather"),
+        fixture("openai-text.sse", ""),
+    )
+    .await;
     let http = lotus_providers::http_client().expect("http");
     let openai = lotus_providers::openai::OpenAi::new(
         "openai",
@@ -486,13 +515,7 @@ async fn end_to_end_over_the_openai_wire() {
     assert_eq!(call["arguments"], json!({"city": "Paris"}));
     assert!(r["usage"]["input_tokens"].as_u64().expect("usage") >= 61);
 
-    let bodies: Vec<Value> = server
-        .received_requests()
-        .await
-        .expect("recorded")
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
-        .collect();
+    let bodies = bodies(&server).await;
     assert_eq!(bodies.len(), 2);
     assert_eq!(
         bodies[0]["tools"][5]["function"]["name"],
@@ -514,24 +537,13 @@ async fn end_to_end_over_the_openai_wire() {
 /// declared again on the call that carries them.
 #[tokio::test]
 async fn end_to_end_over_the_anthropic_wire() {
-    use wiremock::matchers::{body_string_contains, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let server = MockServer::start().await;
-    let sse = |body: String| {
-        ResponseTemplate::new(200).set_body_raw(body.into_bytes(), "text/event-stream")
-    };
-    Mock::given(method("POST"))
-        .and(path("/v1/messages"))
-        .and(body_string_contains("tool_result"))
-        .respond_with(sse(fixture("anthropic-text.sse", "")))
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/messages"))
-        .respond_with(sse(fixture("anthropic-tool.sse", "other__weather")))
-        .mount(&server)
-        .await;
+    let server = two_turns(
+        "/v1/messages",
+        "tool_result",
+        fixture("anthropic-tool.sse", "other__weather"),
+        fixture("anthropic-text.sse", ""),
+    )
+    .await;
     let http = lotus_providers::http_client().expect("http");
     let anthropic = lotus_providers::anthropic::Anthropic::new(
         &format!("{}/v1", server.uri()),
@@ -546,13 +558,7 @@ async fn end_to_end_over_the_anthropic_wire() {
     assert_eq!(told.steps_of("tool_call")[0]["tool"], "other.weather");
     assert!(r["cost_usd"].as_f64().expect("cost") > 0.0);
 
-    let bodies: Vec<Value> = server
-        .received_requests()
-        .await
-        .expect("recorded")
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
-        .collect();
+    let bodies = bodies(&server).await;
     assert_eq!(bodies.len(), 2);
     assert!(bodies[1]["tools"].as_array().is_some_and(|t| t.len() == 6));
     let text = bodies[1]["messages"].to_string();

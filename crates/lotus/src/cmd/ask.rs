@@ -19,6 +19,7 @@ use crate::client::Client;
 use crate::config::Config;
 use crate::exit::{CliError, ExitCode, bad_input};
 use crate::home::Home;
+use lotus_reasoning::TaskRequest;
 
 /// The topics a task answers on.
 const ANSWER_TOPICS: &str = "action.response,action.response.delta,cognition.step";
@@ -165,11 +166,7 @@ fn step_line(p: &Value) -> String {
         "observation" => {
             let mut r = p["result"].to_string();
             if r.len() > 200 {
-                let mut cut = 200;
-                while !r.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                r.truncate(cut);
+                r.truncate(r.floor_char_boundary(200));
                 r.push('…');
             }
             format!(
@@ -184,27 +181,18 @@ fn step_line(p: &Value) -> String {
     }
 }
 
-fn task(args: &AskArgs) -> Result<Value> {
+fn task(args: &AskArgs) -> Result<TaskRequest> {
     if args.prompt.trim().is_empty() {
         return Err(bad_input("say what to ask: lotus ask \"…\""));
     }
-    let mut t = json!({"text": args.prompt});
-    if let Some(m) = &args.model {
-        t["model"] = json!(m);
-    }
-    if let Some(u) = &args.user {
-        t["user"] = json!(u);
-    }
-    if let Some(s) = &args.session {
-        t["session"] = json!(s);
-    }
-    if let Some(n) = args.max_steps {
-        t["max_steps"] = json!(n);
-    }
-    if args.no_tools {
-        t["tools"] = json!(false);
-    }
-    Ok(t)
+    Ok(TaskRequest {
+        text: args.prompt.clone(),
+        user: args.user.clone(),
+        session: args.session.clone(),
+        model: args.model.clone(),
+        max_steps: args.max_steps,
+        tools: args.no_tools.then_some(false),
+    })
 }
 
 /// Runs `lotus ask`.
@@ -213,7 +201,7 @@ pub async fn run(home: &Home, cfg: &Config, args: AskArgs) -> Result<()> {
     let mut printer = Printer::new(args.json, args.steps);
     let chain: Vec<String> = args.model.iter().cloned().collect();
     let target = Target::open(home, cfg, Some(&chain)).await?;
-    let outcome = task_on(&target, payload, &mut printer).await;
+    let outcome = task_on(&target, &payload, &mut printer).await;
     target.close().await?;
     printer.finish(&outcome?)
 }
@@ -221,9 +209,10 @@ pub async fn run(home: &Home, cfg: &Config, args: AskArgs) -> Result<()> {
 /// Runs one task on `target`, printing it as it goes; the final `action.response`.
 pub(crate) async fn task_on(
     target: &Target,
-    payload: Value,
+    task: &TaskRequest,
     printer: &mut Printer,
 ) -> Result<Value> {
+    let payload = serde_json::to_value(task)?;
     match target {
         Target::Remote(client) => remote(client, payload, printer).await,
         Target::Local(nucleus, _) => local(nucleus, payload, printer).await,

@@ -159,15 +159,15 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
             }
             continue;
         }
-        let mut payload = json!({"text": line, "session": session});
-        if let Some(m) = &model {
-            payload["model"] = json!(m);
-        }
-        if let Some(u) = &args.user {
-            payload["user"] = json!(u);
-        }
+        let task = lotus_reasoning::TaskRequest {
+            text: line.to_owned(),
+            session: Some(session.clone()),
+            model: model.clone(),
+            user: args.user.clone(),
+            ..Default::default()
+        };
         printer.reset();
-        match task_on(&target, payload, &mut printer).await {
+        match task_on(&target, &task, &mut printer).await {
             Ok(r) => {
                 totals.add(&r);
                 // A failed task is said, and the conversation goes on.

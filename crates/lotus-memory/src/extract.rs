@@ -85,7 +85,7 @@ pub fn fact(text: &str) -> Option<Fact> {
 
 static REMEMBER: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)^\s*(?:(?:please|ash|hey ash)[,\s]+)*(?:remember|note|keep in mind|don't forget|do not forget)(?:\s+that)?[:,]?\s+(?P<rest>.+)$",
+        r"(?is)^\s*(?:(?:please|ash|hey ash)[,\s]+)*(?:remember|note|keep in mind|don't forget|do not forget)(?:\s+that)?[:,]?\s+(?P<rest>.+)$",
     )
     .ok()
 });

@@ -145,6 +145,9 @@ pub struct Observed {
     /// The memory the turn became, when it asked to remember something or stated a fact.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learned: Option<Remembered>,
+    /// Why what the turn asked to keep could not be remembered (the turn is recorded anyway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_learned: Option<String>,
 }
 
 /// What `consolidate` moved.
@@ -470,11 +473,7 @@ impl MemoryManager {
             })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        if let Some(linked) = self.second_hop(q, &kinds, &hits).await? {
-            // Found already, lower down: it moves up.
-            hits.retain(|h| h.memory.id != linked.memory.id);
-            hits.insert(1, linked);
-        }
+        self.second_hop(q, &kinds, &mut hits).await?;
         hits.truncate(q.k);
         for h in &mut hits {
             if let (Some(s), Some(a)) = (&h.memory.subject, &h.memory.attribute) {
@@ -491,18 +490,14 @@ impl MemoryManager {
         Ok(hits)
     }
 
-    /// The memory that best shares the first hit's own words (those not in the query), to be
-    /// placed right after it: "where does my sister live?" finds "my sister is called Dana", and
-    /// through "Dana", "Dana lives in Kyoto", which shares no word with the question but "live".
-    /// `None` when there is none, or it is the second hit already.
-    async fn second_hop(
-        &self,
-        q: &RecallQuery,
-        kinds: &[Kind],
-        hits: &[Hit],
-    ) -> Result<Option<Hit>> {
+    /// Places right after the first hit the memory that best shares its own words (those not
+    /// in the query), marked `via` it: "where does my sister live?" finds "my sister is called
+    /// Dana", and through "Dana", "Dana lives in Kyoto", which shares no word with the question
+    /// but "live". A memory found already lower down moves up, keeping its ranks; only one not
+    /// among the hits is read from the store.
+    async fn second_hop(&self, q: &RecallQuery, kinds: &[Kind], hits: &mut Vec<Hit>) -> Result<()> {
         let Some(first) = hits.first() else {
-            return Ok(None);
+            return Ok(());
         };
         let asked = keywords::words(&q.query);
         let own: Vec<String> = keywords::words(&first.memory.text)
@@ -510,8 +505,9 @@ impl MemoryManager {
             .filter(|w| !asked.contains(w))
             .collect();
         if own.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
+        let first_id = first.memory.id;
         let found = self
             .tiers
             .knowledge
@@ -520,26 +516,40 @@ impl MemoryManager {
         let Some(best) = found
             .into_iter()
             .map(|(id, _)| id)
-            .find(|id| *id != first.memory.id)
+            .find(|id| *id != first_id)
         else {
-            return Ok(None);
+            return Ok(());
         };
-        if hits.get(1).is_some_and(|h| h.memory.id == best) {
-            return Ok(None);
-        }
-        let memories = self.tiers.knowledge.get_many(&[best]).await?;
-        let linked = memories
-            .iter()
-            .find(|m| m.id == best && admits(q, kinds, m));
-        Ok(linked.map(|m| Hit {
-            score: first.score * 0.9,
-            keyword_rank: None,
-            vector_rank: None,
-            similarity: None,
-            history: Vec::new(),
-            via: Some(first.memory.id),
-            memory: m.clone(),
-        }))
+        let linked = match hits.iter().position(|h| h.memory.id == best) {
+            Some(1) => return Ok(()),
+            Some(i) => hits.remove(i),
+            None => {
+                let memories = self.tiers.knowledge.get_many(&[best]).await?;
+                let Some(m) = memories
+                    .into_iter()
+                    .find(|m| m.id == best && admits(q, kinds, m))
+                else {
+                    return Ok(());
+                };
+                Hit {
+                    score: hits[0].score * 0.9,
+                    keyword_rank: None,
+                    vector_rank: None,
+                    similarity: None,
+                    history: Vec::new(),
+                    via: None,
+                    memory: m,
+                }
+            }
+        };
+        hits.insert(
+            1,
+            Hit {
+                via: Some(first_id),
+                ..linked
+            },
+        );
+        Ok(())
     }
 
     /// Forgets what `f` selects, in every tier: the memories, their vectors, their records in
@@ -618,25 +628,32 @@ impl MemoryManager {
     pub async fn observe(&self, t: NewTurn) -> Result<Observed> {
         check_user(&t.user)?;
         if t.text.trim().is_empty() {
-            return Err(MemoryError::BadInput("an empty turn".into()));
+            return Err(MemoryError::BadInput(
+                "nothing to observe: the turn's text is empty".into(),
+            ));
         }
         let role = if t.role.is_empty() { "user" } else { &t.role };
-        let learned = match extract::worth_keeping(&t.text).filter(|_| role == "user") {
-            Some(text) => Some(
-                self.remember(NewMemory {
-                    user: t.user.clone(),
-                    text,
-                    source: Some("conversation".into()),
-                    metadata: BTreeMap::from([(
-                        "session".to_owned(),
-                        serde_json::Value::String(t.session.clone()),
-                    )]),
-                    ..NewMemory::default()
-                })
-                .await?,
-            ),
-            None => None,
-        };
+        // What cannot be remembered (too long, say) is reported; the turn is recorded anyway.
+        let (learned, not_learned) =
+            match extract::worth_keeping(&t.text).filter(|_| role == "user") {
+                Some(text) => match self
+                    .remember(NewMemory {
+                        user: t.user.clone(),
+                        text,
+                        source: Some("conversation".into()),
+                        metadata: BTreeMap::from([(
+                            "session".to_owned(),
+                            serde_json::Value::String(t.session.clone()),
+                        )]),
+                        ..NewMemory::default()
+                    })
+                    .await
+                {
+                    Ok(r) => (Some(r), None),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+                None => (None, None),
+            };
         let memory_id = learned.as_ref().map(|r| r.memory.id);
         let turn = Turn {
             id: Uuid::now_v7(),
@@ -665,6 +682,7 @@ impl MemoryManager {
         Ok(Observed {
             turn: turn.id,
             learned,
+            not_learned,
         })
     }
 

@@ -428,4 +428,18 @@ async fn turns_are_kept_and_what_the_user_asks_to_remember_is_remembered() {
         "{history:?}"
     );
     assert_eq!(history.len(), 2);
+
+    // What cannot be remembered is said, and the turn is recorded anyway.
+    let huge = format!("Remember that {}", "a very long note ".repeat(1200));
+    let kept = m.observe(turn("user", &huge)).await.expect("observe");
+    assert!(
+        kept.learned.is_none() && kept.not_learned.is_some(),
+        "too long to remember"
+    );
+    let history = m.history("ana", Some("s1"), 10).await.expect("history");
+    assert_eq!(
+        history.last().map(|t| t.text.as_str()),
+        Some(huge.as_str()),
+        "recorded anyway"
+    );
 }

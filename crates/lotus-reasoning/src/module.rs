@@ -457,6 +457,9 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
     if let Some(m) = learned {
         payload["learned"] = m["id"].clone();
     }
+    if let Some(why) = observed.as_ref().and_then(|o| o.get("not_learned")) {
+        payload["not_learned"] = why.clone();
+    }
     host.emit("action.response", payload).await;
 }
 

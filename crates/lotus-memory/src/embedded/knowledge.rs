@@ -564,7 +564,8 @@ impl Knowledge for SqliteKnowledge {
                         .get::<_, Option<String>>(6)?
                         .map(|m| uuid(&m))
                         .transpose()?,
-                    meta: serde_json::from_str(&meta).unwrap_or(Value::Null),
+                    meta: serde_json::from_str(&meta)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
                 })
             })
             .map_err(err)?

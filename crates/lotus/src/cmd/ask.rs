@@ -132,6 +132,9 @@ impl Printer {
             if r.get("learned").is_some() {
                 note.push_str(" · remembered");
             }
+            if let Some(why) = r["not_learned"].as_str() {
+                note.push_str(&format!(" · not remembered: {why}"));
+            }
             note.push(')');
             eprintln!("{note}");
         }

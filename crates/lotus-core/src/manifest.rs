@@ -71,6 +71,10 @@ pub struct Manifest {
     /// What the module is allowed to use beyond its topics.
     #[serde(default)]
     pub permissions: Permissions,
+    /// Tools of this module that ASH runs only after a human approves each call (their local
+    /// names, e.g. `delete_file`, or `*` for every tool of the module).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dangerous: Vec<String>,
 }
 
 /// Layer of a module (DESIGN.md §1).
@@ -588,6 +592,20 @@ fn validate(m: &Manifest) -> Result<(), (String, String)> {
             "permissions.limits.memory_mb".into(),
             format!("must be between 1 and {MAX_MEMORY_MB} MiB"),
         ));
+    }
+    for t in &m.dangerous {
+        let ok = t == "*"
+            || (!t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        if !ok {
+            return Err((
+                "dangerous".into(),
+                format!(
+                    "`{t}` is not a tool name: write the tool's local name (letters, digits, `_`, `-`; e.g. `delete_file`) or `*` for all"
+                ),
+            ));
+        }
     }
     if m.permissions.limits.call_timeout > MAX_CALL_TIMEOUT {
         return Err((

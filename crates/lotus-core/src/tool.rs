@@ -15,4 +15,8 @@ pub struct ToolSpec {
     pub description: String,
     /// JSON Schema of the arguments object.
     pub input_schema: Value,
+    /// Whether ASH must have a human approve each call (the module's manifest lists it under
+    /// `dangerous`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dangerous: bool,
 }

@@ -663,11 +663,21 @@ impl Actor {
                             module: name.clone(),
                             description: t.description,
                             input_schema: t.input_schema,
+                            dangerous: manifest.dangerous.iter().any(|d| d == "*" || *d == t.name),
                         },
                         local: t.name,
                     },
                 );
                 mine.push(qualified);
+            }
+            for d in &manifest.dangerous {
+                if d != "*"
+                    && !mine
+                        .iter()
+                        .any(|q| q.strip_prefix(&format!("{name}.")) == Some(d.as_str()))
+                {
+                    tracing::warn!(module = %name, tool = %d, "`dangerous` names a tool the module does not offer");
+                }
             }
             *self.slot.tools.lock() = mine;
         }

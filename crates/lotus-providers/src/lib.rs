@@ -32,7 +32,7 @@ pub use catalog::{Catalog, ModelInfo, ModelRef};
 pub use error::{ErrorKind, ProviderError, parse_retry_after};
 pub use keystore::{KeyStore, KeyStoreError};
 pub use ledger::{CostRow, Ledger};
-pub use router::{Attempt, ChatCall, Routed, Router, RouterConfig};
+pub use router::{Attempt, ChatCall, DEFAULT_CHAIN, Routed, Router, RouterConfig};
 pub use scripted::{Reply, Scripted};
 pub use types::{
     ChatEvent, ChatRequest, ChatResponse, Embeddings, Message, Part, Role, StopReason, ToolCall,

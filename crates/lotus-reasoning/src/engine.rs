@@ -31,6 +31,9 @@ pub trait Host: Send + Sync {
     async fn delta(&self, step: u32, text: &str);
     /// A step record (`kind`: `model`, `thought`, `tool_call`, `observation`, `reflection`).
     async fn step(&self, record: Value);
+    /// Asks a human whether `call` (of a dangerous tool) may run: `Err` says why not (denied, or
+    /// no answer in time).
+    async fn approve(&self, step: u32, call: &ToolCall) -> Result<(), String>;
 }
 
 /// Limits of one task (also `[modules.reasoning]` settings).
@@ -102,6 +105,12 @@ pub struct Outcome {
     pub overhead_us: u64,
     /// Time spent waiting for models, µs.
     pub model_us: u64,
+    /// Time spent waiting for a human to approve calls, µs.
+    pub approval_us: u64,
+    /// How the task was delegated: the tier and why, the plan, each part's models, tokens and
+    /// cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Value>,
 }
 
 /// One task for the engine.
@@ -114,6 +123,8 @@ pub struct Task<'a> {
     pub chain: &'a [String],
     /// Whether the model calls tools natively (else the text protocol; see [`native_tools`]).
     pub native: bool,
+    /// Tools (of `tools`) that run only once a human approves the call.
+    pub guarded: &'a [String],
     /// Limits.
     pub limits: &'a Limits,
 }
@@ -166,6 +177,8 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
         error: None,
         overhead_us: 0,
         model_us: 0,
+        approval_us: 0,
+        delegation: None,
     };
     let native = task.native;
     let mut messages = task.messages;
@@ -355,6 +368,24 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
         let runs = fresh.iter().map(|&i| {
             let c = &calls[i];
             async move {
+                let mut waited = Duration::ZERO;
+                if !task.tools.iter().any(|t| t.name == c.name) {
+                    let offered: Vec<&str> = task.tools.iter().map(|t| t.name.as_str()).collect();
+                    let why = format!(
+                        "there is no tool `{}` here; the tools are: {}",
+                        c.name,
+                        offered.join(", ")
+                    );
+                    return (i, Err(why), Duration::ZERO, waited);
+                }
+                if task.guarded.contains(&c.name) {
+                    let t = Instant::now();
+                    let decision = host.approve(step, c).await;
+                    waited = t.elapsed();
+                    if let Err(why) = decision {
+                        return (i, Err(why), Duration::ZERO, waited);
+                    }
+                }
                 let t = Instant::now();
                 let r = match tokio::time::timeout(
                     limits.tool_timeout,
@@ -369,10 +400,11 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                         limits.tool_timeout.as_secs_f32()
                     )),
                 };
-                (i, r, t.elapsed())
+                (i, r, t.elapsed(), waited)
             }
         });
-        for (i, r, took) in futures_util::future::join_all(runs).await {
+        for (i, r, took, waited) in futures_util::future::join_all(runs).await {
+            out.approval_us += micros(waited);
             out.tool_calls += 1;
             let (ok, shown) = match &r {
                 Ok(v) => (true, v.clone()),
@@ -420,7 +452,9 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
             ));
         }
     }
-    out.overhead_us = micros(started.elapsed()).saturating_sub(out.model_us);
+    out.overhead_us = micros(started.elapsed())
+        .saturating_sub(out.model_us)
+        .saturating_sub(out.approval_us);
     out
 }
 

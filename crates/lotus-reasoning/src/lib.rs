@@ -5,6 +5,7 @@
 //! models without native tool calling, and the `reasoning` core [module] that answers
 //! `cognition.task_request` events with context drawn from memory.
 
+pub mod delegate;
 pub mod engine;
 pub mod module;
 pub mod protocol;

@@ -9,18 +9,21 @@
 //! Tasks run concurrently (up to `concurrency`), each in its own task, so a long one never
 //! holds up the module's mailbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use lotus_core::{Event, Pattern};
 use lotus_nucleus::{Context, ModuleError};
-use lotus_providers::{ChatRequest, Message, ModelInfo, ModelRef, Routed, ToolSpec};
+use lotus_providers::{ChatRequest, Message, ModelInfo, ModelRef, Routed, ToolCall, ToolSpec};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use uuid::Uuid;
 
+use crate::delegate::{self, Complex, Delegation};
 use crate::engine::{self, Host, Limits, Outcome, Stopped, Task};
 
 /// The persona when `[modules.reasoning] persona` does not set one.
@@ -76,6 +79,16 @@ struct Settings {
     text_protocol_tools: bool,
     /// Use the memory module (recall, history, recording the turns).
     memory: bool,
+    /// Tools that wait for a human besides those their manifests call dangerous (patterns over
+    /// `module.tool`).
+    approve: Vec<String>,
+    /// Dangerous tools that run without asking (patterns over `module.tool`).
+    trust: Vec<String>,
+    /// How long a call waits for a human before it is denied.
+    #[serde(with = "humantime_serde")]
+    approval_timeout: Duration,
+    /// Routing by tier, and splitting complex requests (`[modules.reasoning.delegation]`).
+    delegation: Delegation,
 }
 
 impl Default for Settings {
@@ -101,6 +114,10 @@ impl Default for Settings {
             .to_vec(),
             text_protocol_tools: true,
             memory: true,
+            approve: Vec::new(),
+            trust: Vec::new(),
+            approval_timeout: Duration::from_secs(120),
+            delegation: Delegation::default(),
         }
     }
 }
@@ -109,8 +126,72 @@ impl Default for Settings {
 #[derive(Default)]
 pub struct ReasoningModule {
     settings: Option<Arc<Settings>>,
-    hidden: Arc<Vec<Pattern>>,
+    patterns: Arc<Patterns>,
     running: Option<Arc<Semaphore>>,
+    approvals: Arc<Approvals>,
+}
+
+/// The settings' tool patterns, parsed.
+#[derive(Default)]
+struct Patterns {
+    hidden: Vec<Pattern>,
+    approve: Vec<Pattern>,
+    trust: Vec<Pattern>,
+}
+
+fn any_matches(patterns: &[Pattern], name: &str) -> bool {
+    patterns.iter().any(|p| p.matches_str(name))
+}
+
+/// A call waiting for a human.
+struct Pending {
+    /// What `cognition.approval_request` said.
+    request: Value,
+    answer: oneshot::Sender<Result<(), String>>,
+}
+
+/// The calls waiting for a human, by approval id.
+#[derive(Default)]
+struct Approvals {
+    pending: Mutex<HashMap<Uuid, Pending>>,
+}
+
+impl Approvals {
+    /// Answers a waiting call; `Err` when there is none by that id.
+    fn decide(
+        &self,
+        id: Uuid,
+        approve: bool,
+        reason: Option<&str>,
+        by: &str,
+    ) -> Result<Value, String> {
+        let Some(p) = self.pending.lock().remove(&id) else {
+            return Err(format!(
+                "no call waits for approval `{id}`: it was answered already or its time ran out (`lotus approve` lists those waiting)"
+            ));
+        };
+        let decision = if approve {
+            Ok(())
+        } else {
+            Err(match reason.filter(|r| !r.trim().is_empty()) {
+                Some(r) => format!("{by} did not approve this call: {r}"),
+                None => format!("{by} did not approve this call"),
+            })
+        };
+        let _ = p.answer.send(decision);
+        Ok(json!({"id": id, "tool": p.request["tool"], "approved": approve}))
+    }
+
+    fn list(&self) -> Vec<Value> {
+        let mut v: Vec<Value> = self
+            .pending
+            .lock()
+            .values()
+            .map(|p| p.request.clone())
+            .collect();
+        v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        v
+    }
 }
 
 /// Estimated tokens of a text (4 bytes a token: close for English with the common tokenizers,
@@ -124,6 +205,9 @@ struct TaskHost {
     cx: Context,
     correlation: Uuid,
     session: String,
+    user: String,
+    approvals: Arc<Approvals>,
+    approval_timeout: Duration,
 }
 
 impl TaskHost {
@@ -165,6 +249,42 @@ impl Host for TaskHost {
 
     async fn step(&self, record: Value) {
         self.emit("cognition.step", record).await;
+    }
+
+    async fn approve(&self, step: u32, call: &ToolCall) -> Result<(), String> {
+        let id = Uuid::now_v7();
+        let wait = self.approval_timeout;
+        let request = json!({
+            "id": id, "session": self.session, "user": self.user, "step": step,
+            "tool": call.name, "arguments": call.arguments, "timeout_s": wait.as_secs(),
+            "asked_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        });
+        let (tx, rx) = oneshot::channel();
+        self.approvals.pending.lock().insert(
+            id,
+            Pending {
+                request: request.clone(),
+                answer: tx,
+            },
+        );
+        self.emit("cognition.approval_request", request).await;
+        let decision = match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(_)) => Err("the approval was dropped".to_owned()),
+            Err(_) => {
+                self.approvals.pending.lock().remove(&id);
+                Err(format!(
+                    "no one approved this call within {} s, so it was not run",
+                    wait.as_secs()
+                ))
+            }
+        };
+        self.step(json!({
+            "kind": "approval", "step": step, "id": id, "tool": call.name,
+            "approved": decision.is_ok(), "reason": decision.as_ref().err(),
+        }))
+        .await;
+        decision
     }
 }
 
@@ -306,7 +426,13 @@ fn assemble(
     })
 }
 
-async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: Event) {
+async fn run_task(
+    cx: Context,
+    s: Arc<Settings>,
+    patterns: Arc<Patterns>,
+    approvals: Arc<Approvals>,
+    ev: Event,
+) {
     let correlation = ev.correlation_id.unwrap_or(ev.id);
     let req: TaskRequest = match serde_json::from_value(ev.payload.clone()) {
         Ok(r) => r,
@@ -315,6 +441,9 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
                 cx: cx.clone(),
                 correlation,
                 session: String::new(),
+                user: String::new(),
+                approvals,
+                approval_timeout: s.approval_timeout,
             };
             host.emit(
                 "action.response",
@@ -329,17 +458,34 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
         .clone()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| Uuid::now_v7().to_string());
-    let host = TaskHost {
-        cx: cx.clone(),
-        correlation,
-        session: session.clone(),
-    };
     let user = req
         .user
         .clone()
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| s.default_user.clone());
-    let chain: Vec<String> = req.model.iter().cloned().collect();
+    let host = TaskHost {
+        cx: cx.clone(),
+        correlation,
+        session: session.clone(),
+        user: user.clone(),
+        approvals,
+        approval_timeout: s.approval_timeout,
+    };
+    // A task that names no model goes by tier, when the cheap and strong tiers differ.
+    let d = &s.delegation;
+    let tiers = match (d.enabled && req.model.is_none(), req.text.trim().is_empty()) {
+        (true, false) => match (cx.first_model(&d.cheap), cx.first_model(&d.strong)) {
+            (Some(cheap), Some(strong)) if cheap != strong => Some(strong),
+            _ => None,
+        },
+        _ => None,
+    };
+    let analysis = tiers.as_ref().map(|_| delegate::analyze(&req.text));
+    let chain: Vec<String> = match &analysis {
+        Some(a) if a.complex => d.strong.clone(),
+        Some(_) => d.cheap.clone(),
+        None => req.model.iter().cloned().collect(),
+    };
     let host = &host;
     let fail = |e: String| async move {
         host.emit(
@@ -363,19 +509,32 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
     let info = host.info(&model);
     let native = engine::native_tools(&model, info.as_ref());
     let offer_tools = req.tools.unwrap_or(true) && (native || s.text_protocol_tools);
-    let tools: Vec<ToolSpec> = if offer_tools {
+    // The module's own tools (approvals, episodes) are for people: `cx.tools()` leaves them
+    // out, and the engine runs only what it offered.
+    let offered: Vec<lotus_core::ToolSpec> = if offer_tools {
         cx.tools()
             .into_iter()
-            .filter(|t| !hidden.iter().any(|p| p.matches_str(&t.name)))
-            .map(|t| ToolSpec {
-                name: t.name,
-                description: t.description,
-                input_schema: t.input_schema,
-            })
+            .filter(|t| !any_matches(&patterns.hidden, &t.name))
             .collect()
     } else {
         Vec::new()
     };
+    let guarded: Vec<String> = offered
+        .iter()
+        .filter(|t| {
+            (t.dangerous || any_matches(&patterns.approve, &t.name))
+                && !any_matches(&patterns.trust, &t.name)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    let tools: Vec<ToolSpec> = offered
+        .into_iter()
+        .map(|t| ToolSpec {
+            name: t.name,
+            description: t.description,
+            input_schema: t.input_schema,
+        })
+        .collect();
 
     // Memory: what it recalls for the message, the session so far; then the message itself.
     let (hits, turns) = tokio::join!(
@@ -428,17 +587,68 @@ async fn run_task(cx: Context, s: Arc<Settings>, hidden: Arc<Vec<Pattern>>, ev: 
         max_steps: req.max_steps.unwrap_or(s.limits.max_steps).max(1),
         ..s.limits.clone()
     };
-    let out: Outcome = engine::run(
-        host,
-        Task {
-            messages: assembled.messages,
-            tools: &tools,
-            chain: &chain,
-            native,
-            limits: &limits,
-        },
-    )
-    .await;
+    if let Some(a) = &analysis {
+        host.step(json!({
+            "kind": "analysis", "step": 0, "complex": a.complex, "reason": a.reason,
+            "tier": if a.complex { "strong" } else { "cheap" }, "model": model.to_string(),
+        }))
+        .await;
+    }
+    let mut out: Outcome = match &analysis {
+        Some(a) if a.complex => {
+            let mut workers: Vec<ModelRef> = Vec::new();
+            for w in &d.workers {
+                if let Some(m) = cx.first_model(std::slice::from_ref(w))
+                    && !workers.contains(&m)
+                {
+                    workers.push(m);
+                }
+            }
+            delegate::complex(
+                host,
+                Complex {
+                    messages: assembled.messages,
+                    text: &req.text,
+                    tools: &tools,
+                    guarded: &guarded,
+                    strong: &chain,
+                    native,
+                    workers: &workers,
+                    text_protocol_tools: s.text_protocol_tools,
+                    max_subtasks: d.max_subtasks,
+                    limits: &limits,
+                },
+            )
+            .await
+        }
+        _ => {
+            engine::run(
+                host,
+                Task {
+                    messages: assembled.messages,
+                    tools: &tools,
+                    chain: &chain,
+                    native,
+                    guarded: &guarded,
+                    limits: &limits,
+                },
+            )
+            .await
+        }
+    };
+    if let Some(a) = &analysis {
+        let mut report = json!({
+            "complexity": if a.complex { "complex" } else { "simple" },
+            "reason": a.reason,
+            "tier": if a.complex { "strong" } else { "cheap" },
+        });
+        if let Some(Value::Object(more)) = out.delegation.take()
+            && let Some(r) = report.as_object_mut()
+        {
+            r.extend(more);
+        }
+        out.delegation = Some(report);
+    }
     if !out.text.is_empty() {
         memory(
             &cx,
@@ -468,18 +678,91 @@ impl ReasoningModule {
     async fn initialize(&mut self, cx: &Context) -> Result<(), ModuleError> {
         let s: Settings = serde_json::from_value(cx.settings().clone())
             .map_err(|e| ModuleError::msg(format!("[modules.reasoning]: {e}")))?;
-        let hidden = s
-            .hide_tools
-            .iter()
-            .map(|p| {
-                Pattern::new(p).map_err(|e| {
-                    ModuleError::msg(format!("[modules.reasoning] hide_tools: `{p}`: {e}"))
+        let parse = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|p| {
+                    Pattern::new(p).map_err(|e| {
+                        ModuleError::msg(format!(
+                            "[modules.reasoning] {key}: `{p}`: {e}; write patterns over `module.tool`, e.g. `fs.*`"
+                        ))
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if let Some(catalog) = cx.catalog() {
+            let d = &s.delegation;
+            for (key, names) in [
+                ("cheap", &d.cheap),
+                ("strong", &d.strong),
+                ("workers", &d.workers),
+            ] {
+                for n in names
+                    .iter()
+                    .filter(|n| *n != lotus_providers::DEFAULT_CHAIN)
+                {
+                    catalog.resolve(n).map_err(|e| {
+                        ModuleError::msg(format!(
+                            "[modules.reasoning.delegation] {key}: `{n}`: {e}"
+                        ))
+                    })?;
+                }
+            }
+        }
+        self.patterns = Arc::new(Patterns {
+            hidden: parse("hide_tools", &s.hide_tools)?,
+            approve: parse("approve", &s.approve)?,
+            trust: parse("trust", &s.trust)?,
+        });
         self.running = Some(Arc::new(Semaphore::new(s.concurrency.max(1))));
         self.settings = Some(Arc::new(s));
-        self.hidden = Arc::new(hidden);
+        Ok(())
+    }
+
+    /// The calls waiting for a human to approve them.
+    #[tool("approvals")]
+    async fn approvals(&mut self) -> Result<Value, ModuleError> {
+        Ok(Value::Array(self.approvals.list()))
+    }
+
+    /// Approves (`approve: true`) or denies a call waiting for a human, by its approval id.
+    #[tool("approve")]
+    async fn approve(
+        &mut self,
+        id: String,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<Value, ModuleError> {
+        let id = Uuid::parse_str(id.trim())
+            .map_err(|e| ModuleError::msg(format!("`{id}` is not an approval id: {e}")))?;
+        self.approvals
+            .decide(id, approve, reason.as_deref(), "the user")
+            .map_err(ModuleError::msg)
+    }
+
+    /// An answer to `cognition.approval_request`: `{"id": …, "approve": true|false, "reason"?}`.
+    #[on_event("cognition.approval_response")]
+    async fn approval_response(&mut self, cx: &Context, ev: &Event) -> Result<(), ModuleError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            id: Uuid,
+            approve: bool,
+            #[serde(default)]
+            reason: Option<String>,
+        }
+        let a: Answer = serde_json::from_value(ev.payload.clone()).map_err(|e| {
+            ModuleError::msg(format!(
+                "cognition.approval_response from {}: {e}; send {{\"id\": …, \"approve\": true|false, \"reason\"?}}",
+                ev.source
+            ))
+        })?;
+        if let Err(e) = self.approvals.decide(
+            a.id,
+            a.approve,
+            a.reason.as_deref(),
+            &format!("`{}`", ev.source),
+        ) {
+            cx.warn(e);
+        }
         Ok(())
     }
 
@@ -489,12 +772,13 @@ impl ReasoningModule {
         let (Some(s), Some(running)) = (self.settings.clone(), self.running.clone()) else {
             return Err(ModuleError::msg("the reasoning module is not initialized"));
         };
-        let (cx, ev, hidden) = (cx.clone(), ev.clone(), self.hidden.clone());
+        let (cx, ev) = (cx.clone(), ev.clone());
+        let (patterns, approvals) = (self.patterns.clone(), self.approvals.clone());
         tokio::spawn(async move {
             let Ok(_permit) = running.acquire_owned().await else {
                 return;
             };
-            run_task(cx, s, hidden, ev).await;
+            run_task(cx, s, patterns, approvals, ev).await;
         });
         Ok(())
     }

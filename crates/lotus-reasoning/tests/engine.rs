@@ -18,6 +18,7 @@ use lotus_providers::{
 use serde_json::Value;
 
 static WEATHER_CALLS: AtomicU32 = AtomicU32::new(0);
+static WIPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// Tools for the model to use.
 #[derive(Default)]
@@ -30,6 +31,13 @@ impl Toolbox {
     async fn weather(&mut self, city: String) -> Result<Value, ModuleError> {
         WEATHER_CALLS.fetch_add(1, Ordering::SeqCst);
         Ok(json!({"city": city, "temp_c": 21}))
+    }
+
+    /// Wipes the disk (marked dangerous in the toolbox's manifest).
+    #[tool("wipe")]
+    async fn wipe(&mut self, disk: String) -> Result<Value, ModuleError> {
+        WIPED.lock().expect("wiped").push(disk.clone());
+        Ok(json!({"wiped": disk}))
     }
 
     /// Reads a sensor that is offline.
@@ -72,7 +80,7 @@ async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
     } else {
         "openai:gpt-4o-mini"
     };
-    let (nucleus, dir) = nucleus_with(script.clone(), model, settings).await;
+    let (nucleus, dir) = nucleus_with(vec![script.clone()], model, settings).await;
     Run {
         nucleus,
         script,
@@ -80,13 +88,13 @@ async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
     }
 }
 
-/// The same nucleus over any provider, answering as `model`.
+/// The same nucleus over any providers, answering as `model` unless told otherwise.
 async fn nucleus_with(
-    provider: Arc<dyn Provider>,
+    providers: Vec<Arc<dyn Provider>>,
     model: &str,
     settings: Value,
 ) -> (Nucleus, tempfile::TempDir) {
-    let router = Router::new(
+    let mut router = Router::new(
         Catalog::builtin(),
         RouterConfig {
             chain: vec![model.into()],
@@ -94,8 +102,10 @@ async fn nucleus_with(
             ..RouterConfig::default()
         },
         None,
-    )
-    .with_provider(provider);
+    );
+    for p in providers {
+        router = router.with_provider(p);
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let host = NativeHost::new()
         .with(lotus_reasoning::native())
@@ -120,7 +130,7 @@ async fn nucleus_with(
         .host(host)
         .router(Arc::new(router))
         .module(def(
-            "name: toolbox\nversion: 0.1.0\ntype: capability\nentry: toolbox\n",
+            "name: toolbox\nversion: 0.1.0\ntype: capability\nentry: toolbox\ndangerous: [wipe]\n",
         ))
         .module(def(
             "name: other\nversion: 0.1.0\ntype: capability\nentry: toolbox\n",
@@ -135,6 +145,7 @@ async fn nucleus_with(
 struct Told {
     deltas: String,
     steps: Vec<Value>,
+    approvals: Vec<Value>,
     response: Value,
 }
 
@@ -145,12 +156,22 @@ impl Told {
 }
 
 async fn ask(n: &Nucleus, task: Value) -> Told {
+    ask_approving(n, task, None).await
+}
+
+/// Runs a task; `approve` answers its approval requests (`None`: leaves them unanswered).
+async fn ask_approving(n: &Nucleus, task: Value, approve: Option<bool>) -> Told {
     let sub = n.bus().subscribe(
         "test",
-        ["action.response", "action.response.delta", "cognition.step"]
-            .iter()
-            .map(|p| Pattern::new(p).expect("pattern"))
-            .collect(),
+        [
+            "action.response",
+            "action.response.delta",
+            "cognition.step",
+            "cognition.approval_request",
+        ]
+        .iter()
+        .map(|p| Pattern::new(p).expect("pattern"))
+        .collect(),
         4096,
         Overflow::Block,
     );
@@ -161,6 +182,7 @@ async fn ask(n: &Nucleus, task: Value) -> Told {
     let mut told = Told {
         deltas: String::new(),
         steps: Vec::new(),
+        approvals: Vec::new(),
         response: Value::Null,
     };
     loop {
@@ -176,6 +198,18 @@ async fn ask(n: &Nucleus, task: Value) -> Told {
                 .deltas
                 .push_str(e.payload["delta"].as_str().expect("delta")),
             "cognition.step" => told.steps.push(e.payload.clone()),
+            "cognition.approval_request" => {
+                told.approvals.push(e.payload.clone());
+                if let Some(yes) = approve {
+                    n.publish(
+                        "cli",
+                        "cognition.approval_response",
+                        json!({"id": e.payload["id"], "approve": yes, "reason": "not today"}),
+                    )
+                    .await
+                    .expect("answer");
+                }
+            }
             _ => {
                 told.response = e.payload.clone();
                 return told;
@@ -239,14 +273,214 @@ async fn a_tool_is_called_and_its_result_answers_the_question() {
             "other__sensor",
             "other__wait",
             "other__weather",
+            "other__wipe",
             "toolbox__sensor",
             "toolbox__wait",
-            "toolbox__weather"
+            "toolbox__weather",
+            "toolbox__wipe"
         ]
     );
     assert_eq!(requests[0].messages[0].role, Role::System);
     assert!(requests[0].messages[0].text().contains("ASH"));
     assert!(last_user_or_tool(&requests[1]).contains("\"temp_c\":21"));
+}
+
+#[tokio::test]
+async fn a_dangerous_tool_waits_for_approval_and_is_denied_when_no_one_answers() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__wipe", json!({"disk": "sda"})),
+            Reply::text("I did not wipe it: nobody approved."),
+        ],
+        json!({"approval_timeout": "300ms"}),
+    )
+    .await;
+    let t = Instant::now();
+    let told = ask_approving(
+        &run.nucleus,
+        json!({"text": "Wipe sda.", "session": "a1"}),
+        None,
+    )
+    .await;
+    assert!(t.elapsed() >= Duration::from_millis(300), "it waited");
+    let r = &told.response;
+    assert_eq!(r["stopped"], "answer", "{r}");
+    assert_eq!(told.approvals.len(), 1);
+    let asked = &told.approvals[0];
+    assert_eq!(asked["tool"], "toolbox.wipe");
+    assert_eq!(asked["arguments"], json!({"disk": "sda"}));
+    assert_eq!(asked["session"], "a1");
+    let decided = told.steps_of("approval");
+    assert_eq!(decided[0]["approved"], false);
+    assert_eq!(decided[0]["id"], asked["id"]);
+    let obs = told.steps_of("observation");
+    assert_eq!(obs[0]["ok"], false);
+    assert!(
+        obs[0]["result"]["error"]
+            .as_str()
+            .expect("why")
+            .contains("no one approved"),
+        "{obs:?}"
+    );
+    assert!(
+        !WIPED.lock().expect("wiped").contains(&"sda".to_owned()),
+        "never run"
+    );
+    // The waiting is not counted as the engine's own time.
+    assert!(
+        r["approval_us"].as_u64().expect("approval_us") >= 300_000,
+        "{r}"
+    );
+    assert!(
+        r["overhead_us"].as_u64().expect("overhead_us") < 300_000,
+        "{r}"
+    );
+    // Once decided, nothing waits.
+    let pending = run
+        .nucleus
+        .call_tool("reasoning.approvals", json!({}))
+        .await
+        .expect("list");
+    assert_eq!(pending, json!([]));
+}
+
+#[tokio::test]
+async fn an_approved_call_runs_and_a_denied_one_tells_the_model_why() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__wipe", json!({"disk": "sdb"})),
+            Reply::text("Wiped sdb."),
+            Reply::call("toolbox__wipe", json!({"disk": "sdc"})),
+            Reply::text("Not wiped."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask_approving(&run.nucleus, json!({"text": "Wipe sdb."}), Some(true)).await;
+    assert_eq!(told.response["text"], "Wiped sdb.");
+    assert_eq!(told.steps_of("approval")[0]["approved"], true);
+    assert_eq!(
+        told.steps_of("observation")[0]["result"],
+        json!({"wiped": "sdb"})
+    );
+
+    let told = ask_approving(&run.nucleus, json!({"text": "Wipe sdc."}), Some(false)).await;
+    assert_eq!(told.response["text"], "Not wiped.");
+    let obs = &told.steps_of("observation")[0];
+    assert_eq!(obs["ok"], false);
+    let why = obs["result"]["error"].as_str().expect("why");
+    assert!(
+        why.contains("did not approve") && why.contains("not today"),
+        "{why}"
+    );
+    assert!(last_user_or_tool(&run.script.requests()[3]).contains("not today"));
+    // The same tool of a module that does not call it dangerous runs without asking.
+    assert!(
+        run.nucleus
+            .tools()
+            .iter()
+            .any(|t| t.name == "other.wipe" && !t.dangerous)
+    );
+    assert!(
+        run.nucleus
+            .tools()
+            .iter()
+            .any(|t| t.name == "toolbox.wipe" && t.dangerous)
+    );
+}
+
+#[tokio::test]
+async fn settings_choose_which_tools_wait_and_approvals_answer_through_the_tool() {
+    // `approve` adds a tool; `trust` lets a dangerous one run without asking.
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("other__weather", json!({"city": "Bern"}))
+                .and_call("toolbox__wipe", json!({"disk": "sdd"})),
+            Reply::text("Done."),
+        ],
+        json!({"approve": ["other.weather"], "trust": ["toolbox.wipe"]}),
+    )
+    .await;
+    let n = run.nucleus.clone();
+    // A person answers through `reasoning.approve` (what `lotus approve` calls).
+    let answering = tokio::spawn(async move {
+        loop {
+            let pending = n
+                .call_tool("reasoning.approvals", json!({}))
+                .await
+                .expect("list");
+            if let Some(p) = pending.as_array().and_then(|a| a.first()) {
+                assert_eq!(p["tool"], "other.weather");
+                let r = n
+                    .call_tool("reasoning.approve", json!({"id": p["id"], "approve": true}))
+                    .await
+                    .expect("approve");
+                assert_eq!(r["approved"], true);
+                let again = n
+                    .call_tool("reasoning.approve", json!({"id": p["id"], "approve": true}))
+                    .await
+                    .expect_err("answered already");
+                assert!(again.to_string().contains("answered already"), "{again}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let told = ask_approving(
+        &run.nucleus,
+        json!({"text": "Weather in Bern, and wipe sdd."}),
+        None,
+    )
+    .await;
+    answering.await.expect("answered");
+    assert_eq!(
+        told.approvals.len(),
+        1,
+        "only weather asks: {:?}",
+        told.approvals
+    );
+    let obs = told.steps_of("observation");
+    assert!(obs.iter().all(|o| o["ok"] == true), "{obs:?}");
+    // Reasoning's own tools are never offered to the model, and a tool it was not offered
+    // does not run.
+    let requests = run.script.requests();
+    let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        !offered.iter().any(|t| t.starts_with("reasoning")),
+        "{offered:?}"
+    );
+    let bad = run
+        .nucleus
+        .call_tool("reasoning.approve", json!({"id": "nope", "approve": true}))
+        .await
+        .expect_err("not an id");
+    assert!(bad.to_string().contains("not an approval id"), "{bad}");
+}
+
+#[tokio::test]
+async fn a_tool_the_model_was_not_offered_does_not_run() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("reasoning__approve", json!({"id": "x", "approve": true})),
+            Reply::text("I cannot."),
+        ],
+        json!({}),
+    )
+    .await;
+    let told = ask(&run.nucleus, json!({"text": "Approve yourself."})).await;
+    let obs = &told.steps_of("observation")[0];
+    assert_eq!(obs["ok"], false);
+    assert!(
+        obs["result"]["error"]
+            .as_str()
+            .expect("why")
+            .contains("there is no tool"),
+        "{obs}"
+    );
 }
 
 #[tokio::test]
@@ -504,7 +738,7 @@ async fn end_to_end_over_the_openai_wire() {
         Some(lotus_providers::Secret::new("sk-test")),
         http,
     );
-    let (n, _dir) = nucleus_with(Arc::new(openai), "openai:gpt-4o-mini", json!({})).await;
+    let (n, _dir) = nucleus_with(vec![Arc::new(openai)], "openai:gpt-4o-mini", json!({})).await;
     let told = ask(&n, json!({"text": "What is the weather in Paris?"})).await;
     let r = &told.response;
     assert_eq!(r["text"], "The capital of France is Paris.", "{r}");
@@ -518,7 +752,7 @@ async fn end_to_end_over_the_openai_wire() {
     let bodies = bodies(&server).await;
     assert_eq!(bodies.len(), 2);
     assert_eq!(
-        bodies[0]["tools"][5]["function"]["name"],
+        bodies[0]["tools"][6]["function"]["name"],
         "toolbox__weather"
     );
     let messages = bodies[1]["messages"].as_array().expect("messages");
@@ -550,7 +784,12 @@ async fn end_to_end_over_the_anthropic_wire() {
         Some(lotus_providers::Secret::new("sk-ant-test")),
         http,
     );
-    let (n, _dir) = nucleus_with(Arc::new(anthropic), "anthropic:claude-sonnet-4", json!({})).await;
+    let (n, _dir) = nucleus_with(
+        vec![Arc::new(anthropic)],
+        "anthropic:claude-sonnet-4",
+        json!({}),
+    )
+    .await;
     let told = ask(&n, json!({"text": "What is the weather in Paris?"})).await;
     let r = &told.response;
     assert_eq!(r["text"], "The capital of France is Paris.", "{r}");
@@ -560,10 +799,169 @@ async fn end_to_end_over_the_anthropic_wire() {
 
     let bodies = bodies(&server).await;
     assert_eq!(bodies.len(), 2);
-    assert!(bodies[1]["tools"].as_array().is_some_and(|t| t.len() == 6));
+    assert!(bodies[1]["tools"].as_array().is_some_and(|t| t.len() == 8));
     let text = bodies[1]["messages"].to_string();
     assert!(
         text.contains("toolu_01T1x1fJ34qAmk2tNTrN7Up6") && text.contains("temp_c"),
         "{text}"
     );
+}
+
+/// Three scripted providers: `openai` answers the configured chain (the cheap tier),
+/// `anthropic` is the strong tier (`smart`), `gemini` the third worker (`cheap`).
+async fn tiers(
+    openai: Vec<Reply>,
+    anthropic: Vec<Reply>,
+    gemini: Vec<Reply>,
+) -> (Nucleus, [Arc<Scripted>; 3], tempfile::TempDir) {
+    let scripts = [
+        Arc::new(Scripted::new("openai", openai)),
+        Arc::new(Scripted::new("anthropic", anthropic)),
+        Arc::new(Scripted::new("gemini", gemini)),
+    ];
+    let providers: Vec<Arc<dyn Provider>> = scripts
+        .iter()
+        .map(|s| s.clone() as Arc<dyn Provider>)
+        .collect();
+    let (n, dir) = nucleus_with(providers, "openai:gpt-4o-mini", json!({})).await;
+    (n, scripts, dir)
+}
+
+#[tokio::test]
+async fn a_simple_request_goes_to_the_cheap_tier() {
+    let (n, [openai, anthropic, _], _dir) =
+        tiers(vec![Reply::text("It is noon.")], vec![], vec![]).await;
+    let told = ask(&n, json!({"text": "What time is it?"})).await;
+    let r = &told.response;
+    assert_eq!(r["text"], "It is noon.", "{r}");
+    assert_eq!(r["models"], json!(["openai:gpt-4o-mini"]));
+    assert_eq!(r["delegation"]["complexity"], "simple");
+    assert_eq!(r["delegation"]["tier"], "cheap");
+    assert_eq!(told.steps_of("analysis")[0]["model"], "openai:gpt-4o-mini");
+    assert_eq!(anthropic.requests().len(), 0);
+    assert_eq!(openai.requests().len(), 1);
+    // A task that names its model is not delegated.
+    openai.push([Reply::text("Noon again.")]);
+    let told = ask(
+        &n,
+        json!({"text": "Compare noon and midnight.", "model": "openai:gpt-4o-mini"}),
+    )
+    .await;
+    assert_eq!(told.response["text"], "Noon again.");
+    assert!(
+        told.response.get("delegation").is_none(),
+        "{}",
+        told.response
+    );
+    assert_eq!(anthropic.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn a_complex_request_is_split_answered_in_parallel_by_several_providers_and_synthesized() {
+    let slow = Duration::from_millis(300);
+    let (n, [openai, anthropic, gemini], _dir) = tiers(
+        // Part 2 (worker `fast`): a tool call, then its answer.
+        vec![
+            Reply::call("toolbox__weather", json!({"city": "Lisbon"})).after(slow),
+            Reply::text("Lisbon is 21 °C.").with_usage(50, 10),
+        ],
+        // The plan, part 1 (worker `smart`), then the synthesis.
+        vec![
+            Reply::text("{\"subtasks\": [\"Compare Rust and Go for CLIs\", \"Weather in Lisbon\", \"Name one editor\"]}"),
+            Reply::text("Rust: smaller binaries; Go: faster builds.").after(slow),
+            Reply::text("Rust suits small CLIs, Go builds faster; Lisbon is 21 °C; try Helix."),
+        ],
+        // Part 3 (worker `cheap`).
+        vec![Reply::text("Helix.").after(slow).with_usage(20, 2)],
+    )
+    .await;
+    let t = Instant::now();
+    let told = ask(
+        &n,
+        json!({"text": "Compare Rust and Go for CLIs, tell me the weather in Lisbon, and name one editor."}),
+    )
+    .await;
+    let took = t.elapsed();
+    let r = &told.response;
+    assert_eq!(r["stopped"], "answer", "{r}");
+    assert_eq!(
+        r["text"],
+        "Rust suits small CLIs, Go builds faster; Lisbon is 21 °C; try Helix."
+    );
+    // Only the synthesis streams.
+    assert_eq!(told.deltas, r["text"].as_str().expect("text"));
+    // The parts ran side by side: three slow replies take about one wait, not three.
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    let d = &r["delegation"];
+    assert_eq!(d["complexity"], "complex");
+    assert_eq!(d["tier"], "strong");
+    assert_eq!(d["plan"], "split");
+    let parts = d["subtasks"].as_array().expect("subtasks");
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[0]["models"], json!(["anthropic:claude-sonnet-4"]));
+    assert_eq!(parts[1]["models"], json!(["openai:gpt-4o-mini"]));
+    assert_eq!(parts[2]["models"], json!(["gemini:gemini-2.0-flash"]));
+    assert_eq!(parts[1]["steps"], 2, "the part used its tool: {}", parts[1]);
+    assert_eq!(parts[2]["usage"]["input_tokens"], 20);
+    let models = r["models"].as_array().expect("models");
+    assert_eq!(models.len(), 3, "{models:?}");
+    // The totals add every run up: plan, three parts (one with two calls), synthesis.
+    assert_eq!(r["steps"], 6);
+    assert_eq!(r["tool_calls"], 1);
+    let part_cost: f64 = parts
+        .iter()
+        .map(|p| p["cost_usd"].as_f64().expect("cost"))
+        .sum();
+    assert!(
+        r["cost_usd"].as_f64().expect("cost") > part_cost,
+        "the plan and synthesis cost too"
+    );
+    assert!(r["usage"]["input_tokens"].as_u64().expect("tokens") >= 70);
+    // The steps say which part they belong to.
+    assert_eq!(
+        told.steps_of("plan")[0]["subtasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(told.steps_of("subtask").len(), 3);
+    assert!(told.steps_of("tool_call").iter().all(|s| s["subtask"] == 2));
+    // The synthesis is given every part's answer; each worker only its part.
+    let synth = anthropic.requests().pop().expect("synthesis");
+    let last = last_user_or_tool(&synth);
+    assert!(
+        last.contains("Lisbon is 21 °C.")
+            && last.contains("Helix.")
+            && last.contains("faster builds"),
+        "{last}"
+    );
+    assert!(last_user_or_tool(&gemini.requests()[0]).ends_with("Name one editor"));
+    assert!(
+        openai.requests()[0]
+            .tools
+            .iter()
+            .any(|t| t.name == "toolbox__weather")
+    );
+}
+
+#[tokio::test]
+async fn a_complex_request_that_is_one_task_goes_to_the_strong_tier() {
+    let (n, [openai, anthropic, _], _dir) = tiers(
+        vec![],
+        vec![
+            Reply::text("```json\n{\"subtasks\": []}\n```"),
+            Reply::text("Here is the design."),
+        ],
+        vec![],
+    )
+    .await;
+    let told = ask(&n, json!({"text": "Design a cache for my blog."})).await;
+    let r = &told.response;
+    assert_eq!(r["text"], "Here is the design.", "{r}");
+    assert_eq!(r["delegation"]["plan"], "one task");
+    assert_eq!(r["models"], json!(["anthropic:claude-sonnet-4"]));
+    assert_eq!(r["steps"], 2);
+    assert_eq!(openai.requests().len(), 0);
+    // The strong model answers with the tools.
+    assert!(!anthropic.requests()[1].tools.is_empty());
 }

@@ -25,6 +25,8 @@ pub enum Command {
     Ask(AskArgs),
     /// Talk with ASH: one session, answers streamed, `/help` for commands.
     Chat(ChatArgs),
+    /// Calls of dangerous tools waiting for a human: list them, approve or deny one.
+    Approve(ApproveArgs),
     /// Run the nucleus in the foreground (SIGINT/SIGTERM stop it cleanly).
     Up(UpArgs),
     /// Inspect and validate modules.
@@ -90,6 +92,23 @@ pub struct AskArgs {
     #[arg(long)]
     pub steps: bool,
     /// Print the whole outcome as JSON at the end instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lotus approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The approval to answer (from `lotus approve` or the task's prompt); none lists those
+    /// waiting.
+    pub id: Option<String>,
+    /// Deny the call instead of approving it.
+    #[arg(long)]
+    pub deny: bool,
+    /// Why (told to the model when denying).
+    #[arg(long, requires = "id")]
+    pub reason: Option<String>,
+    /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
 }

@@ -2,7 +2,7 @@
 //! event stream carries the answer as it is written), else through a nucleus in this process
 //! that runs the memory and reasoning modules on the home's files.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
@@ -22,7 +22,18 @@ use crate::home::Home;
 use lotus_reasoning::TaskRequest;
 
 /// The topics a task answers on.
-const ANSWER_TOPICS: &str = "action.response,action.response.delta,cognition.step";
+const ANSWER_TOPICS: &str =
+    "action.response,action.response.delta,cognition.step,cognition.approval_request";
+
+/// What the printer made of an event.
+pub(crate) enum Seen {
+    /// Shown, or nothing to show.
+    Nothing,
+    /// A call waits for a human: the request.
+    Approval(Value),
+    /// The task's response.
+    Done(Value),
+}
 
 /// Prints a task's events as they come; returns the final response once it arrives.
 pub(crate) struct Printer {
@@ -60,7 +71,7 @@ impl Printer {
         }
     }
 
-    fn on(&mut self, ev: &Event) -> Result<Option<Value>> {
+    fn on(&mut self, ev: &Event) -> Result<Seen> {
         let p = &ev.payload;
         match ev.topic.as_str() {
             "action.response.delta" if !self.json => {
@@ -83,10 +94,22 @@ impl Printer {
                     p["arguments"]
                 );
             }
-            "action.response" => return Ok(Some(p.clone())),
+            "cognition.step" if p["kind"] == "approval" && p["approved"] == false => {
+                self.close_line();
+                eprintln!(
+                    "  ✗ {} not run: {}",
+                    p["tool"].as_str().unwrap_or("?"),
+                    p["reason"].as_str().unwrap_or("denied")
+                );
+            }
+            "cognition.approval_request" => {
+                self.close_line();
+                return Ok(Seen::Approval(p.clone()));
+            }
+            "action.response" => return Ok(Seen::Done(p.clone())),
             _ => {}
         }
-        Ok(None)
+        Ok(Seen::Nothing)
     }
 
     /// Prints the end of the answer and its cost; fails when the task did.
@@ -180,6 +203,15 @@ fn step_line(p: &Value) -> String {
             )
         }
         "reflection" => format!("reflection: {}", s("text")),
+        "approval" => format!(
+            "approval of {}: {}",
+            s("tool"),
+            if p["approved"] == true {
+                "approved".to_owned()
+            } else {
+                format!("denied ({})", s("reason"))
+            }
+        ),
         other => format!("{other}: {p}"),
     }
 }
@@ -249,8 +281,19 @@ async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Resul
         if ev.correlation_id.map(|c| c.to_string()).as_deref() != Some(published.id.as_str()) {
             continue;
         }
-        if let Some(r) = printer.on(&ev)? {
-            return Ok(r);
+        match printer.on(&ev)? {
+            Seen::Done(r) => return Ok(r),
+            Seen::Approval(request) => {
+                if let Some(answer) = ask_human(&request, true).await? {
+                    client
+                        .post::<PublishResponse>(
+                            "/api/v1/events",
+                            &json!({"topic": "cognition.approval_response", "payload": answer}),
+                        )
+                        .await?;
+                }
+            }
+            Seen::Nothing => {}
         }
     }
     Err(CliError::new(
@@ -275,11 +318,57 @@ async fn local(nucleus: &Nucleus, payload: Value, printer: &mut Printer) -> Resu
         if e.correlation_id != Some(ev.id) {
             continue;
         }
-        if let Some(r) = printer.on(&e)? {
-            return Ok(r);
+        match printer.on(&e)? {
+            Seen::Done(r) => return Ok(r),
+            Seen::Approval(request) => {
+                if let Some(answer) = ask_human(&request, false).await? {
+                    nucleus
+                        .publish("cli", "cognition.approval_response", answer)
+                        .await?;
+                }
+            }
+            Seen::Nothing => {}
         }
     }
     Err(anyhow::anyhow!(
         "the reasoning module stopped before answering"
     ))
+}
+
+/// Asks the person at the terminal whether a dangerous call may run; the answer to publish,
+/// or `None` when it is left to someone else (`lotus approve`, against the running nucleus).
+async fn ask_human(request: &Value, remote: bool) -> Result<Option<Value>> {
+    let id = request["id"].clone();
+    let tool = request["tool"].as_str().unwrap_or("?").to_owned();
+    let args = request["arguments"].to_string();
+    if !std::io::stdin().is_terminal() {
+        if remote {
+            eprintln!(
+                "  ? {tool} {args} waits for approval: `lotus approve {}` (or `--deny`) within {} s",
+                id.as_str().unwrap_or_default(),
+                request["timeout_s"]
+            );
+            return Ok(None);
+        }
+        eprintln!(
+            "  ? {tool} needs approval, and no one can give it here (no terminal, no running nucleus)"
+        );
+        return Ok(Some(json!({
+            "id": id, "approve": false,
+            "reason": "no one could approve it: lotus ran without a terminal and without a running nucleus (`lotus up`, then `lotus approve`)",
+        })));
+    }
+    eprint!("  ? ASH wants to run {tool} {args}. Allow? [y/N] ");
+    std::io::stderr().flush()?;
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    let yes = matches!(line.trim().to_lowercase().as_str(), "y" | "yes");
+    Ok(Some(if yes {
+        json!({"id": id, "approve": true})
+    } else {
+        json!({"id": id, "approve": false, "reason": "denied at the prompt"})
+    }))
 }

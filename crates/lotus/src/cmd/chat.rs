@@ -1,7 +1,7 @@
 //! `lotus chat`: a conversation with ASH. Each line is a task in one session (so earlier turns
 //! are in context), answered as it streams; lines starting with `/` are commands.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -59,16 +59,20 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
     if interactive {
         eprintln!("ASH is listening. /help for commands, /exit or Ctrl-D to leave.");
     }
+    // Stdin is not held locked between lines: an approval prompt reads it too.
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut buf = String::new();
     loop {
         if interactive {
             print!("you › ");
             std::io::stdout().flush()?;
         }
-        let Some(line) = lines.next() else { break };
-        let line = line?;
-        let line = line.trim();
+        buf.clear();
+        if stdin.read_line(&mut buf)? == 0 {
+            break;
+        }
+        let line = buf.trim().to_owned();
+        let line = line.as_str();
         if line.is_empty() {
             continue;
         }

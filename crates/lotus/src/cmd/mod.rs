@@ -1,5 +1,6 @@
 //! One function per command.
 
+mod approve;
 mod ask;
 mod bench;
 mod bench_reasoning;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ask(args) => ask::run(&home, &load()?, args).await,
         Command::Chat(args) => chat::run(&home, &load()?, args).await,
+        Command::Approve(args) => approve::run(&home, &load()?, args).await,
         Command::Up(args) => up::run(home.clone(), load()?, args).await,
         Command::Module(c) => module::run(&home, c).await,
         Command::Tool(c) => tool::run(&home, &load()?, c).await,

@@ -23,7 +23,8 @@ pub async fn run(home: &Home, config: &Config, cmd: ToolCmd) -> Result<()> {
                 let w = tools.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
                 println!("{:<w$}  DESCRIPTION", "NAME");
                 for t in &tools {
-                    println!("{:<w$}  {}", t.name, clip(&t.description, 90));
+                    let mark = if t.dangerous { "[asks first] " } else { "" };
+                    println!("{:<w$}  {mark}{}", t.name, clip(&t.description, 90));
                 }
             }
         }

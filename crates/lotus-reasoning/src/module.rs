@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use lotus_core::{Event, Pattern};
@@ -89,6 +89,13 @@ struct Settings {
     approval_timeout: Duration,
     /// Routing by tier, and splitting complex requests (`[modules.reasoning.delegation]`).
     delegation: Delegation,
+    /// Summarize finished conversations into memory.
+    summaries: bool,
+    /// A session without a task this long is finished (and summarized).
+    #[serde(with = "humantime_serde")]
+    episode_idle: Duration,
+    /// Turns a session needs before it is worth a summary.
+    episode_min_turns: usize,
 }
 
 impl Default for Settings {
@@ -118,6 +125,9 @@ impl Default for Settings {
             trust: Vec::new(),
             approval_timeout: Duration::from_secs(120),
             delegation: Delegation::default(),
+            summaries: true,
+            episode_idle: Duration::from_secs(600),
+            episode_min_turns: 4,
         }
     }
 }
@@ -129,6 +139,219 @@ pub struct ReasoningModule {
     patterns: Arc<Patterns>,
     running: Option<Arc<Semaphore>>,
     approvals: Arc<Approvals>,
+    episodes: Arc<Episodes>,
+}
+
+/// A session with turns since its last summary.
+struct Episode {
+    user: String,
+    last: Instant,
+}
+
+/// The sessions of this run, until they are summarized.
+#[derive(Default)]
+struct Episodes {
+    open: Mutex<HashMap<String, Episode>>,
+}
+
+impl Episodes {
+    fn touch(&self, session: &str, user: &str) {
+        self.open.lock().insert(
+            session.to_owned(),
+            Episode {
+                user: user.to_owned(),
+                last: Instant::now(),
+            },
+        );
+    }
+
+    /// Takes the sessions idle for `idle`: `(session, user)`.
+    fn idle(&self, idle: Duration) -> Vec<(String, String)> {
+        let mut open = self.open.lock();
+        let done: Vec<String> = open
+            .iter()
+            .filter(|(_, e)| e.last.elapsed() >= idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        done.into_iter()
+            .filter_map(|k| open.remove(&k).map(|e| (k, e.user)))
+            .collect()
+    }
+}
+
+/// Words a summary uses about any conversation.
+const SUMMARY_WORDS: &[&str] = &[
+    "user",
+    "users",
+    "asked",
+    "asks",
+    "said",
+    "says",
+    "told",
+    "tells",
+    "wanted",
+    "wants",
+    "assistant",
+    "conversation",
+    "about",
+    "that",
+    "this",
+    "with",
+    "what",
+    "which",
+    "their",
+    "they",
+    "them",
+    "there",
+    "were",
+    "from",
+    "have",
+    "been",
+    "also",
+    "would",
+    "could",
+    "should",
+    "into",
+    "then",
+    "than",
+    "when",
+    "where",
+    "while",
+    "discussed",
+    "talked",
+    "mentioned",
+    "explained",
+    "answered",
+    "replied",
+    "remember",
+    "remembered",
+    "noted",
+    "confirmed",
+    "summary",
+    "your",
+    "yours",
+    "will",
+];
+
+/// Whether a summary is about the conversation: most of its own words (beyond those any
+/// summary uses) come from the transcript. A small model may write about something else
+/// entirely; such a summary is not kept.
+fn grounded(summary: &str, transcript: &str) -> bool {
+    fn words(t: &str) -> impl Iterator<Item = String> + '_ {
+        t.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 4)
+            .map(str::to_lowercase)
+    }
+    let source: std::collections::HashSet<String> = words(transcript).collect();
+    let own: Vec<String> = words(summary)
+        .filter(|w| !SUMMARY_WORDS.contains(&w.as_str()))
+        .collect();
+    if own.is_empty() {
+        return false;
+    }
+    let found = own.iter().filter(|w| source.contains(*w)).count();
+    found * 10 >= own.len() * 6
+}
+
+/// Summarizes a session's conversation into memory (`conversation_summaries`, superseding an
+/// earlier summary of the same session): the cheap tier writes it, or — when no model can —
+/// the summary is the user's messages themselves. `Ok(None)`: too short to be worth it.
+async fn summarize(
+    cx: &Context,
+    s: &Settings,
+    user: &str,
+    session: &str,
+) -> Result<Option<Value>, String> {
+    let turns = cx
+        .call_tool(
+            "memory.history",
+            json!({"user": user, "session": session, "limit": 200}),
+        )
+        .await
+        .map_err(|e| format!("the conversation cannot be read: {e}"))?;
+    let turns = turns.as_array().cloned().unwrap_or_default();
+    if turns.len() < s.episode_min_turns.max(1) {
+        return Ok(None);
+    }
+    // The newest turns that fit in about 6,000 characters.
+    let mut transcript: Vec<String> = Vec::new();
+    let mut size = 0;
+    for t in turns.iter().rev() {
+        let line = format!(
+            "{}: {}",
+            t["role"].as_str().unwrap_or("user"),
+            t["text"].as_str().unwrap_or_default()
+        );
+        if size + line.len() > 6000 && !transcript.is_empty() {
+            break;
+        }
+        size += line.len();
+        transcript.push(line);
+    }
+    transcript.reverse();
+    let transcript = transcript.join("\n");
+    let request = ChatRequest::new(vec![
+        Message::system("You write brief notes for your own memory."),
+        Message::user(format!(
+            "Summarize this conversation in at most three sentences: what the user wanted, what \
+             was done or decided, and anything worth remembering. Write about \"the user\".\n\n\
+             {transcript}"
+        )),
+    ]);
+    let written = match cx.chat_on(s.delegation.cheap.clone(), request).await {
+        Ok(routed) => {
+            let provider = routed.model.provider.clone();
+            let model = routed.model.to_string();
+            lotus_providers::collect(&provider, routed.stream)
+                .await
+                .map(|r| (r.text.trim().to_owned(), model))
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let (summary, by) = match written {
+        Ok((text, model)) if grounded(&text, &transcript) => (text, model),
+        other => {
+            match other {
+                Err(e) => cx.warn(format!(
+                    "no model could summarize session {session} ({e}); keeping the user's messages"
+                )),
+                Ok((text, model)) => cx.warn(format!(
+                    "{model}'s summary of session {session} is not about the conversation ({text:?}); keeping the user's messages"
+                )),
+            }
+            let asked: Vec<&str> = turns
+                .iter()
+                .filter(|t| t["role"] == "user")
+                .filter_map(|t| t["text"].as_str())
+                .collect();
+            let mut text = format!("The user said: {}", asked.join(" / "));
+            if text.len() > 1000 {
+                text.truncate(text.floor_char_boundary(1000));
+                text.push('…');
+            }
+            (text, "none".to_owned())
+        }
+    };
+    let text = format!("Conversation of {}: {summary}", today());
+    let stored = cx
+        .call_tool(
+            "memory.remember",
+            json!({
+                "text": text, "user": user, "kind": "summary", "importance": 0.5,
+                "subject": format!("conversation {session}"), "attribute": "summary",
+                "source": "reasoning",
+                "metadata": {"session": session, "turns": turns.len(), "model": by},
+            }),
+        )
+        .await
+        .map_err(|e| format!("the summary cannot be remembered: {e}"))?;
+    let id = stored.pointer("/memory/id").cloned().unwrap_or(Value::Null);
+    let done = json!({"session": session, "user": user, "summary": text, "memory": id, "model": by, "turns": turns.len()});
+    if let Err(e) = cx.publish("cognition.episode", done.clone()).await {
+        cx.warn(format!("cannot publish cognition.episode: {e}"));
+    }
+    Ok(Some(done))
 }
 
 /// The settings' tool patterns, parsed.
@@ -431,6 +654,7 @@ async fn run_task(
     s: Arc<Settings>,
     patterns: Arc<Patterns>,
     approvals: Arc<Approvals>,
+    episodes: Arc<Episodes>,
     ev: Event,
 ) {
     let correlation = ev.correlation_id.unwrap_or(ev.id);
@@ -650,6 +874,9 @@ async fn run_task(
         out.delegation = Some(report);
     }
     if !out.text.is_empty() {
+        if s.memory && s.summaries {
+            episodes.touch(&session, &user);
+        }
         memory(
             &cx,
             s.memory,
@@ -718,6 +945,60 @@ impl ReasoningModule {
         Ok(())
     }
 
+    /// Ends a conversation: its summary goes to memory (when it has enough turns), so a later
+    /// session knows what happened. `{"summarized": false, "reason"}` when it is too short.
+    #[tool("end_episode")]
+    async fn end_episode(
+        &mut self,
+        cx: &Context,
+        session: String,
+        user: Option<String>,
+    ) -> Result<Value, ModuleError> {
+        let s = self
+            .settings
+            .clone()
+            .ok_or_else(|| ModuleError::msg("the reasoning module is not initialized"))?;
+        let taken = self.episodes.open.lock().remove(&session);
+        let user = user
+            .filter(|u| !u.trim().is_empty())
+            .or(taken.map(|e| e.user))
+            .unwrap_or_else(|| s.default_user.clone());
+        if !s.memory {
+            return Ok(
+                json!({"summarized": false, "reason": "memory is off ([modules.reasoning] memory = false)"}),
+            );
+        }
+        match summarize(cx, &s, &user, &session).await {
+            Ok(Some(done)) => Ok(json!({"summarized": true, "episode": done})),
+            Ok(None) => Ok(
+                json!({"summarized": false, "reason": format!("fewer than {} turns", s.episode_min_turns)}),
+            ),
+            Err(e) => Err(ModuleError::msg(e)),
+        }
+    }
+
+    /// Summarizes the sessions idle for `episode_idle`.
+    #[periodic(every = "1m")]
+    async fn episodes(&mut self, cx: &Context) -> Result<(), ModuleError> {
+        let Some(s) = self.settings.clone() else {
+            return Ok(());
+        };
+        let idle = self.episodes.idle(s.episode_idle);
+        if idle.is_empty() {
+            return Ok(());
+        }
+        // Model calls run beside the mailbox.
+        let cx = cx.clone();
+        tokio::spawn(async move {
+            for (session, user) in idle {
+                if let Err(e) = summarize(&cx, &s, &user, &session).await {
+                    cx.warn(format!("session {session}: {e}"));
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// The calls waiting for a human to approve them.
     #[tool("approvals")]
     async fn approvals(&mut self) -> Result<Value, ModuleError> {
@@ -774,12 +1055,34 @@ impl ReasoningModule {
         };
         let (cx, ev) = (cx.clone(), ev.clone());
         let (patterns, approvals) = (self.patterns.clone(), self.approvals.clone());
+        let episodes = self.episodes.clone();
         tokio::spawn(async move {
             let Ok(_permit) = running.acquire_owned().await else {
                 return;
             };
-            run_task(cx, s, patterns, approvals, ev).await;
+            run_task(cx, s, patterns, approvals, episodes, ev).await;
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grounded;
+
+    #[test]
+    fn a_summary_about_something_else_is_not_grounded() {
+        let t = "user: My bike is blue and I ride it to work.\nassistant: Noted: your bike is blue.\nuser: What colour is my bike?\nassistant: Blue.";
+        assert!(grounded(
+            "The user said their bike is blue and that they ride it to work.",
+            t
+        ));
+        assert!(grounded("user: My bike is blue", t));
+        assert!(!grounded(
+            "The user is going to the gym tomorrow for a workout.",
+            t
+        ));
+        assert!(!grounded("", t));
+        assert!(!grounded("The user asked.", t));
     }
 }

@@ -56,6 +56,83 @@ impl Toolbox {
     }
 }
 
+/// What the stand-in memory was told: turns by session, memories remembered.
+static TURNS: std::sync::Mutex<Vec<(String, String, String)>> = std::sync::Mutex::new(Vec::new());
+static REMEMBERED: std::sync::Mutex<Vec<Value>> = std::sync::Mutex::new(Vec::new());
+
+/// A stand-in for the memory module: it keeps the turns it is told and what it is asked to
+/// remember (the real module has its own tests; here the reasoning side is under test).
+#[derive(Default)]
+struct FakeMemory;
+
+#[lotus_nucleus::module]
+impl FakeMemory {
+    /// Nothing is recalled.
+    #[tool("recall")]
+    async fn recall(
+        &mut self,
+        query: String,
+        user: Option<String>,
+        k: Option<usize>,
+    ) -> Result<Value, ModuleError> {
+        let _ = (query, user, k);
+        Ok(json!([]))
+    }
+
+    /// A session's turns.
+    #[tool("history")]
+    async fn history(
+        &mut self,
+        session: Option<String>,
+        user: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<Value, ModuleError> {
+        let _ = (user, limit);
+        let turns = TURNS.lock().expect("turns");
+        Ok(Value::Array(
+            turns
+                .iter()
+                .filter(|(s, _, _)| Some(s) == session.as_ref())
+                .map(|(_, role, text)| json!({"role": role, "text": text}))
+                .collect(),
+        ))
+    }
+
+    /// Keeps a turn.
+    #[tool("observe")]
+    async fn observe(
+        &mut self,
+        session: String,
+        role: String,
+        text: String,
+        user: Option<String>,
+        meta: Option<Value>,
+    ) -> Result<Value, ModuleError> {
+        let _ = (user, meta);
+        TURNS.lock().expect("turns").push((session, role, text));
+        Ok(json!({}))
+    }
+
+    /// Keeps a memory.
+    #[tool("remember")]
+    #[allow(clippy::too_many_arguments)]
+    async fn remember(
+        &mut self,
+        text: String,
+        kind: Option<String>,
+        user: Option<String>,
+        subject: Option<String>,
+        attribute: Option<String>,
+        importance: Option<f32>,
+        source: Option<String>,
+        metadata: Option<Value>,
+    ) -> Result<Value, ModuleError> {
+        let m = json!({"text": text, "kind": kind, "user": user, "subject": subject, "attribute": attribute, "importance": importance, "source": source, "metadata": metadata});
+        REMEMBERED.lock().expect("remembered").push(m.clone());
+        Ok(json!({"memory": {"id": format!("m{}", REMEMBERED.lock().expect("remembered").len())}}))
+    }
+}
+
 static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
 fn def(yaml: &str) -> ModuleDef {
@@ -80,7 +157,7 @@ async fn nucleus(provider: &str, replies: Vec<Reply>, settings: Value) -> Run {
     } else {
         "openai:gpt-4o-mini"
     };
-    let (nucleus, dir) = nucleus_with(vec![script.clone()], model, settings).await;
+    let (nucleus, dir) = nucleus_with(vec![script.clone()], model, settings, false).await;
     Run {
         nucleus,
         script,
@@ -93,6 +170,7 @@ async fn nucleus_with(
     providers: Vec<Arc<dyn Provider>>,
     model: &str,
     settings: Value,
+    memory: bool,
 ) -> (Nucleus, tempfile::TempDir) {
     let mut router = Router::new(
         Catalog::builtin(),
@@ -116,13 +194,26 @@ async fn nucleus_with(
                 manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
                 factory: || Box::new(Toolbox),
             },
+        )
+        .with_entry(
+            "fake-memory",
+            NativeModule {
+                manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
+                factory: || Box::new(FakeMemory),
+            },
         );
     let mut ns = NucleusSettings {
         tool_timeout: Duration::from_secs(5),
         ..NucleusSettings::default()
     };
     ns.modules.insert("reasoning".into(), settings);
-    let nucleus = NucleusBuilder::new(ns)
+    let mut builder = NucleusBuilder::new(ns);
+    if memory {
+        builder = builder.module(def(
+            "name: memory\nversion: 0.1.0\ntype: core\nentry: fake-memory\n",
+        ));
+    }
+    let nucleus = builder
         .log(Arc::new(
             SqliteLog::open(&dir.path().join("streams.db")).expect("log"),
         ))
@@ -738,7 +829,13 @@ async fn end_to_end_over_the_openai_wire() {
         Some(lotus_providers::Secret::new("sk-test")),
         http,
     );
-    let (n, _dir) = nucleus_with(vec![Arc::new(openai)], "openai:gpt-4o-mini", json!({})).await;
+    let (n, _dir) = nucleus_with(
+        vec![Arc::new(openai)],
+        "openai:gpt-4o-mini",
+        json!({}),
+        false,
+    )
+    .await;
     let told = ask(&n, json!({"text": "What is the weather in Paris?"})).await;
     let r = &told.response;
     assert_eq!(r["text"], "The capital of France is Paris.", "{r}");
@@ -788,6 +885,7 @@ async fn end_to_end_over_the_anthropic_wire() {
         vec![Arc::new(anthropic)],
         "anthropic:claude-sonnet-4",
         json!({}),
+        false,
     )
     .await;
     let told = ask(&n, json!({"text": "What is the weather in Paris?"})).await;
@@ -823,7 +921,7 @@ async fn tiers(
         .iter()
         .map(|s| s.clone() as Arc<dyn Provider>)
         .collect();
-    let (n, dir) = nucleus_with(providers, "openai:gpt-4o-mini", json!({})).await;
+    let (n, dir) = nucleus_with(providers, "openai:gpt-4o-mini", json!({}), false).await;
     (n, scripts, dir)
 }
 
@@ -964,4 +1062,107 @@ async fn a_complex_request_that_is_one_task_goes_to_the_strong_tier() {
     assert_eq!(openai.requests().len(), 0);
     // The strong model answers with the tools.
     assert!(!anthropic.requests()[1].tools.is_empty());
+}
+
+fn remembered_for(session: &str) -> Vec<Value> {
+    REMEMBERED
+        .lock()
+        .expect("remembered")
+        .iter()
+        .filter(|m| m["metadata"]["session"] == session)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_finished_conversation_is_summarized_into_memory() {
+    let script = Arc::new(Scripted::new(
+        "openai",
+        vec![
+            Reply::text("Helix is a modal editor."),
+            Reply::text("Yes, it is fast."),
+            Reply::text("The user asked about Helix; ASH said it is a fast modal editor."),
+        ],
+    ));
+    let (n, _dir) = nucleus_with(vec![script.clone()], "openai:gpt-4o-mini", json!({}), true).await;
+    ask(&n, json!({"text": "What is Helix?", "session": "ep1"})).await;
+    // Too short yet: nothing is summarized.
+    let early = n
+        .call_tool("reasoning.end_episode", json!({"session": "ep1"}))
+        .await
+        .expect("end");
+    assert_eq!(early["summarized"], false, "{early}");
+    ask(&n, json!({"text": "Is it fast?", "session": "ep1"})).await;
+    let done = n
+        .call_tool("reasoning.end_episode", json!({"session": "ep1"}))
+        .await
+        .expect("end");
+    assert_eq!(done["summarized"], true, "{done}");
+    assert!(
+        done["episode"]["summary"]
+            .as_str()
+            .expect("summary")
+            .contains("fast modal editor")
+    );
+    assert_eq!(done["episode"]["turns"], 4);
+    let kept = remembered_for("ep1");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["kind"], "summary");
+    assert_eq!(kept[0]["subject"], "conversation ep1");
+    assert_eq!(kept[0]["attribute"], "summary");
+    assert_eq!(kept[0]["user"], "me");
+    assert!(
+        kept[0]["text"]
+            .as_str()
+            .expect("text")
+            .starts_with("Conversation of ")
+    );
+    // The model was shown the whole conversation.
+    let asked = last_user_or_tool(&script.requests()[2]);
+    assert!(
+        asked.contains("user: What is Helix?") && asked.contains("assistant: Yes, it is fast."),
+        "{asked}"
+    );
+    assert!(script.requests()[2].tools.is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_session_is_summarized_even_when_no_model_can_write_it() {
+    let script = Arc::new(Scripted::new(
+        "openai",
+        vec![Reply::text("Noted."), Reply::error("the provider is down")],
+    ));
+    let (n, _dir) = nucleus_with(
+        vec![script.clone()],
+        "openai:gpt-4o-mini",
+        json!({"episode_min_turns": 2, "episode_idle": "50ms", "every": {"episodes": "100ms"}}),
+        true,
+    )
+    .await;
+    let sub = n.bus().subscribe(
+        "test",
+        vec![Pattern::new("cognition.episode").expect("pattern")],
+        16,
+        Overflow::Block,
+    );
+    ask(&n, json!({"text": "My bike is blue.", "session": "ep2"})).await;
+    let ev = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .expect("an episode in time")
+            .expect("open");
+        if ev.payload["session"] == "ep2" {
+            break ev;
+        }
+    };
+    assert_eq!(ev.payload["model"], "none");
+    let kept = remembered_for("ep2");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0]["text"]
+            .as_str()
+            .expect("text")
+            .contains("The user said: My bike is blue."),
+        "{kept:?}"
+    );
 }

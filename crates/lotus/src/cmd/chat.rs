@@ -19,7 +19,9 @@ const HELP: &str = "\
 /history         this session's turns
 /cost            tokens and cost of this session
 /new             start a new session (earlier turns leave the context)
-/exit            leave (also Ctrl-D)";
+/exit            leave (also Ctrl-D)
+
+Leaving or starting anew saves a summary of the conversation to memory.";
 
 /// What the session has used.
 #[derive(Default)]
@@ -156,6 +158,7 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
                     }
                 ),
                 "new" => {
+                    end_episode(&target, &session, args.user.as_deref(), totals.tasks).await;
                     session = uuid::Uuid::now_v7().to_string();
                     println!("a new session begins");
                 }
@@ -182,5 +185,26 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
             Err(e) => eprintln!("error: {e:#}"),
         }
     }
+    end_episode(&target, &session, args.user.as_deref(), totals.tasks).await;
     target.close().await
+}
+
+/// Ends the session's episode: its summary goes to memory (when it had enough turns).
+async fn end_episode(target: &Target, session: &str, user: Option<&str>, tasks: u64) {
+    if tasks == 0 {
+        return;
+    }
+    match target
+        .call(
+            "reasoning.end_episode",
+            json!({"session": session, "user": user}),
+        )
+        .await
+    {
+        Ok(r) if r["summarized"] == true => {
+            eprintln!("(this conversation's summary is in memory)");
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("the conversation could not be summarized: {e:#}"),
+    }
 }

@@ -777,14 +777,6 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     const KEY: &str = "sk-test-CLIKEY-000111222";
-    let fixture = |name: &str| {
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../lotus-providers/tests/fixtures")
-                .join(name),
-        )
-        .expect("fixture")
-    };
     let openai = MockServer::start().await;
     let ollama = MockServer::start().await;
     Mock::given(method("POST"))
@@ -917,6 +909,16 @@ async fn provider_chat_streams_falls_back_and_records_costs() {
 }
 
 /// Whether pip can fetch the local models (required in CI; elsewhere a test skips without it).
+/// A recorded provider response (`crates/lotus-providers/tests/fixtures`).
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lotus-providers/tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
 fn pip_works() -> bool {
     let ok = Command::new("python3")
         .args(["-m", "pip", "--version"])
@@ -1027,7 +1029,7 @@ fn ask_remembers_across_processes_with_the_local_model() {
         let mut stdin = child.stdin.take().expect("stdin");
         stdin
             .write_all(
-                b"What is my favourite editor?\n/bogus\n/cost\n/memory editor\n/history\n/exit\n",
+                b"What is my favourite editor?\nWhich editor do I like?\n/bogus\n/cost\n/memory editor\n/history\n/exit\n",
             )
             .expect("write");
     }
@@ -1038,7 +1040,9 @@ fn ask_remembers_across_processes_with_the_local_model() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("Helix"), "{stdout}");
-    assert!(stdout.contains("1 tasks ·"), "{stdout}");
+    assert!(stdout.contains("2 tasks ·"), "{stdout}");
+    // Leaving saved the conversation's summary to memory.
+    assert!(stderr.contains("summary is in memory"), "{stderr}");
     assert!(
         stdout.contains("1. my favourite editor is Helix"),
         "{stdout}"
@@ -1048,6 +1052,30 @@ fn ask_remembers_across_processes_with_the_local_model() {
         "{stdout}"
     );
     assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+
+    let (code, out, err) = run(
+        home.path(),
+        &[
+            "memory",
+            "recall",
+            "--json",
+            "--kind",
+            "summary",
+            "favourite editor",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let hits: Value = serde_json::from_str(&out).expect("json");
+    let summary = &hits[0]["memory"];
+    assert_eq!(summary["kind"], "summary", "{hits}");
+    assert!(
+        summary["text"]
+            .as_str()
+            .expect("text")
+            .starts_with("Conversation of"),
+        "{summary}"
+    );
+    assert_eq!(summary["metadata"]["turns"], 4, "{summary}");
 
     let (code, _, err) = ask(&["  "]);
     assert_eq!(code, Some(2), "{err}");
@@ -1339,4 +1367,122 @@ fn memory_remembers_supersedes_and_forgets_from_the_cli() {
     let (code, out, _) = run(up.path(), &["memory", "stats", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(json(&out)["memories"], 2);
+}
+
+/// A dangerous call waits for a human: `lotus ask` (no terminal) says how to answer, another
+/// process lists the call with `lotus approve` and denies it; the tool never runs, the model
+/// is told why, and what it would have forgotten is still remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dangerous_call_waits_for_lotus_approve() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let home = tempfile::tempdir().expect("tempdir");
+    if !install_test_model(home.path(), "minilm") {
+        return;
+    }
+    let openai = MockServer::start().await;
+    // First the model asks to forget everything about Paris, then it answers.
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(
+                    fixture("openai-tool.sse")
+                        .replace("get_weather", "memory__forget")
+                        .replace("\"city\"", "\"subject\""),
+                ),
+        )
+        .up_to_n_times(1)
+        .mount(&openai)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(fixture("openai-text.sse")),
+        )
+        .mount(&openai)
+        .await;
+    let (code, _, err) = run(
+        home.path(),
+        &[
+            "memory",
+            "remember",
+            "--subject",
+            "paris",
+            "I was born in Paris",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let url = format!("{}/v1", openai.uri());
+    let mut env: Vec<(&str, &str)> = PROVIDER_VARS[1..5].iter().map(|v| (*v, "")).collect();
+    env.extend([
+        ("OPENAI_API_KEY", "sk-test-approve-000"),
+        ("OPENAI_BASE_URL", url.as_str()),
+        ("LOTUS_PROVIDERS__RETRIES", "0"),
+    ]);
+    // Up waits with a blocking HTTP client: off the runtime's own threads.
+    let mut up = tokio::task::block_in_place(|| Up::start_in(home, &env));
+    let ask = lotus(up.path())
+        .args(["ask", "Forget everything about Paris."])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ask");
+
+    // Another terminal: the call waits, with its tool and arguments.
+    let t0 = Instant::now();
+    let waiting = loop {
+        let (code, out, err) = run(up.path(), &["approve", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        if let Some(w) = v.as_array().and_then(|a| a.first()) {
+            break w.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no approval was asked"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(waiting["tool"], "memory.forget");
+    assert_eq!(waiting["arguments"], json!({"subject": "Paris"}));
+    let (code, _, err) = run(up.path(), &["approve", "not-an-id"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not an approval id"), "{err}");
+    let id = waiting["id"].as_str().expect("id");
+    let (code, out, err) = run(up.path(), &["approve", id, "--deny", "--reason", "keep it"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Denied: memory.forget"), "{out}");
+    let (code, _, err) = run(up.path(), &["approve", id]);
+    assert_ne!(code, 0, "answered once only");
+    assert!(err.contains("answered already"), "{err}");
+
+    let out = ask.wait_with_output().expect("ask ends");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("lotus approve {id}")), "{stderr}");
+    assert!(
+        stderr.contains("memory.forget not run") && stderr.contains("keep it"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("Paris"), "{stdout}");
+    // The model was told why.
+    let told = openai.received_requests().await.expect("requests");
+    let last: Value = serde_json::from_slice(&told.last().expect("a request").body).expect("json");
+    assert!(last.to_string().contains("keep it"), "{last}");
+    // Nothing was forgotten.
+    let (code, out, err) = run(up.path(), &["memory", "recall", "where was I born"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("I was born in Paris"), "{out}");
+    let (code, err) = up.stop();
+    assert_eq!(code, 0, "{err}");
 }

@@ -686,6 +686,33 @@ impl MemoryManager {
         })
     }
 
+    /// `user`'s profile: what is known of them as keys and values (name, timezone, …).
+    pub async fn profile(&self, user: &str) -> Result<BTreeMap<String, Value>> {
+        check_user(user)?;
+        let mut p = self.tiers.knowledge.profile(user).await?;
+        // A removed key is stored as null.
+        p.retain(|_, v| !v.is_null());
+        Ok(p)
+    }
+
+    /// Sets one key of `user`'s profile; `null` removes it.
+    pub async fn profile_set(&self, user: &str, key: &str, value: &Value) -> Result<()> {
+        check_user(user)?;
+        let key = key.trim();
+        if key.is_empty() || key.chars().count() > 64 || key.chars().any(char::is_control) {
+            return Err(MemoryError::BadInput(format!(
+                "`{key}` is not a profile key: use a short name of 1 to 64 characters, e.g. `name` or `timezone`"
+            )));
+        }
+        if value.to_string().len() > 4096 {
+            return Err(MemoryError::BadInput(format!(
+                "the value of `{key}` is too long ({} bytes; at most 4096)",
+                value.to_string().len()
+            )));
+        }
+        self.tiers.knowledge.profile_set(user, key, value).await
+    }
+
     /// The newest `limit` turns of `user` (of one session when given), oldest first.
     pub async fn history(
         &self,

@@ -300,6 +300,34 @@ impl MemoryModule {
         to_json(&r)
     }
 
+    /// The user's profile: what is known of them as keys and values (name, timezone, …).
+    #[tool("profile")]
+    async fn profile(&mut self, user: Option<String>) -> Result<Value, ModuleError> {
+        let p = self
+            .manager()?
+            .profile(&self.user(user))
+            .await
+            .map_err(me)?;
+        to_json(&p)
+    }
+
+    /// Records one thing about the user in their profile (`key`: e.g. `name`, `timezone`,
+    /// `language`); a `value` of null, or none, removes it.
+    #[tool("profile_set")]
+    async fn profile_set(
+        &mut self,
+        key: String,
+        value: Option<Value>,
+        user: Option<String>,
+    ) -> Result<Value, ModuleError> {
+        let user = self.user(user);
+        let m = self.manager()?;
+        m.profile_set(&user, &key, &value.unwrap_or(Value::Null))
+            .await
+            .map_err(me)?;
+        to_json(&m.profile(&user).await.map_err(me)?)
+    }
+
     /// The conversation history of a user (of one session when given): the newest `limit`
     /// turns (20 unless told), oldest first.
     #[tool("history")]

@@ -126,6 +126,9 @@ pub fn default_stream_routes() -> Vec<(StreamName, Vec<Pattern>)> {
                 "system.module_crashed",
                 "system.module_failed",
                 "action.>",
+                // Who approved or denied a dangerous call.
+                "cognition.approval_request",
+                "cognition.approval_response",
             ]),
         ),
         (
@@ -133,6 +136,7 @@ pub fn default_stream_routes() -> Vec<(StreamName, Vec<Pattern>)> {
             pats(&[
                 "cognition.task_request",
                 "action.response",
+                "cognition.episode",
                 "conversation.>",
             ]),
         ),

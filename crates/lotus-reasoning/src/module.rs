@@ -116,6 +116,7 @@ impl Default for Settings {
                 "memory.import",
                 "memory.reindex",
                 "memory.stats",
+                "memory.profile",
             ]
             .map(String::from)
             .to_vec(),
@@ -544,6 +545,8 @@ struct Assembled {
 /// What memory gave a task: recalled hits, the session's turns, what it just learned.
 #[derive(Clone, Copy)]
 struct Gathered<'a> {
+    /// The user's profile (keys and values).
+    profile: Option<&'a serde_json::Map<String, Value>>,
     hits: &'a [Value],
     turns: &'a [Value],
     learned: Option<&'a str>,
@@ -559,13 +562,33 @@ fn assemble(
     text: &str,
 ) -> Result<Assembled, String> {
     let Gathered {
+        profile,
         hits,
         turns,
         learned,
     } = *memory;
-    // The system prompt stays the same from one task to the next (persona, date), so provider
-    // prompt caches hit; what changes (memories, what was just saved) rides with the message.
-    let system = format!("{}\nToday is {} (UTC).", s.persona, today());
+    // The system prompt stays the same from one task to the next (persona, date, the user's
+    // profile, which seldom changes), so provider prompt caches hit; what changes (memories,
+    // what was just saved) rides with the message.
+    let mut system = format!("{}\nToday is {} (UTC).", s.persona, today());
+    if let Some(p) = profile.filter(|p| !p.is_empty()) {
+        let mut about: Vec<String> = p
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
+            .collect();
+        // Within about 150 tokens.
+        while about.join("; ").len() > 600 && about.len() > 1 {
+            about.pop();
+        }
+        let mut line = about.join("; ");
+        line.truncate(line.floor_char_boundary(600));
+        system.push_str(&format!("\nAbout the user: {line}."));
+    }
     let mut notes = String::new();
     let mut recalled = 0;
     let mut used = 0;
@@ -761,7 +784,8 @@ async fn run_task(
         .collect();
 
     // Memory: what it recalls for the message, the session so far; then the message itself.
-    let (hits, turns) = tokio::join!(
+    let (profile, hits, turns) = tokio::join!(
+        memory(&cx, s.memory, "memory.profile", json!({"user": user})),
         memory(
             &cx,
             s.memory,
@@ -793,6 +817,7 @@ async fn run_task(
         .unwrap_or(8192);
     let learned = observed.as_ref().and_then(|o| o.pointer("/learned/memory"));
     let gathered = Gathered {
+        profile: profile.as_ref().and_then(Value::as_object),
         hits: &hits,
         turns: &turns,
         learned: learned.and_then(|m| m["text"].as_str()),

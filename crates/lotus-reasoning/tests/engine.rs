@@ -79,6 +79,13 @@ impl FakeMemory {
         Ok(json!([]))
     }
 
+    /// The user's profile.
+    #[tool("profile")]
+    async fn profile(&mut self, user: Option<String>) -> Result<Value, ModuleError> {
+        let _ = user;
+        Ok(json!({"name": "Ada", "timezone": "Europe/Lisbon"}))
+    }
+
     /// A session's turns.
     #[tool("history")]
     async fn history(
@@ -1124,6 +1131,12 @@ async fn a_finished_conversation_is_summarized_into_memory() {
         "{asked}"
     );
     assert!(script.requests()[2].tools.is_empty());
+    // The user's profile is in the (stable) system prompt.
+    let system = script.requests()[0].messages[0].text();
+    assert!(
+        system.contains("About the user: name: Ada; timezone: Europe/Lisbon."),
+        "{system}"
+    );
 }
 
 #[tokio::test]

@@ -550,6 +550,23 @@ pub enum MemoryCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The user's profile (what ASH knows of them as keys and values): show it, set a key
+    /// (`lotus memory profile name Ada`), or remove one (`--unset`).
+    Profile {
+        /// The key to set or remove.
+        key: Option<String>,
+        /// Its value (JSON, or else taken as text).
+        #[arg(requires = "key", conflicts_with = "unset")]
+        value: Option<String>,
+        /// Remove the key.
+        #[arg(long, requires = "key")]
+        unset: bool,
+        #[command(flatten)]
+        user: UserFlag,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Counts per tier and the backends in use.
     Stats(JsonFlag),
     /// Write memories as JSON lines (to stdout, or `--output FILE`).

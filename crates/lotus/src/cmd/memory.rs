@@ -99,6 +99,38 @@ pub async fn run(home: &Home, cfg: &Config, cmd: MemoryCmd) -> Result<()> {
             }),
             *json,
         ),
+        MemoryCmd::Profile {
+            key: None,
+            user,
+            json,
+            ..
+        } => (
+            "memory.profile",
+            json!({"user": user_arg(user.user.clone())}),
+            *json,
+        ),
+        MemoryCmd::Profile {
+            key: Some(key),
+            value,
+            unset,
+            user,
+            json,
+        } => {
+            let value = match (value, unset) {
+                (_, true) => Value::Null,
+                (Some(v), false) => serde_json::from_str(v).unwrap_or_else(|_| json!(v)),
+                (None, false) => {
+                    return Err(bad_input(format!(
+                        "give `{key}` a value (lotus memory profile {key} VALUE) or remove it with --unset"
+                    )));
+                }
+            };
+            (
+                "memory.profile_set",
+                json!({"key": key, "value": value, "user": user_arg(user.user.clone())}),
+                *json,
+            )
+        }
         MemoryCmd::Stats(f) => ("memory.stats", json!({}), f.json),
         MemoryCmd::Export {
             user, all_users, ..
@@ -153,6 +185,21 @@ pub async fn run(home: &Home, cfg: &Config, cmd: MemoryCmd) -> Result<()> {
         }
         MemoryCmd::Stats(_) => {
             print_stats(&out);
+            Ok(())
+        }
+        MemoryCmd::Profile { .. } => {
+            match out.as_object().filter(|o| !o.is_empty()) {
+                None => {
+                    eprintln!("The profile is empty: lotus memory profile KEY VALUE sets a key.")
+                }
+                Some(p) => {
+                    let w = p.keys().map(String::len).max().unwrap_or(0);
+                    for (k, v) in p {
+                        let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                        println!("{k:<w$}  {v}");
+                    }
+                }
+            }
             Ok(())
         }
     }

@@ -1367,6 +1367,33 @@ fn memory_remembers_supersedes_and_forgets_from_the_cli() {
     let (code, out, _) = run(up.path(), &["memory", "stats", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(json(&out)["memories"], 2);
+
+    // The profile: set, shown, a key removed, a bad key named.
+    for (k, v) in [
+        ("name", "Ada"),
+        ("timezone", "Europe/Lisbon"),
+        ("age", "36"),
+    ] {
+        let (code, _, err) = run(up.path(), &["memory", "profile", k, v]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(up.path(), &["memory", "profile", "age", "--unset"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(up.path(), &["memory", "profile", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out),
+        json!({"name": "Ada", "timezone": "Europe/Lisbon"})
+    );
+    let (code, out, _) = run(up.path(), &["memory", "profile"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("name      Ada"), "{out}");
+    let (code, _, err) = run(up.path(), &["memory", "profile", "   ", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a profile key"), "{err}");
+    let (code, _, err) = run(up.path(), &["memory", "profile", "name"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--unset"), "{err}");
 }
 
 /// A dangerous call waits for a human: `lotus ask` (no terminal) says how to answer, another

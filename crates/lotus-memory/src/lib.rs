@@ -33,8 +33,8 @@ pub use manager::{
 };
 pub use module::MemoryModule;
 pub use tiers::{
-    Knowledge, MemoryError, Result, ShortTerm, StreamRecord, Turn, VectorFilter, VectorItem,
-    Vectors, Working, WorkingItem,
+    Knowledge, MemoryError, ModuleRecord, ProviderRecord, Result, ShortTerm, StreamRecord, Turn,
+    VectorFilter, VectorItem, Vectors, Working, WorkingItem,
 };
 pub use types::{
     ForgetFilter, Hit, Kind, Memory, NewMemory, RecallQuery, Remembered, Stats, now_us,

@@ -111,6 +111,14 @@ impl MemoryModule {
                 ))
             })?,
         };
+        let rerank = match cx.setting::<Value>("rerank") {
+            None => IndexConfig::default().rerank,
+            Some(v) => v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                ModuleError::msg(format!(
+                    "[modules.memory] rerank = {v}: use a whole number of candidates (0 turns re-ranking off)"
+                ))
+            })?,
+        };
         let model = cx
             .setting::<String>("embed")
             .unwrap_or_else(|| DEFAULT_EMBED.to_owned());
@@ -132,6 +140,7 @@ impl MemoryModule {
             &backends,
             IndexConfig {
                 quantization,
+                rerank,
                 ..IndexConfig::default()
             },
         )

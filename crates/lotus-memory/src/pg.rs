@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use uuid::Uuid;
 
 use crate::keywords;
-use crate::tiers::{Knowledge, MemoryError, Result, Turn};
+use crate::tiers::{Knowledge, MemoryError, ModuleRecord, ProviderRecord, Result, Turn};
 use crate::types::{ForgetFilter, Memory};
 
 const MIGRATIONS: &[&str] = &[
@@ -57,6 +57,23 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX lotus_conversation_history_user ON lotus_conversation_history ("user", at_us);
      CREATE INDEX lotus_conversation_history_session
          ON lotus_conversation_history ("user", session, at_us);"#,
+    // 3: the module registry and the providers' configurations.
+    r#"CREATE TABLE lotus_module_registry (
+         seq BIGSERIAL PRIMARY KEY,
+         name TEXT NOT NULL,
+         action TEXT NOT NULL,
+         version TEXT NOT NULL,
+         hash TEXT NOT NULL,
+         runtime TEXT NOT NULL,
+         at_us BIGINT NOT NULL
+     );
+     CREATE INDEX lotus_module_registry_name ON lotus_module_registry (name, seq);
+     CREATE TABLE lotus_provider_configs (
+         name TEXT PRIMARY KEY,
+         settings JSONB NOT NULL,
+         sealed_key TEXT,
+         updated_us BIGINT NOT NULL
+     );"#,
 ];
 
 /// An arbitrary, fixed key for the migration lock.
@@ -476,5 +493,88 @@ impl Knowledge for PgKnowledge {
             )
             .await
             .map_err(err)
+    }
+
+    async fn registry_append(&self, r: &ModuleRecord) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO lotus_module_registry (name, action, version, hash, runtime, at_us)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &r.name, &r.action, &r.version, &r.hash, &r.runtime, &r.at_us,
+                ],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn registry(&self, name: Option<&str>) -> Result<Vec<ModuleRecord>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT name, action, version, hash, runtime, at_us FROM lotus_module_registry
+                 WHERE $1::TEXT IS NULL OR name = $1 ORDER BY seq",
+                &[&name],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| ModuleRecord {
+                name: r.get(0),
+                action: r.get(1),
+                version: r.get(2),
+                hash: r.get(3),
+                runtime: r.get(4),
+                at_us: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn provider_put(&self, p: &ProviderRecord) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO lotus_provider_configs (name, settings, sealed_key, updated_us)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
+                     sealed_key = excluded.sealed_key, updated_us = excluded.updated_us",
+                &[&p.name, &p.settings, &p.sealed_key, &p.updated_us],
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn providers(&self) -> Result<Vec<ProviderRecord>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT name, settings, sealed_key, updated_us FROM lotus_provider_configs ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| ProviderRecord {
+                name: r.get(0),
+                settings: r.get(1),
+                sealed_key: r.get(2),
+                updated_us: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn provider_remove(&self, name: &str) -> Result<bool> {
+        let n = self
+            .client
+            .execute(
+                "DELETE FROM lotus_provider_configs WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(err)?;
+        Ok(n > 0)
     }
 }

@@ -232,8 +232,44 @@ pub struct Turn {
     pub meta: Value,
 }
 
+/// An entry of `module_registry` (L4): a version of a module installed, rolled back to, or
+/// removed. The entries of a module, oldest first, are its history; the last says what is
+/// active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// The module's name.
+    pub name: String,
+    /// `install`, `rollback`, `remove`.
+    pub action: String,
+    /// The version (from its manifest).
+    pub version: String,
+    /// The content hash of the stored version (`$LOTUS_HOME/modules/.store/NAME/HASH`).
+    pub hash: String,
+    /// `native`, `wasm`, … (empty when unknown).
+    #[serde(default)]
+    pub runtime: String,
+    /// When (µs since the epoch).
+    pub at_us: i64,
+}
+
+/// A provider's stored configuration (`provider_configs`, L4). Its key is kept only sealed
+/// (see `lotus_providers::keystore`): this tier never sees it in clear.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// `openai`, `anthropic`, `gemini`, `openrouter`, `ollama`.
+    pub name: String,
+    /// Its settings (a JSON object: `base_url`, `model`).
+    pub settings: Value,
+    /// Its API key, sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_key: Option<String>,
+    /// When it was last set (µs since the epoch).
+    pub updated_us: i64,
+}
+
 /// L4: persistent knowledge — the memories themselves (the source of truth, with keyword
-/// search and fact validity), and user profiles.
+/// search and fact validity), user profiles, the conversation history, the module registry and
+/// the providers' configurations.
 #[async_trait]
 pub trait Knowledge: Send + Sync {
     /// `sqlite`, `postgres`.
@@ -286,4 +322,14 @@ pub trait Knowledge: Send + Sync {
     async fn history_forget(&self, user: &str, memory_ids: &[Uuid]) -> Result<u64>;
     /// Removes `user`'s whole history; how many turns.
     async fn history_clear(&self, user: &str) -> Result<u64>;
+    /// Appends an entry to the module registry.
+    async fn registry_append(&self, record: &ModuleRecord) -> Result<()>;
+    /// The registry's entries (of one module when `name` is given), oldest first.
+    async fn registry(&self, name: Option<&str>) -> Result<Vec<ModuleRecord>>;
+    /// Stores a provider's configuration, replacing the one of the same name.
+    async fn provider_put(&self, record: &ProviderRecord) -> Result<()>;
+    /// Every stored provider configuration, by name.
+    async fn providers(&self) -> Result<Vec<ProviderRecord>>;
+    /// Removes a provider's configuration; whether there was one.
+    async fn provider_remove(&self, name: &str) -> Result<bool>;
 }

@@ -361,6 +361,10 @@ pub struct BenchVectorsArgs {
     /// once per value, reopened from disk each time (its load time is reported).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     pub ef: Vec<usize>,
+    /// For f16 and i8: candidates re-ranked against the exact vectors kept on disk (0: off).
+    /// Several, comma-separated, are measured like several `--ef` (each pair of the two).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    pub rerank: Vec<usize>,
     /// Candidates considered while adding (ef_construction): lower builds faster, with
     /// somewhat lower recall.
     #[arg(long, default_value_t = 128)]

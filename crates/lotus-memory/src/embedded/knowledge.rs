@@ -1,5 +1,6 @@
 //! L4 on SQLite: the memories with an FTS5 keyword index (Porter stemming, BM25) whose terms are
-//! scoped by user, fact validity, and user profiles. The schema is migrated by `PRAGMA user_version`.
+//! scoped by user, fact validity, user profiles, the conversation history, the module registry
+//! and the providers' configurations. The schema is migrated by `PRAGMA user_version`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::keywords;
-use crate::tiers::{Knowledge, MemoryError, Result, Turn};
+use crate::tiers::{Knowledge, MemoryError, ModuleRecord, ProviderRecord, Result, Turn};
 use crate::types::{ForgetFilter, Memory};
 
 const MIGRATIONS: &[&str] = &[
@@ -76,6 +77,23 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX conversation_history_user ON conversation_history (user, at_us);
      CREATE INDEX conversation_history_session ON conversation_history (user, session, at_us);",
+    // 4: the module registry and the providers' configurations.
+    "CREATE TABLE module_registry (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         name TEXT NOT NULL,
+         action TEXT NOT NULL,
+         version TEXT NOT NULL,
+         hash TEXT NOT NULL,
+         runtime TEXT NOT NULL,
+         at_us INTEGER NOT NULL
+     );
+     CREATE INDEX module_registry_name ON module_registry (name, seq);
+     CREATE TABLE provider_configs (
+         name TEXT PRIMARY KEY,
+         settings TEXT NOT NULL,
+         sealed_key TEXT,
+         updated_us INTEGER NOT NULL
+     );",
 ];
 
 /// The version whose migration creates `memories_keys`, which is then filled from `memories`.
@@ -602,6 +620,99 @@ impl Knowledge for SqliteKnowledge {
             .execute("DELETE FROM conversation_history WHERE user = ?", [user])
             .map_err(err)?;
         Ok(n as u64)
+    }
+
+    async fn registry_append(&self, r: &ModuleRecord) -> Result<()> {
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO module_registry (name, action, version, hash, runtime, at_us)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                params![r.name, r.action, r.version, r.hash, r.runtime, r.at_us],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn registry(&self, name: Option<&str>) -> Result<Vec<ModuleRecord>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT name, action, version, hash, runtime, at_us FROM module_registry
+                 WHERE ?1 IS NULL OR name = ?1 ORDER BY seq",
+            )
+            .map_err(err)?;
+        stmt.query_map([name], |r| {
+            Ok(ModuleRecord {
+                name: r.get(0)?,
+                action: r.get(1)?,
+                version: r.get(2)?,
+                hash: r.get(3)?,
+                runtime: r.get(4)?,
+                at_us: r.get(5)?,
+            })
+        })
+        .map_err(err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(err)
+    }
+
+    async fn provider_put(&self, p: &ProviderRecord) -> Result<()> {
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO provider_configs (name, settings, sealed_key, updated_us) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
+                     sealed_key = excluded.sealed_key, updated_us = excluded.updated_us",
+                params![p.name, p.settings.to_string(), p.sealed_key, p.updated_us],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn providers(&self) -> Result<Vec<ProviderRecord>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT name, settings, sealed_key, updated_us FROM provider_configs ORDER BY name",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err)?;
+        rows.into_iter()
+            .map(|(name, settings, sealed_key, updated_us)| {
+                let settings = serde_json::from_str(&settings).map_err(|e| {
+                    err(format!(
+                        "the stored settings of provider `{name}` are damaged: {e}"
+                    ))
+                })?;
+                Ok(ProviderRecord {
+                    name,
+                    settings,
+                    sealed_key,
+                    updated_us,
+                })
+            })
+            .collect()
+    }
+
+    async fn provider_remove(&self, name: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .lock()
+            .execute("DELETE FROM provider_configs WHERE name = ?", [name])
+            .map_err(err)?;
+        Ok(n > 0)
     }
 }
 

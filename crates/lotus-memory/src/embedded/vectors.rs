@@ -5,7 +5,11 @@
 //! - `graph-GEN.bin` and `items-GEN.bin`: the snapshot of that generation (the graph with
 //!   its vectors; the ids and metadata of its keys);
 //! - `wal.bin`: every change since the snapshot, one checksummed record each, synced before the
-//!   change is applied.
+//!   change is applied;
+//! - `exact.f32`, for a quantized collection: every vector exactly (normalized f32, the row of
+//!   key `k` at `k × dims × 4`), read back with `pread` to re-rank a search's best candidates.
+//!   It is written as changes are applied and synced by each checkpoint before `MANIFEST`; the
+//!   log holds the same vectors, so replaying it rewrites any row a crash lost.
 //!
 //! Opening loads the snapshot named by `MANIFEST` and replays the log; a record torn by a crash
 //! (short, or failing its checksum) ends the log and is cut off. A checkpoint writes the next
@@ -63,6 +67,10 @@ pub struct IndexConfig {
     /// Log size (bytes) after which a checkpoint is written (or half the size of the last
     /// snapshot, when that is larger).
     pub checkpoint_bytes: u64,
+    /// For f16 and i8: how many of a search's best candidates are re-ranked against the exact
+    /// vectors kept on disk (at least `k`; 0 turns re-ranking off). Quantization keeps the
+    /// graph small in memory; re-ranking gives back the order its rounding blurs.
+    pub rerank: usize,
 }
 
 impl Default for IndexConfig {
@@ -73,6 +81,7 @@ impl Default for IndexConfig {
             expansion_add: 128,
             expansion_search: 64,
             checkpoint_bytes: 64 << 20,
+            rerank: 100,
         }
     }
 }
@@ -87,6 +96,9 @@ struct Manifest {
     /// The graph's file format: 2 is LOTUS's own HNSW (format 1, usearch's, is not read).
     #[serde(default = "usearch_format")]
     format: u32,
+    /// Whether `exact.f32` holds every vector (quantized collections written by this version).
+    #[serde(default)]
+    exact: bool,
 }
 
 const FORMAT: u32 = 2;
@@ -188,8 +200,69 @@ fn tag_key(field: &str, value: &Value) -> Option<String> {
     }
 }
 
+/// The exact vectors of a quantized collection, on disk (`exact.f32`).
+struct Exact {
+    file: File,
+    /// Bytes per row.
+    row: usize,
+}
+
+impl Exact {
+    const FILE: &str = "exact.f32";
+
+    /// Opens the file of `dir`, emptied when `fresh` (a collection starting from nothing).
+    fn open(dir: &Path, dims: usize, fresh: bool) -> Result<Self> {
+        let path = dir.join(Self::FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(fresh)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            file,
+            row: super::distance::row_bytes(Quantization::F32, dims),
+        })
+    }
+
+    /// Writes the rows of consecutive keys from `first`.
+    fn write(&self, first: u64, vectors: &[&[f32]]) -> Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; self.row * vectors.len()];
+        for (v, out) in vectors.iter().zip(buf.chunks_exact_mut(self.row)) {
+            super::distance::encode(Quantization::F32, v, out);
+        }
+        self.file
+            .write_all_at(&buf, first * self.row as u64)
+            .map_err(err)
+    }
+
+    /// Orders `found` by exact distance to `query` and keeps the best `k`.
+    fn rerank(&self, query: &[f32], found: &mut Vec<(u64, f32)>, k: usize) -> Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let metric = super::distance::Metric::new(Quantization::F32, query.len());
+        let mut q = vec![0u8; self.row];
+        super::distance::encode(Quantization::F32, query, &mut q);
+        let mut row = vec![0u8; self.row];
+        for (key, d) in found.iter_mut() {
+            self.file
+                .read_exact_at(&mut row, *key * self.row as u64)
+                .map_err(|e| err(format!("{}: the row of key {key}: {e}", Self::FILE)))?;
+            *d = metric.distance(&q, &row);
+        }
+        found.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        found.truncate(k);
+        Ok(())
+    }
+}
+
 struct State {
+    /// The collection's folder.
+    dir: PathBuf,
     index: Option<Hnsw>,
+    /// The exact vectors, when the index is quantized.
+    exact: Option<Exact>,
     dims: usize,
     quantization: Quantization,
     by_id: FxHashMap<Uuid, u64>,
@@ -211,9 +284,11 @@ struct State {
 }
 
 impl State {
-    fn new(quantization: Quantization) -> Self {
+    fn new(dir: &Path, quantization: Quantization) -> Self {
         Self {
+            dir: dir.to_owned(),
             index: None,
+            exact: None,
             dims: 0,
             quantization,
             by_id: FxHashMap::default(),
@@ -478,7 +553,7 @@ fn decode(payload: &[u8]) -> Option<Record> {
 impl Collection {
     fn open(dir: &Path, config: IndexConfig) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(err)?;
-        let mut state = State::new(config.quantization);
+        let mut state = State::new(dir, config.quantization);
         let manifest_path = dir.join("MANIFEST");
         if manifest_path.exists() {
             let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).map_err(err)?)
@@ -524,6 +599,16 @@ impl Collection {
                     index.len(),
                     state.items.len()
                 )));
+            }
+            if m.exact {
+                if !dir.join(Exact::FILE).exists() {
+                    return Err(err(format!(
+                        "{}: {} is missing; run `lotus memory reindex` to rebuild the index",
+                        dir.display(),
+                        Exact::FILE
+                    )));
+                }
+                state.exact = Some(Exact::open(dir, m.dimensions, false)?);
             }
             state.index = Some(index);
             state.dims = m.dimensions;
@@ -585,12 +670,16 @@ impl Collection {
                 .map_err(err)?;
         }
         write_items(&self.dir.join(format!("items-{generation}.bin")), &state)?;
+        if let Some(exact) = &state.exact {
+            exact.file.sync_data().map_err(err)?;
+        }
         let manifest = Manifest {
             generation,
             dimensions: state.dims,
             quantization: state.quantization,
             next_key: state.next_key,
             format: FORMAT,
+            exact: state.exact.is_some(),
         };
         let tmp = self.dir.join("MANIFEST.tmp");
         {
@@ -760,6 +849,9 @@ fn apply_upsert(state: &mut State, config: &IndexConfig, items: &[VectorItem]) -
         state.dims = first.vector.len();
         state.quantization = config.quantization;
         state.index = Some(new_index(state.dims, state.quantization, config));
+        if state.quantization != Quantization::F32 {
+            state.exact = Some(Exact::open(&state.dir, state.dims, true)?);
+        }
     }
     // An id given twice in one batch: the last one wins.
     let mut last: FxHashMap<Uuid, usize> = FxHashMap::default();
@@ -781,6 +873,10 @@ fn apply_upsert(state: &mut State, config: &IndexConfig, items: &[VectorItem]) -
         .enumerate()
         .map(|(i, it)| (first_key + i as u64, &it.vector[..]))
         .collect();
+    if let Some(exact) = &state.exact {
+        let rows: Vec<&[f32]> = batch.iter().map(|b| b.1).collect();
+        exact.write(first_key, &rows)?;
+    }
     if let Some(index) = state.index.as_mut() {
         index.add(&batch, threads());
     }
@@ -851,11 +947,16 @@ impl Vectors for EmbeddedVectors {
         if k == 0 || s.items.is_empty() {
             return Ok(Vec::new());
         }
-        let found = match s.scope(filter) {
-            Scope::All => index.search(vector, k, None),
+        let exact = s.exact.as_ref().filter(|_| c.config.rerank > 0);
+        let want = exact.map_or(k, |_| k.max(c.config.rerank));
+        let mut found = match s.scope(filter) {
+            Scope::All => index.search(vector, want, None),
             Scope::Nothing => return Ok(Vec::new()),
-            scope => index.search(vector, k, Some(&|key| s.selects(&scope, filter, key))),
+            scope => index.search(vector, want, Some(&|key| s.selects(&scope, filter, key))),
         };
+        if let Some(exact) = exact {
+            exact.rerank(vector, &mut found, k)?;
+        }
         Ok(found
             .into_iter()
             .filter_map(|(key, d)| s.items.get(key).map(|it| (it.id, 1.0 - d)))
@@ -1009,5 +1110,97 @@ mod tests {
         );
         assert_eq!(v.count("c").await.expect("the test store works"), 20);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A quantized collection keeps its exact vectors on disk and re-ranks a search's best
+    /// candidates with them: on points so close together that i8 rounding scrambles their
+    /// order, re-ranked hits are the exact neighbours with their exact similarity, after a log
+    /// replay and after a checkpoint alike; with re-ranking off they are not.
+    #[tokio::test]
+    async fn a_quantized_collection_reranks_with_its_exact_vectors() {
+        use crate::quality::Rng;
+        let dir = std::env::temp_dir().join(format!("lotus-vec-exact-{}", Uuid::now_v7()));
+        let dims = 32;
+        let mut rng = Rng(7);
+        let center: Vec<f32> = (0..dims).map(|_| rng.normal()).collect();
+        let near = |rng: &mut Rng| -> Vec<f32> {
+            center.iter().map(|c| c + 0.02 * rng.normal()).collect()
+        };
+        let items: Vec<VectorItem> = (0..2000)
+            .map(|i| VectorItem {
+                id: Uuid::from_u128(i + 1),
+                vector: near(&mut rng),
+                meta: BTreeMap::from([("user".to_owned(), json!(format!("u{}", i % 2)))]),
+            })
+            .collect();
+        let queries: Vec<Vec<f32>> = (0..20).map(|_| near(&mut rng)).collect();
+        let user0 = BTreeMap::from([("user".to_owned(), json!("u0"))]);
+        let config = |rerank| IndexConfig {
+            quantization: Quantization::I8,
+            rerank,
+            ..IndexConfig::default()
+        };
+        {
+            let v = EmbeddedVectors::open(&dir, config(300)).expect("the test store works");
+            for chunk in items.chunks(500) {
+                v.upsert("c", chunk).await.expect("the test store works");
+            }
+            assert!(recall_at_10(&v, true, &items, &queries, &user0).await >= 0.99);
+        }
+        // Reopened from the log alone, then from a checkpoint.
+        let v = EmbeddedVectors::open(&dir, config(300)).expect("the test store works");
+        assert!(recall_at_10(&v, true, &items, &queries, &user0).await >= 0.99);
+        v.flush().await.expect("the test store works");
+        drop(v);
+        let v = EmbeddedVectors::open(&dir, config(300)).expect("the test store works");
+        assert!(recall_at_10(&v, true, &items, &queries, &user0).await >= 0.99);
+        drop(v);
+        let v = EmbeddedVectors::open(&dir, config(0)).expect("the test store works");
+        let off = recall_at_10(&v, false, &items, &queries, &user0).await;
+        assert!(off < 0.9, "i8 alone found {off}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (n(a) * n(b))
+    }
+
+    /// recall@10 of `v` over `queries` (every other one filtered to `user0`), checking each hit's
+    /// filter and, when `reranked`, its score against the exact similarity.
+    async fn recall_at_10(
+        v: &EmbeddedVectors,
+        reranked: bool,
+        items: &[VectorItem],
+        queries: &[Vec<f32>],
+        user0: &VectorFilter,
+    ) -> f64 {
+        let none = VectorFilter::new();
+        let mut hits = 0;
+        for (n, q) in queries.iter().enumerate() {
+            let filter = if n % 2 == 0 { user0 } else { &none };
+            let mut want: Vec<(f32, Uuid)> = items
+                .iter()
+                .filter(|it| filter.is_empty() || it.meta == *filter)
+                .map(|it| (cosine(q, &it.vector), it.id))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let want: Vec<Uuid> = want.iter().take(10).map(|w| w.1).collect();
+            let got = v
+                .query("c", q, 10, filter)
+                .await
+                .expect("the test store works");
+            assert_eq!(got.len(), 10);
+            for (id, score) in &got {
+                let it = &items[(id.as_u128() - 1) as usize];
+                assert!(filter.is_empty() || it.meta == *filter);
+                if reranked {
+                    let exact = cosine(q, &it.vector);
+                    assert!((score - exact).abs() < 1e-5, "{score} against {exact}");
+                }
+            }
+            hits += got.iter().filter(|g| want.contains(&g.0)).count();
+        }
+        hits as f64 / (queries.len() * 10) as f64
     }
 }

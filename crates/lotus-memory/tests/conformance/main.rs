@@ -12,8 +12,8 @@ use lotus_memory::embedded::{
 use lotus_memory::pg::PgKnowledge;
 use lotus_memory::redis_tiers::{RedisShortTerm, RedisWorking};
 use lotus_memory::{
-    ForgetFilter, Kind, Knowledge, Memory, ShortTerm, StreamRecord, Turn, VectorItem, Vectors,
-    Working, WorkingItem, now_us,
+    ForgetFilter, Kind, Knowledge, Memory, ModuleRecord, ProviderRecord, ShortTerm, StreamRecord,
+    Turn, VectorItem, Vectors, Working, WorkingItem, now_us,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -843,6 +843,67 @@ async fn knowledge_conformance() {
             "{b}"
         );
         k.history_clear(&other).await.expect("clear");
+
+        // The module registry: entries in order, per module.
+        let module = format!("m{}", Uuid::now_v7().simple());
+        let other_module = format!("{module}x");
+        let entry = |name: &str, action: &str, version: &str, at_us: i64| ModuleRecord {
+            name: name.to_owned(),
+            action: action.into(),
+            version: version.into(),
+            hash: format!("{version}-hash"),
+            runtime: "wasm".into(),
+            at_us,
+        };
+        let entries = [
+            entry(&module, "install", "1.0.0", t0),
+            entry(&other_module, "install", "0.1.0", t0 + 1),
+            entry(&module, "install", "1.1.0", t0 + 2),
+            // The same moment: the order of appending decides.
+            entry(&module, "rollback", "1.0.0", t0 + 2),
+        ];
+        for e in &entries {
+            k.registry_append(e).await.expect("registry");
+        }
+        assert_eq!(
+            k.registry(Some(&module)).await.expect("registry"),
+            [entries[0].clone(), entries[2].clone(), entries[3].clone()],
+            "{b}: one module's history, oldest first"
+        );
+        let all = k.registry(None).await.expect("registry");
+        let ours: Vec<&ModuleRecord> = all
+            .iter()
+            .filter(|e| e.name == module || e.name == other_module)
+            .collect();
+        assert_eq!(ours, entries.iter().collect::<Vec<_>>(), "{b}");
+
+        // Provider configurations: replaced by name, the sealed key kept verbatim, removed.
+        let provider = format!("p{}", Uuid::now_v7().simple());
+        let mut p = ProviderRecord {
+            name: provider.clone(),
+            settings: serde_json::json!({"base_url": "http://127.0.0.1:9/v1", "model": "gpt-x"}),
+            sealed_key: Some("lotus-sealed:v1:c2FsdA:bm9uY2U:Y2lwaGVy".into()),
+            updated_us: t0,
+        };
+        k.provider_put(&p).await.expect("provider");
+        let find = |all: Vec<ProviderRecord>| all.into_iter().find(|r| r.name == provider);
+        assert_eq!(
+            find(k.providers().await.expect("providers")),
+            Some(p.clone()),
+            "{b}"
+        );
+        p.settings = serde_json::json!({"model": "gpt-y"});
+        p.sealed_key = None;
+        p.updated_us = t0 + 5;
+        k.provider_put(&p).await.expect("provider");
+        assert_eq!(
+            find(k.providers().await.expect("providers")),
+            Some(p.clone()),
+            "{b}: replaced whole"
+        );
+        assert!(k.provider_remove(&provider).await.expect("remove"), "{b}");
+        assert!(!k.provider_remove(&provider).await.expect("remove"), "{b}");
+        assert_eq!(find(k.providers().await.expect("providers")), None, "{b}");
 
         k.delete(&[helix.id, zed.id, theirs.id])
             .await

@@ -243,6 +243,7 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
         quantization,
         expansion_search: a.ef[0],
         expansion_add: a.ef_construction,
+        rerank: a.rerank[0],
         ..IndexConfig::default()
     };
     let index = EmbeddedVectors::open(dir.path(), config)?;
@@ -289,8 +290,12 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
     let disk_mb = ((index.disk_bytes() as f64 / 1048576.0) * 10.0).round() / 10.0;
     let mut runs = Vec::new();
     let mut index = Some(index);
-    for (n, &ef) in a.ef.iter().enumerate() {
-        // The first ef searches the index as built; the others reopen it from disk.
+    let settings: Vec<(usize, usize)> =
+        a.ef.iter()
+            .flat_map(|&ef| a.rerank.iter().map(move |&rerank| (ef, rerank)))
+            .collect();
+    for (n, &(ef, rerank)) in settings.iter().enumerate() {
+        // The first setting searches the index as built; the others reopen it from disk.
         let mut open_s = None;
         let current = match index.take() {
             Some(built) if n == 0 => built,
@@ -301,6 +306,7 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
                     dir.path(),
                     IndexConfig {
                         expansion_search: ef,
+                        rerank,
                         ..config
                     },
                 )?;
@@ -332,6 +338,7 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
         let ms = |q: f64| (hist.value_at_quantile(q) as f64 / 1e6 * 1000.0).round() / 1000.0;
         runs.push(json!({
             "ef_search": ef,
+            "rerank": if quantization == Quantization::F32 { 0 } else { rerank },
             "recall_at_10": (recall * 10000.0).round() / 10000.0,
             "query_p50_ms": ms(0.5),
             "query_p99_ms": ms(0.99),
@@ -374,7 +381,7 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
             }
         }
     }
-    if a.ef.len() > 1 {
+    if settings.len() > 1 {
         out["runs"] = json!(runs);
     }
     if a.json {
@@ -397,8 +404,12 @@ pub async fn run(a: BenchVectorsArgs) -> Result<()> {
         );
         for r in &runs {
             println!(
-                "  ef {}: recall@{} {}, query p50 {} ms p99 {} ms max {} ms ({} q/s){}",
+                "  ef {}{}: recall@{} {}, query p50 {} ms p99 {} ms max {} ms ({} q/s){}",
                 r["ef_search"],
+                match r["rerank"].as_u64() {
+                    Some(n) if n > 0 => format!(", re-ranking {n}"),
+                    _ => String::new(),
+                },
                 a.k,
                 r["recall_at_10"],
                 r["query_p50_ms"],

@@ -46,6 +46,48 @@ fn unsupported(key: &str, url: &str, want: &str) -> MemoryError {
     ))
 }
 
+impl Backends {
+    /// The backends named by the memory module's settings (`[modules.memory]`: `working`,
+    /// `short_term`, `vectors`, `knowledge`, `prefix`); a setting that is not a string is an
+    /// error naming it.
+    pub fn from_settings(settings: &serde_json::Value) -> Result<Self> {
+        let mut b = Self::default();
+        for (key, slot) in [
+            ("working", &mut b.working),
+            ("short_term", &mut b.short_term),
+            ("vectors", &mut b.vectors),
+            ("knowledge", &mut b.knowledge),
+            ("prefix", &mut b.prefix),
+        ] {
+            *slot = match settings.get(key) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(v) => {
+                    return Err(MemoryError::BadInput(format!(
+                        "[modules.memory] {key} = {v}: use a string (\"embedded\" or a server's URL)"
+                    )));
+                }
+            };
+        }
+        Ok(b)
+    }
+}
+
+/// Opens L4 alone: `memory.db` under `dir`, or the PostgreSQL server named. For what keeps
+/// records there besides the memories (the module registry, the providers' configurations).
+pub async fn open_knowledge(dir: &Path, b: &Backends) -> Result<Arc<dyn crate::Knowledge>> {
+    Ok(match &b.knowledge {
+        Some(u) if !embedded(&b.knowledge) => {
+            if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                Arc::new(PgKnowledge::connect(u).await?)
+            } else {
+                return Err(unsupported("knowledge", u, "postgres://USER@HOST:PORT/DB"));
+            }
+        }
+        _ => Arc::new(SqliteKnowledge::open(&dir.join("memory.db"))?),
+    })
+}
+
 /// Opens the tiers: the embedded ones under `dir`, the others on their servers.
 pub async fn open(dir: &Path, b: &Backends, index: IndexConfig) -> Result<Tiers> {
     let db = dir.join("memory.db");
@@ -78,14 +120,7 @@ pub async fn open(dir: &Path, b: &Backends, index: IndexConfig) -> Result<Tiers>
         Some(u) => return Err(unsupported("vectors", u, "ChromaDB's http://HOST:PORT")),
         None => Arc::new(EmbeddedVectors::open(&dir.join("vectors"), index)?),
     };
-    let knowledge: Arc<dyn crate::Knowledge> = match &b.knowledge {
-        k if embedded(k) => Arc::new(SqliteKnowledge::open(&db)?),
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            Arc::new(PgKnowledge::connect(u).await?)
-        }
-        Some(u) => return Err(unsupported("knowledge", u, "postgres://USER@HOST:PORT/DB")),
-        None => Arc::new(SqliteKnowledge::open(&db)?),
-    };
+    let knowledge = open_knowledge(dir, b).await?;
     Ok(Tiers {
         working,
         short_term,

@@ -125,16 +125,7 @@ impl MemoryModule {
         self.default_user = cx
             .setting::<String>("default_user")
             .unwrap_or_else(|| DEFAULT_USER.to_owned());
-        let mut backends = Backends::default();
-        for (key, slot) in [
-            ("working", &mut backends.working),
-            ("short_term", &mut backends.short_term),
-            ("vectors", &mut backends.vectors),
-            ("knowledge", &mut backends.knowledge),
-            ("prefix", &mut backends.prefix),
-        ] {
-            *slot = cx.setting::<String>(key);
-        }
+        let backends = Backends::from_settings(cx.settings()).map_err(me)?;
         let tiers = crate::backends::open(
             &dir,
             &backends,

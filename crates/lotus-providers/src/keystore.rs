@@ -71,6 +71,16 @@ pub enum KeyStoreError {
     /// An empty key value.
     #[error("the key for `{0}` is empty")]
     EmptyKey(String),
+    /// A sealed value that does not open.
+    #[error(
+        "cannot open the sealed key of `{context}`: {reason}; set it again (`lotus provider set {context} --key`)"
+    )]
+    Unsealable {
+        /// What it was sealed for (a provider's name).
+        context: String,
+        /// Why it does not open.
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -137,6 +147,8 @@ pub struct KeyStore {
     path: PathBuf,
     kdf: Kdf,
     key: Zeroizing<[u8; 32]>,
+    /// Kept to open values sealed under another salt (by another machine's store).
+    passphrase: Zeroizing<String>,
     plain: Plain,
 }
 
@@ -171,6 +183,7 @@ impl KeyStore {
             path: path.to_owned(),
             kdf,
             key,
+            passphrase: Zeroizing::new(passphrase.to_owned()),
             plain: Plain::default(),
         })
     }
@@ -234,6 +247,7 @@ impl KeyStore {
             path: path.to_owned(),
             kdf: h.kdf.clone(),
             key,
+            passphrase: Zeroizing::new(passphrase.to_owned()),
             plain,
         })
     }
@@ -312,6 +326,7 @@ impl KeyStore {
         let fresh = Self::create(&self.path, passphrase)?;
         self.kdf = fresh.kdf.clone();
         self.key = fresh.key.clone();
+        self.passphrase = fresh.passphrase.clone();
         Ok(())
     }
 
@@ -356,6 +371,109 @@ impl KeyStore {
         write_private(&tmp, &text).map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
     }
+}
+
+/// The prefix of a sealed value.
+const SEALED: &str = "lotus-sealed:1:";
+
+/// A secret sealed for keeping elsewhere: the derivation it was sealed under, the nonce, the
+/// ciphertext.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealed {
+    kdf: Kdf,
+    nonce: String,
+    ciphertext: String,
+}
+
+impl KeyStore {
+    /// Seals `secret` for keeping outside the store (the providers' configurations in L4),
+    /// bound to `context` (a provider's name): XChaCha20-Poly1305 under this store's key and a
+    /// fresh nonce, with the context and the derivation as associated data, so the sealed value
+    /// cannot be moved to another context or have its parameters changed unnoticed.
+    pub fn seal(&self, context: &str, secret: &Secret) -> Result<String, KeyStoreError> {
+        let mut nonce = [0u8; 24];
+        random(&self.path, &mut nonce)?;
+        let aad = sealed_aad(context, &self.kdf);
+        let ciphertext = XChaCha20Poly1305::new((&*self.key).into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| KeyStoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("encryption failed"),
+            })?;
+        let sealed = Sealed {
+            kdf: self.kdf.clone(),
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ciphertext),
+        };
+        let json = serde_json::to_vec(&sealed).map_err(|e| KeyStoreError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(format!("{SEALED}{}", B64.encode(json)))
+    }
+
+    /// Opens what [`seal`](Self::seal) sealed for `context`, under this store's passphrase (a
+    /// value sealed by another machine's store with the same passphrase opens too, at the cost
+    /// of one more key derivation).
+    pub fn unseal(&self, context: &str, sealed: &str) -> Result<Secret, KeyStoreError> {
+        let bad = |reason: &str| KeyStoreError::Unsealable {
+            context: context.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let body = sealed
+            .strip_prefix(SEALED)
+            .ok_or_else(|| bad("it is not a sealed value of this version"))?;
+        let json = B64.decode(body).map_err(|_| bad("it is not base64"))?;
+        let s: Sealed = serde_json::from_slice(&json).map_err(|e| bad(&e.to_string()))?;
+        let nonce = B64
+            .decode(&s.nonce)
+            .ok()
+            .filter(|n| n.len() == 24)
+            .ok_or_else(|| bad("the nonce is not 24 bytes of base64"))?;
+        let ciphertext = B64
+            .decode(&s.ciphertext)
+            .map_err(|_| bad("the ciphertext is not base64"))?;
+        let same = s.kdf.salt == self.kdf.salt
+            && s.kdf.memory_kib == self.kdf.memory_kib
+            && s.kdf.iterations == self.kdf.iterations
+            && s.kdf.parallelism == self.kdf.parallelism;
+        let key = if same {
+            self.key.clone()
+        } else {
+            if s.kdf.algorithm != "argon2id" {
+                return Err(bad("it was not sealed with argon2id"));
+            }
+            derive(&self.path, &s.kdf, &self.passphrase).map_err(|e| bad(&e.to_string()))?
+        };
+        let aad = sealed_aad(context, &s.kdf);
+        let plain = XChaCha20Poly1305::new((&*key).into())
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                bad("it was sealed under another passphrase, for another provider, or altered")
+            })?;
+        let text = std::str::from_utf8(&plain).map_err(|_| bad("it is not text"))?;
+        Ok(Secret::new(text))
+    }
+}
+
+fn sealed_aad(context: &str, kdf: &Kdf) -> Vec<u8> {
+    let mut aad = format!("{SEALED}{context}:").into_bytes();
+    aad.extend(serde_json::to_vec(kdf).unwrap_or_default());
+    aad
 }
 
 fn check_name(name: &str) -> Result<(), KeyStoreError> {

@@ -186,6 +186,15 @@ const KEYED: [Keyed; 4] = [
     },
 ];
 
+/// A key LOTUS keeps (rather than the environment), and where it was kept.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    /// The key.
+    pub key: Secret,
+    /// `the encrypted store` (`keys.enc`), `provider_configs` (L4).
+    pub from: &'static str,
+}
+
 /// The router and what was found.
 pub struct Setup {
     /// The router.
@@ -205,13 +214,13 @@ pub struct Extra {
 }
 
 /// Builds the router from `config`, the environment `env` (a lookup, so tests can pass their
-/// own), the keys of the encrypted store (`stored`, by provider name; the environment wins), the
+/// own), the keys LOTUS keeps (`stored`, by provider name; the environment wins), the
 /// catalog override file, the ledger, and providers supplied by the caller (added after the
 /// others, last in the automatic chain).
 pub async fn build(
     config: &ProvidersConfig,
     env: &dyn Fn(&str) -> Option<String>,
-    stored: &BTreeMap<String, Secret>,
+    stored: &BTreeMap<String, StoredKey>,
     catalog_file: Option<&Path>,
     ledger: Option<Arc<Ledger>>,
     extra: Vec<Extra>,
@@ -249,7 +258,7 @@ pub async fn build(
             .or_else(|| {
                 stored
                     .get(p.name)
-                    .map(|k| ("key from the encrypted store".to_owned(), k.clone()))
+                    .map(|k| (format!("key from {}", k.from), k.key.clone()))
             });
         let (source, model) = match found {
             Some((source, key)) => {

@@ -140,3 +140,52 @@ fn a_new_passphrase_reseals_and_the_old_one_stops_working() {
     let reopened = KeyStore::open(&path, "battery staple").expect("open");
     assert_eq!(reopened.get("openai").expect("openai").expose(), KEY);
 }
+
+/// A key sealed for keeping elsewhere opens with the same passphrase (also from another
+/// machine's store), only for the provider it was sealed for, and not once altered.
+#[test]
+fn sealed_keys_open_only_for_their_provider_under_the_same_passphrase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let here = store_with_key(&dir.path().join("keys.enc"));
+    let sealed = here.seal("openai", &Secret::new(KEY)).expect("seal");
+    assert!(sealed.starts_with("lotus-sealed:1:"), "{sealed}");
+    assert!(!sealed.contains(KEY) && !sealed.contains("KEYSTORE"));
+    assert_ne!(
+        sealed,
+        here.seal("openai", &Secret::new(KEY)).expect("seal"),
+        "a fresh nonce each time"
+    );
+    assert_eq!(
+        here.unseal("openai", &sealed).expect("unseal").expose(),
+        KEY
+    );
+
+    // Another machine's store (another salt), same passphrase: opens.
+    let there = KeyStore::create(&dir.path().join("other.enc"), "correct horse").expect("create");
+    assert_eq!(
+        there.unseal("openai", &sealed).expect("unseal").expose(),
+        KEY
+    );
+    // Another passphrase, another provider, or a changed byte: does not, and says what to do.
+    let stranger = KeyStore::create(&dir.path().join("x.enc"), "wrong horse").expect("create");
+    for (store, context, value) in [
+        (&stranger, "openai", sealed.clone()),
+        (&here, "anthropic", sealed.clone()),
+        (&here, "openai", {
+            let mut b = sealed.clone().into_bytes();
+            let at = b.len() - 6;
+            b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(b).expect("utf8")
+        }),
+        (&here, "openai", "sk-plain-text".to_owned()),
+    ] {
+        let e = store.unseal(context, &value).expect_err("must not open");
+        assert!(matches!(e, KeyStoreError::Unsealable { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("lotus provider set {context} --key")),
+            "{msg}"
+        );
+        assert!(!msg.contains(KEY));
+    }
+}

@@ -448,6 +448,27 @@ pub enum ProviderCmd {
         /// alias).
         name: String,
     },
+    /// Store a provider's settings and key in L4 (`provider_configs`), where every nucleus on
+    /// the same knowledge tier finds them; the key is kept sealed with the key store's
+    /// passphrase. `lotus.toml` and the environment still win.
+    Set {
+        /// `openai`, `anthropic`, `gemini`, `openrouter` or `ollama`.
+        name: String,
+        /// The API's base URL.
+        #[arg(long)]
+        base_url: Option<String>,
+        /// The model used for this provider in the automatic chain.
+        #[arg(long)]
+        model: Option<String>,
+        /// Read the API key (at a prompt, or from standard input) and store it sealed.
+        #[arg(long)]
+        key: bool,
+    },
+    /// Remove a provider's stored configuration (`lotus provider set`).
+    Unset {
+        /// The provider.
+        name: String,
+    },
     /// Spending by day, provider, model and module, from the cost ledger.
     Costs {
         /// How many days back (today included).

@@ -1,11 +1,15 @@
 //! `lotus module install|remove|history|rollback`: every installed version is kept,
 //! content-addressed, under `$LOTUS_HOME/modules/.store/NAME/HASH`; the active version is the
-//! folder `$LOTUS_HOME/modules/NAME`; a running nucleus picks changes up without a restart.
+//! folder `$LOTUS_HOME/modules/NAME`; each change is recorded in the module registry (L4); a
+//! running nucleus picks changes up without a restart.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
 use lotus_core::{Manifest, Runtime};
+use lotus_memory::{Knowledge, ModuleRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -18,48 +22,107 @@ use crate::home::Home;
 /// Marks the active folder with the hash of the stored version it came from.
 const HASH_FILE: &str = ".lotus-version";
 
+/// The legacy history of a module (before the registry moved to L4), imported on first use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Entry {
+struct LegacyEntry {
     at: String,
     action: String,
     version: String,
     hash: String,
 }
 
+/// An entry as `lotus module history --json` shows it.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    at: String,
+    action: &'a str,
+    version: &'a str,
+    hash: &'a str,
+    runtime: &'a str,
+}
+
 fn store(home: &Home, name: &str) -> PathBuf {
     home.modules().join(".store").join(name)
 }
 
-fn history_file(home: &Home, name: &str) -> PathBuf {
-    store(home, name).join("history.jsonl")
+fn rfc3339(at_us: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(at_us).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn read_history(home: &Home, name: &str) -> Result<Vec<Entry>> {
-    let text = match std::fs::read_to_string(history_file(home, name)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).context("the module history is damaged"))
-        .collect()
+/// The module registry (L4 `module_registry`): every install, rollback and removal of every
+/// module, wherever the memory's knowledge tier lives (SQLite, or PostgreSQL shared by nuclei).
+struct Registry {
+    knowledge: Arc<dyn Knowledge>,
 }
 
-fn record(home: &Home, name: &str, action: &str, version: &str, hash: &str) -> Result<()> {
-    use std::io::Write;
-    let entry = Entry {
-        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        action: action.into(),
-        version: version.into(),
-        hash: hash.into(),
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(history_file(home, name))?;
-    writeln!(f, "{}", serde_json::to_string(&entry)?)?;
-    Ok(())
+impl Registry {
+    async fn open(home: &Home) -> Result<Self> {
+        let config = Config::load(home.root()).map_err(bad_input)?;
+        Ok(Self {
+            knowledge: super::knowledge(home, &config).await?,
+        })
+    }
+
+    /// Moves a history file written before the registry was in L4 into it (once: the file is
+    /// renamed `history.jsonl.imported`).
+    async fn import_legacy(&self, home: &Home, name: &str) -> Result<()> {
+        let file = store(home, name).join("history.jsonl");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let e: LegacyEntry = serde_json::from_str(line)
+                .with_context(|| format!("{} is damaged: {line}", file.display()))?;
+            let at_us = humantime::parse_rfc3339(&e.at)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            self.knowledge
+                .registry_append(&ModuleRecord {
+                    name: name.to_owned(),
+                    action: e.action,
+                    version: e.version,
+                    hash: e.hash,
+                    runtime: String::new(),
+                    at_us,
+                })
+                .await?;
+        }
+        std::fs::rename(&file, file.with_extension("jsonl.imported"))?;
+        Ok(())
+    }
+
+    async fn history(&self, home: &Home, name: &str) -> Result<Vec<ModuleRecord>> {
+        self.import_legacy(home, name).await?;
+        Ok(self.knowledge.registry(Some(name)).await?)
+    }
+
+    async fn record(&self, home: &Home, m: &Manifest, action: &str, hash: &str) -> Result<()> {
+        let name = m.name.to_string();
+        self.import_legacy(home, &name).await?;
+        self.knowledge
+            .registry_append(&ModuleRecord {
+                name,
+                action: action.into(),
+                version: m.version.to_string(),
+                hash: hash.into(),
+                runtime: runtime_name(m.runtime),
+                at_us: lotus_memory::now_us(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn runtime_name(r: Runtime) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn active_hash(home: &Home, name: &str) -> Option<String> {
@@ -157,6 +220,7 @@ pub async fn install(home: &Home, path: &Path) -> Result<()> {
     let hash = format!("{:x}", h.finalize())[..16].to_owned();
     let name = m.name.to_string();
     home.ensure()?;
+    let registry = Registry::open(home).await?;
     let dest = store(home, &name).join(&hash);
     if !dest.exists() {
         let tmp = store(home, &name).join(format!(".{hash}.tmp"));
@@ -175,7 +239,7 @@ pub async fn install(home: &Home, path: &Path) -> Result<()> {
         return Ok(());
     }
     activate(home, &name, &hash)?;
-    record(home, &name, "install", &m.version.to_string(), &hash)?;
+    registry.record(home, &m, "install", &hash).await?;
     println!(
         "installed `{name}` {} ({hash}) in {}",
         m.version,
@@ -212,20 +276,33 @@ pub async fn remove(home: &Home, name: &str) -> Result<()> {
             .await?;
         println!("stopped `{name}` in the running nucleus");
     }
-    let version = Manifest::load(&active)
-        .map(|m| m.version.to_string())
-        .unwrap_or_default();
+    let registry = Registry::open(home).await?;
+    let manifest = Manifest::load(&active).ok();
     let hash = active_hash(home, name).unwrap_or_default();
     std::fs::remove_dir_all(&active)?;
-    if store(home, name).exists() {
-        record(home, name, "remove", &version, &hash)?;
+    match &manifest {
+        Some(m) => registry.record(home, m, "remove", &hash).await?,
+        None => {
+            registry.import_legacy(home, name).await?;
+            registry
+                .knowledge
+                .registry_append(&ModuleRecord {
+                    name: name.to_owned(),
+                    action: "remove".into(),
+                    version: String::new(),
+                    hash,
+                    runtime: String::new(),
+                    at_us: lotus_memory::now_us(),
+                })
+                .await?;
+        }
     }
     println!("removed `{name}` (its versions stay in the store: `lotus module history {name}`)");
     Ok(())
 }
 
-pub fn history(home: &Home, name: &str, json: bool) -> Result<()> {
-    let entries = read_history(home, name)?;
+pub async fn history(home: &Home, name: &str, json: bool) -> Result<()> {
+    let entries = Registry::open(home).await?.history(home, name).await?;
     if entries.is_empty() {
         return Err(CliError::new(
             ExitCode::NotFound,
@@ -234,7 +311,17 @@ pub fn history(home: &Home, name: &str, json: bool) -> Result<()> {
         .into());
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        let shown: Vec<Shown<'_>> = entries
+            .iter()
+            .map(|e| Shown {
+                at: rfc3339(e.at_us),
+                action: &e.action,
+                version: &e.version,
+                hash: &e.hash,
+                runtime: &e.runtime,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
     let active = active_hash(home, name);
@@ -245,7 +332,10 @@ pub fn history(home: &Home, name: &str, json: bool) -> Result<()> {
     for e in &entries {
         println!(
             "{:<22} {:<9} {:<10} {:<16}",
-            e.at, e.action, e.version, e.hash
+            rfc3339(e.at_us),
+            e.action,
+            e.version,
+            e.hash
         );
     }
     match active {
@@ -256,7 +346,8 @@ pub fn history(home: &Home, name: &str, json: bool) -> Result<()> {
 }
 
 pub async fn rollback(home: &Home, name: &str, to: Option<&str>) -> Result<()> {
-    let entries = read_history(home, name)?;
+    let registry = Registry::open(home).await?;
+    let entries = registry.history(home, name).await?;
     let current = active_hash(home, name);
     let target = match to {
         Some(v) => entries
@@ -282,7 +373,13 @@ pub async fn rollback(home: &Home, name: &str, to: Option<&str>) -> Result<()> {
         )
     })?;
     activate(home, name, &target.hash)?;
-    record(home, name, "rollback", &target.version, &target.hash)?;
+    let m = Manifest::load(&home.modules().join(name)).with_context(|| {
+        format!(
+            "version {} of `{name}` in the store is damaged",
+            target.hash
+        )
+    })?;
+    registry.record(home, &m, "rollback", &target.hash).await?;
     println!(
         "rolled `{name}` back to {} ({})",
         target.version, target.hash

@@ -1,7 +1,6 @@
 //! `lotus key set|list|remove|passphrase`: API keys in the encrypted key store, and unlocking it
 //! for the commands that use providers.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 
 use anyhow::Result;
@@ -29,25 +28,61 @@ pub fn run(home: &Home, cmd: KeyCmd) -> Result<()> {
     }
 }
 
-/// The stored keys, for building the router. No store: none. A store but no passphrase (no
-/// variable, no terminal to ask on): none, with a note saying how to unlock it. A wrong
-/// passphrase or a damaged store is an error.
-pub fn stored_keys(home: &Home) -> Result<BTreeMap<String, Secret>> {
+/// The key store, unlocked to build the router. No store and nothing `sealed` elsewhere (in
+/// L4's provider configurations): none. No passphrase (no variable, no terminal to ask on):
+/// none, with a note saying how to unlock it. With sealed keys but no store file, a store is
+/// made in memory (never saved) from the passphrase, to open them. A wrong passphrase or a
+/// damaged store is an error.
+pub fn unlock(home: &Home, sealed: bool) -> Result<Option<KeyStore>> {
     let path = home.keys_file();
-    if !KeyStore::exists(&path) {
-        return Ok(BTreeMap::new());
+    let exists = KeyStore::exists(&path);
+    if !exists && !sealed {
+        return Ok(None);
     }
     let Some(pass) = passphrase(PASSPHRASE_VAR, "Passphrase of the key store: ", false)? else {
-        eprintln!(
-            "note: the encrypted key store {} is locked and its keys are not used: set {PASSPHRASE_VAR}",
-            path.display()
-        );
-        return Ok(BTreeMap::new());
+        let what = if exists {
+            format!(
+                "the encrypted key store {} is locked and its keys",
+                path.display()
+            )
+        } else {
+            "the providers' sealed keys (lotus provider set) are locked and".to_owned()
+        };
+        eprintln!("note: {what} are not used: set {PASSPHRASE_VAR}");
+        return Ok(None);
     };
-    Ok(KeyStore::open(&path, &pass).map_err(store_error)?.secrets())
+    let store = if exists {
+        KeyStore::open(&path, &pass)
+    } else {
+        KeyStore::create(&path, &pass)
+    };
+    Ok(Some(store.map_err(store_error)?))
 }
 
-fn store_error(e: KeyStoreError) -> anyhow::Error {
+/// Reads `name`'s API key: at a prompt on a terminal, else from standard input. `again` is the
+/// command to show in the error when none was given.
+pub(crate) fn read_key(name: &str, again: &str) -> Result<Zeroizing<String>> {
+    let key = if std::io::stdin().is_terminal() {
+        Zeroizing::new(rpassword::prompt_password(format!("API key for {name}: "))?)
+    } else {
+        let mut buf = Zeroizing::new(String::new());
+        std::io::stdin().read_to_string(&mut buf)?;
+        buf
+    };
+    if key.trim().is_empty() {
+        return Err(bad_input(format!(
+            "no key was given for `{name}`: type it at the prompt, or pipe it in (e.g. `{again} < keyfile`)"
+        )));
+    }
+    if key.trim().contains(char::is_whitespace) {
+        return Err(bad_input(format!(
+            "the key for `{name}` contains spaces or several lines: give the key alone"
+        )));
+    }
+    Ok(Zeroizing::new(key.trim().to_owned()))
+}
+
+pub(crate) fn store_error(e: KeyStoreError) -> anyhow::Error {
     let code = match e {
         KeyStoreError::Io { .. } => ExitCode::Failure,
         _ => ExitCode::BadInput,
@@ -82,7 +117,7 @@ fn required(pass: Option<Zeroizing<String>>, var: &str) -> Result<Zeroizing<Stri
 }
 
 /// Opens the store, or creates it (asking for a new passphrase twice) when `create`.
-fn open(home: &Home, create: bool) -> Result<KeyStore> {
+pub(crate) fn open(home: &Home, create: bool) -> Result<KeyStore> {
     let path = home.keys_file();
     if KeyStore::exists(&path) {
         let pass = required(
@@ -113,7 +148,7 @@ fn open(home: &Home, create: bool) -> Result<KeyStore> {
 }
 
 /// The environment variable that holds `provider`'s key and so wins over the stored one.
-fn env_override(provider: &str) -> Option<&'static str> {
+pub(crate) fn env_override(provider: &str) -> Option<&'static str> {
     setup::key_vars(provider)
         .iter()
         .copied()
@@ -132,27 +167,9 @@ fn check_provider(name: &str) -> Result<()> {
 
 fn set(home: &Home, name: &str) -> Result<()> {
     check_provider(name)?;
-    let key = if std::io::stdin().is_terminal() {
-        Zeroizing::new(rpassword::prompt_password(format!("API key for {name}: "))?)
-    } else {
-        let mut buf = Zeroizing::new(String::new());
-        std::io::stdin().read_to_string(&mut buf)?;
-        buf
-    };
-    if key.trim().is_empty() {
-        return Err(bad_input(format!(
-            "no key was given for `{name}`: type it at the prompt, or pipe it in (e.g. `lotus key set {name} < keyfile`)"
-        )));
-    }
-    if key.trim().contains(char::is_whitespace) {
-        return Err(bad_input(format!(
-            "the key for `{name}` contains spaces or several lines: give the key alone"
-        )));
-    }
+    let key = read_key(name, &format!("lotus key set {name}"))?;
     let mut store = open(home, true)?;
-    store
-        .set(name, Secret::new(key.trim()))
-        .map_err(store_error)?;
+    store.set(name, Secret::new(&*key)).map_err(store_error)?;
     store.save().map_err(store_error)?;
     let overridden = env_override(name);
     println!("stored the key for {name} in {}", store.path().display());

@@ -82,3 +82,27 @@ pub fn clip(s: &str, n: usize) -> String {
         out
     }
 }
+
+/// L4 (the persistent knowledge tier) as the memory module is configured: `memory.db` in its
+/// folder, or its PostgreSQL server. The module registry and the providers' configurations live
+/// there.
+pub(crate) async fn knowledge(
+    home: &Home,
+    cfg: &Config,
+) -> Result<std::sync::Arc<dyn lotus_memory::Knowledge>> {
+    let cfg = cfg.clone().with_home(home);
+    let settings = cfg
+        .modules
+        .get("memory")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let dir = settings
+        .get("data_dir")
+        .and_then(|d| d.as_str())
+        .map_or_else(|| home.memory(), std::path::PathBuf::from);
+    let backends = lotus_memory::backends::Backends::from_settings(&settings)
+        .map_err(|e| CliError::new(ExitCode::BadInput, e.to_string()))?;
+    lotus_memory::backends::open_knowledge(&dir, &backends)
+        .await
+        .map_err(|e| CliError::new(ExitCode::Failure, e.to_string()).into())
+}

@@ -51,7 +51,7 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
         ModuleCmd::Build { path } => super::scaffold::build(home, &path, false)?,
         ModuleCmd::Install { path } => super::install::install(home, &path).await?,
         ModuleCmd::Remove { name } => super::install::remove(home, &name).await?,
-        ModuleCmd::History { name, json } => super::install::history(home, &name, json)?,
+        ModuleCmd::History { name, json } => super::install::history(home, &name, json).await?,
         ModuleCmd::Rollback { name, to } => {
             super::install::rollback(home, &name, to.as_deref()).await?
         }

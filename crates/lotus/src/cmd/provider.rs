@@ -4,8 +4,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use futures_util::StreamExt;
+use lotus_memory::ProviderRecord;
+use lotus_providers::Secret;
+use lotus_providers::keystore::KeyStore;
 use lotus_providers::router::ChatCall;
 use lotus_providers::setup::{self, Setup};
 use lotus_providers::{ChatEvent, ChatRequest, ErrorKind, Ledger, Message, ProviderError};
@@ -13,18 +18,72 @@ use serde_json::json;
 
 use crate::cli::ProviderCmd;
 use crate::config::Config;
-use crate::exit::{CliError, ExitCode};
+use crate::exit::{CliError, ExitCode, bad_input};
 use crate::home::Home;
 
-/// Builds the router from the configuration, the environment and `$LOTUS_HOME`.
+/// The providers whose settings and keys `lotus provider set` may store.
+const STORABLE: [&str; 5] = ["openai", "anthropic", "gemini", "openrouter", "ollama"];
+
+fn endpoint<'a>(
+    p: &'a mut setup::ProvidersConfig,
+    name: &str,
+) -> Option<&'a mut setup::EndpointConfig> {
+    Some(match name {
+        "openai" => &mut p.openai,
+        "anthropic" => &mut p.anthropic,
+        "gemini" => &mut p.gemini,
+        "openrouter" => &mut p.openrouter,
+        "ollama" => &mut p.ollama,
+        _ => return None,
+    })
+}
+
+/// Builds the router from the configuration, the environment, `$LOTUS_HOME` and the providers'
+/// configurations in L4 (`lotus provider set`): `lotus.toml` wins over those for settings, and
+/// the environment, then `keys.enc`, over them for keys.
 pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
     std::fs::create_dir_all(home.data())?;
     let ledger =
         Ledger::open(&home.ledger_db()).map_err(|e| CliError::new(ExitCode::Failure, e))?;
     let env = |name: &str| std::env::var(name).ok();
-    let stored = super::key::stored_keys(home)?;
+    let records = stored_configs(home, cfg).await;
+    let sealed = records.iter().any(|r| r.sealed_key.is_some());
+    let store = super::key::unlock(home, sealed)?;
+    let mut providers = cfg.providers.clone();
+    let mut stored = BTreeMap::new();
+    if let Some(store) = &store
+        && KeyStore::exists(store.path())
+    {
+        for (name, key) in store.secrets() {
+            let from = "the encrypted store";
+            stored.insert(name, setup::StoredKey { key, from });
+        }
+    }
+    for r in &records {
+        if let Some(e) = endpoint(&mut providers, &r.name) {
+            let field = |k: &str| {
+                r.settings
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            e.base_url = e.base_url.take().or_else(|| field("base_url"));
+            e.model = e.model.take().or_else(|| field("model"));
+        }
+        if let (Some(sealed), Some(store)) = (&r.sealed_key, &store)
+            && !stored.contains_key(&r.name)
+        {
+            match store.unseal(&r.name, sealed) {
+                Ok(key) => {
+                    let from = "provider_configs";
+                    stored.insert(r.name.clone(), setup::StoredKey { key, from });
+                }
+                Err(e) => eprintln!("note: {e}"),
+            }
+        }
+    }
     setup::build(
-        &cfg.providers,
+        &providers,
         &env,
         &stored,
         Some(&home.catalog_file()),
@@ -33,6 +92,134 @@ pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
     )
     .await
     .map_err(|e| CliError::new(ExitCode::BadInput, e).into())
+}
+
+/// The providers' configurations in L4; none, with a note, when L4 cannot be read (the
+/// configuration in `lotus.toml` and the environment still work).
+async fn stored_configs(home: &Home, cfg: &Config) -> Vec<ProviderRecord> {
+    let read = async {
+        let k = super::knowledge(home, cfg).await?;
+        anyhow::Ok(k.providers().await?)
+    };
+    match read.await {
+        Ok(records) => records,
+        Err(e) => {
+            eprintln!("note: the stored provider configurations are not used: {e:#}");
+            Vec::new()
+        }
+    }
+}
+
+/// `lotus provider set`.
+async fn set(
+    home: &Home,
+    cfg: &Config,
+    name: &str,
+    base_url: Option<String>,
+    model: Option<String>,
+    key: bool,
+) -> Result<()> {
+    if !STORABLE.contains(&name) {
+        return Err(bad_input(format!(
+            "`{name}` is not a provider: use one of {}",
+            STORABLE.join(", ")
+        )));
+    }
+    if key && name == "ollama" {
+        return Err(bad_input("ollama takes no API key: leave out --key"));
+    }
+    if base_url.is_none() && model.is_none() && !key {
+        return Err(bad_input(format!(
+            "nothing to store: give --base-url URL, --model MODEL and/or --key (e.g. `lotus provider set {name} --key`)"
+        )));
+    }
+    if let Some(u) = &base_url
+        && !(reqwest::Url::parse(u).is_ok()
+            && (u.starts_with("http://") || u.starts_with("https://")))
+    {
+        return Err(bad_input(format!(
+            "--base-url {u} is not an http:// or https:// URL"
+        )));
+    }
+    if model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        return Err(bad_input("--model is empty: name a model"));
+    }
+    let knowledge = super::knowledge(home, cfg).await?;
+    let old = knowledge
+        .providers()
+        .await?
+        .into_iter()
+        .find(|r| r.name == name);
+    let mut settings = old
+        .as_ref()
+        .map_or_else(|| json!({}), |r| r.settings.clone());
+    if let Some(u) = base_url {
+        settings["base_url"] = json!(u);
+    }
+    if let Some(m) = model {
+        settings["model"] = json!(m);
+    }
+    let sealed_key = if key {
+        let secret = super::key::read_key(name, &format!("lotus provider set {name} --key"))?;
+        let store = super::key::open(home, true)?;
+        if !KeyStore::exists(store.path()) {
+            // The store seals with the passphrase; it is saved (empty) so the next command
+            // opens it with the same one.
+            store.save().map_err(super::key::store_error)?;
+        }
+        Some(
+            store
+                .seal(name, &Secret::new(&*secret))
+                .map_err(super::key::store_error)?,
+        )
+    } else {
+        old.as_ref().and_then(|r| r.sealed_key.clone())
+    };
+    let record = ProviderRecord {
+        name: name.to_owned(),
+        settings,
+        sealed_key,
+        updated_us: lotus_memory::now_us(),
+    };
+    knowledge.provider_put(&record).await?;
+    println!(
+        "stored {name}'s configuration in provider_configs ({}): {}{}",
+        knowledge.backend(),
+        record.settings,
+        if record.sealed_key.is_some() {
+            ", key sealed"
+        } else {
+            ""
+        }
+    );
+    if let Some(e) = endpoint(&mut cfg.providers.clone(), name) {
+        for (set_here, field) in [
+            (e.base_url.is_some(), "base_url"),
+            (e.model.is_some(), "model"),
+        ] {
+            if set_here && record.settings.get(field).is_some() {
+                println!("note: [providers.{name}] {field} in lotus.toml takes precedence");
+            }
+        }
+    }
+    if key && let Some(var) = super::key::env_override(name) {
+        println!("note: ${var} is set and takes precedence over the stored key");
+    }
+    Ok(())
+}
+
+/// `lotus provider unset`.
+async fn unset(home: &Home, cfg: &Config, name: &str) -> Result<()> {
+    let knowledge = super::knowledge(home, cfg).await?;
+    if !knowledge.provider_remove(name).await? {
+        return Err(CliError::new(
+            ExitCode::NotFound,
+            format!("no stored configuration for `{name}` (`lotus provider set` stores one)"),
+        )
+        .into());
+    }
+    println!("removed {name}'s stored configuration");
+    Ok(())
 }
 
 /// The local provider, last in the automatic chain.
@@ -113,6 +300,13 @@ pub async fn run(home: &Home, cfg: &Config, cmd: ProviderCmd) -> Result<()> {
         ProviderCmd::List { json, offline } => list(home, cfg, json, offline).await,
         ProviderCmd::Test { name } => test(home, cfg, &name).await,
         ProviderCmd::Costs { days, json } => costs(home, days, json),
+        ProviderCmd::Set {
+            name,
+            base_url,
+            model,
+            key,
+        } => set(home, cfg, &name, base_url, model, key).await,
+        ProviderCmd::Unset { name } => unset(home, cfg, &name).await,
         ProviderCmd::Chat {
             prompt,
             models,

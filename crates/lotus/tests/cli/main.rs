@@ -699,6 +699,64 @@ fn install_upgrade_rollback_and_remove_while_running() {
         home.join("modules/.store/counter").exists(),
         "versions are kept"
     );
+    // The registry (L4) holds every change, in order.
+    let (code, out, err) = run(home, &["module", "history", "counter", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let hist: Vec<Value> = serde_json::from_str(&out).expect("json");
+    let seen: Vec<(&str, &str, &str)> = hist
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default(),
+                e["version"].as_str().unwrap_or_default(),
+                e["runtime"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("install", "0.1.0", "wasm"),
+            ("install", "0.2.0", "wasm"),
+            ("rollback", "0.1.0", "wasm"),
+            ("remove", "0.1.0", "wasm"),
+        ]
+    );
+    assert_eq!(
+        hist[0]["hash"], hist[2]["hash"],
+        "rolled back to the first build"
+    );
+}
+
+/// A module history written before the registry moved to L4 is imported on first use, and
+/// the registry goes on from there.
+#[test]
+fn a_legacy_module_history_is_imported_into_the_registry() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let store = home.path().join("modules/.store/old");
+    std::fs::create_dir_all(&store).expect("store");
+    std::fs::write(
+        store.join("history.jsonl"),
+        concat!(
+            r#"{"at":"2026-01-02T03:04:05Z","action":"install","version":"1.0.0","hash":"aaaa"}"#,
+            "\n",
+            r#"{"at":"2026-02-02T03:04:05Z","action":"remove","version":"1.0.0","hash":"aaaa"}"#,
+            "\n"
+        ),
+    )
+    .expect("history");
+    for _ in 0..2 {
+        let (code, out, err) = run(home.path(), &["module", "history", "old", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let hist: Vec<Value> = serde_json::from_str(&out).expect("json");
+        assert_eq!(hist.len(), 2, "imported once: {out}");
+        assert_eq!(hist[0]["at"], "2026-01-02T03:04:05Z");
+        assert_eq!(hist[1]["action"], "remove");
+    }
+    assert!(!store.join("history.jsonl").exists());
+    assert!(store.join("history.jsonl.imported").exists());
+    let (code, _, err) = run(home.path(), &["module", "history", "ghost"]);
+    assert_eq!(code, 4, "{err}");
 }
 
 #[test]
@@ -1512,4 +1570,200 @@ async fn a_dangerous_call_waits_for_lotus_approve() {
     assert!(out.contains("I was born in Paris"), "{out}");
     let (code, err) = up.stop();
     assert_eq!(code, 0, "{err}");
+}
+
+/// `lotus provider set`: a provider's base URL, model and key kept in L4 (`provider_configs`),
+/// the key sealed with the key store's passphrase, reach the provider; no file holds the key in
+/// the clear; bad input is refused; a locked store is said plainly; `unset` removes it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_configuration_stored_in_l4_reaches_its_provider() {
+    use std::io::Write as _;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const KEY: &str = "sk-proj-L4-SEALED-KEY-0a1b2c3d4e";
+    let openai = MockServer::start().await;
+    let sse = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lotus-providers/tests/fixtures/openai-text.sse"),
+    )
+    .expect("fixture");
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(sse),
+        )
+        .mount(&openai)
+        .await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let home_path = home.path().to_owned();
+    let cli = move |args: Vec<String>, pass: Option<&'static str>, stdin: Option<String>| {
+        let mut c = lotus_unconfigured(&home_path);
+        c.env_remove("LOTUS_KEYS_PASSPHRASE");
+        if let Some(p) = pass {
+            c.env("LOTUS_KEYS_PASSPHRASE", p);
+        }
+        c.env("LOTUS_PROVIDERS__LOCAL__ENABLED", "false")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn lotus");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).expect("write stdin");
+        }
+        drop(input);
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let run = |args: &[&str], pass: Option<&'static str>, stdin: Option<String>| {
+        let cli = cli.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || cli(args, pass, stdin))
+    };
+    let openai_row = |out: &str| -> Value {
+        let v: Value = serde_json::from_str(out).expect("json");
+        v["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "openai").cloned())
+            .expect("openai listed")
+    };
+
+    // Bad input is refused and stores nothing.
+    for (args, want) in [
+        (vec!["provider", "set", "opneai", "--key"], "not a provider"),
+        (vec!["provider", "set", "ollama", "--key"], "no API key"),
+        (vec!["provider", "set", "openai"], "nothing to store"),
+        (
+            vec!["provider", "set", "openai", "--base-url", "ftp://x"],
+            "not an http",
+        ),
+    ] {
+        let (code, _, err) = run(&args, Some("pw"), Some(format!("{KEY}\n")))
+            .await
+            .expect("join");
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
+    let base = format!("{}/v1", openai.uri());
+    let (code, out, err) = run(
+        &[
+            "provider",
+            "set",
+            "openai",
+            "--base-url",
+            &base,
+            "--model",
+            "gpt-4o-mini",
+            "--key",
+        ],
+        Some("pw"),
+        Some(format!("{KEY}\n")),
+    )
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("key sealed"), "{out}");
+    let (code, out, err) = run(
+        &["provider", "list", "--json", "--offline"],
+        Some("pw"),
+        None,
+    )
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    let row = openai_row(&out);
+    assert_eq!(row["source"], "key from provider_configs", "{row}");
+    assert_eq!(row["base_url"], base.as_str());
+    assert_eq!(row["model"], "gpt-4o-mini");
+    let (code, out, err) = run(
+        &["provider", "chat", "Capital of France?"],
+        Some("pw"),
+        None,
+    )
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "The capital of France is Paris.");
+
+    // No file of the home holds the key in the clear (the database, its log, the key store).
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(home.path(), &mut all);
+    assert!(all.iter().any(|p| p.ends_with("memory.db")), "{all:?}");
+    for f in &all {
+        let bytes = std::fs::read(f).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("L4-SEALED-KEY"),
+            "{} holds the key",
+            f.display()
+        );
+    }
+
+    // Changing the model keeps the sealed key.
+    let (code, _, err) = run(
+        &["provider", "set", "openai", "--model", "gpt-4.1"],
+        Some("pw"),
+        None,
+    )
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(
+        &["provider", "list", "--json", "--offline"],
+        Some("pw"),
+        None,
+    )
+    .await
+    .expect("join");
+    let row = openai_row(&out);
+    assert_eq!(
+        (row["model"].as_str(), row["source"].as_str()),
+        (Some("gpt-4.1"), Some("key from provider_configs"))
+    );
+
+    // Locked: the key is not used, and the note says how to unlock it.
+    let (code, out, err) = run(&["provider", "list", "--json", "--offline"], None, None)
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(openai_row(&out)["configured"], false);
+    assert!(err.contains("LOTUS_KEYS_PASSPHRASE"), "{err}");
+
+    let (code, _, err) = run(&["provider", "unset", "openai"], None, None)
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["provider", "unset", "openai"], None, None)
+        .await
+        .expect("join");
+    assert_eq!(code, 4, "{err}");
+    let (_, out, _) = run(
+        &["provider", "list", "--json", "--offline"],
+        Some("pw"),
+        None,
+    )
+    .await
+    .expect("join");
+    let row = openai_row(&out);
+    assert_eq!(row["configured"], false, "{row}");
+    assert_ne!(row["base_url"], base.as_str());
 }

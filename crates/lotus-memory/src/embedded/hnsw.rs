@@ -479,6 +479,40 @@ impl Hnsw {
             .collect()
     }
 
+    /// The `k` nearest of the live nodes among `keys`, nearest first, by computing the distance
+    /// to each: for a filter that selects few nodes, which a graph search would wade through
+    /// many others to collect.
+    pub(crate) fn scan(
+        &self,
+        query: &[f32],
+        keys: impl Iterator<Item = u64>,
+        k: usize,
+    ) -> Vec<(u64, f32)> {
+        if k == 0 || query.len() != self.dims {
+            return Vec::new();
+        }
+        let mut q = vec![0u8; self.stride];
+        distance::encode(self.params.quantization, query, &mut q);
+        // The k nearest so far, the farthest on top.
+        let mut best: BinaryHeap<Near> = BinaryHeap::with_capacity(k + 1);
+        for key in keys {
+            let Some(&slot) = self.slots.get(&key) else {
+                continue;
+            };
+            let d = self.metric.distance(&q, self.row(slot));
+            if best.len() < k {
+                best.push(Near(d, slot));
+            } else if best.peek().is_some_and(|far| d < far.0) {
+                best.pop();
+                best.push(Near(d, slot));
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|n| (self.keys[n.1 as usize], n.0))
+            .collect()
+    }
+
     /// Writes the graph to `w`, ending with a checksum of everything before it.
     pub(crate) fn save(&self, w: impl Write) -> io::Result<()> {
         let mut w = Crc::new(w);

@@ -123,6 +123,11 @@ struct Items {
     live: usize,
 }
 
+/// A filter selecting at most this many items is answered by computing the distance to each
+/// (exact, and at 384 dimensions about a millisecond) rather than by a graph search, which
+/// would visit many items the filter rejects to collect enough it accepts.
+const SCAN_MAX: u64 = 10_000;
+
 /// The set of an empty place.
 const VACANT: u32 = u32::MAX;
 
@@ -220,6 +225,10 @@ impl Exact {
             .write(true)
             .open(&path)
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        // Rows are read one at a time at random: reading ahead would fetch 32 pages for each.
+        if let Err(e) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random) {
+            tracing::debug!(error = %e, "no read-ahead advice for {}", path.display());
+        }
         Ok(Self {
             file,
             row: super::distance::row_bytes(Quantization::F32, dims),
@@ -276,6 +285,10 @@ struct State {
     /// Interned sets of pairs (sorted tags): a few per user, shared by all their items.
     sets: HashMap<Box<[u32]>, u32>,
     set_tags: Vec<Box<[u32]>>,
+    /// The keys of each set's items (a removed item's key stays until the list is tidied),
+    /// and how many of them are live: a filter selecting few items scans them exactly.
+    set_keys: Vec<Vec<u64>>,
+    set_live: Vec<u64>,
     next_key: u64,
     generation: u64,
     /// Size of the snapshot in force: the log may grow to half of it before the next one, so
@@ -299,6 +312,8 @@ impl State {
             tag_counts: Vec::new(),
             sets: HashMap::new(),
             set_tags: Vec::new(),
+            set_keys: Vec::new(),
+            set_live: Vec::new(),
             next_key: 1,
             generation: 0,
             snapshot_bytes: 0,
@@ -329,10 +344,14 @@ impl State {
             None => {
                 let set = self.set_tags.len() as u32;
                 self.set_tags.push(tags.clone());
+                self.set_keys.push(Vec::new());
+                self.set_live.push(0);
                 self.sets.insert(tags, set);
                 set
             }
         };
+        self.set_keys[set as usize].push(key);
+        self.set_live[set as usize] += 1;
         if !other.is_empty() {
             self.other.insert(key, other);
         }
@@ -344,6 +363,13 @@ impl State {
         let it = self.items.remove(key)?;
         for t in &self.set_tags[it.set as usize] {
             self.tag_counts[*t as usize] -= 1;
+        }
+        let set = it.set as usize;
+        self.set_live[set] -= 1;
+        let live = self.set_live[set] as usize;
+        if self.set_keys[set].len() > 2 * live + 64 {
+            let items = &self.items;
+            self.set_keys[set].retain(|&k| items.get(k).is_some());
         }
         self.other.remove(&key);
         Some(it)
@@ -384,6 +410,23 @@ impl State {
                 .map(|set| tags.iter().all(|t| set.binary_search(t).is_ok()))
                 .collect(),
         )
+    }
+
+    /// How many items the sets marked in `ok` hold.
+    fn selected(&self, ok: &[bool]) -> u64 {
+        ok.iter()
+            .zip(&self.set_live)
+            .filter(|(on, _)| **on)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The keys of the items of the sets marked in `ok` (and some removed ones).
+    fn members<'a>(&'a self, ok: &'a [bool]) -> impl Iterator<Item = u64> + 'a {
+        ok.iter()
+            .zip(&self.set_keys)
+            .filter(|(on, _)| **on)
+            .flat_map(|(_, keys)| keys.iter().copied())
     }
 
     /// Whether the item at `key` is in `scope` of `filter`.
@@ -949,10 +992,14 @@ impl Vectors for EmbeddedVectors {
         }
         let exact = s.exact.as_ref().filter(|_| c.config.rerank > 0);
         let want = exact.map_or(k, |_| k.max(c.config.rerank));
-        let mut found = match s.scope(filter) {
+        let scope = s.scope(filter);
+        let mut found = match &scope {
             Scope::All => index.search(vector, want, None),
             Scope::Nothing => return Ok(Vec::new()),
-            scope => index.search(vector, want, Some(&|key| s.selects(&scope, filter, key))),
+            Scope::Sets(ok) if s.selected(ok) <= SCAN_MAX => {
+                index.scan(vector, s.members(ok), want)
+            }
+            _ => index.search(vector, want, Some(&|key| s.selects(&scope, filter, key))),
         };
         if let Some(exact) = exact {
             exact.rerank(vector, &mut found, k)?;
@@ -1158,6 +1205,56 @@ mod tests {
         let v = EmbeddedVectors::open(&dir, config(0)).expect("the test store works");
         let off = recall_at_10(&v, false, &items, &queries, &user0).await;
         assert!(off < 0.9, "i8 alone found {off}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A filter that selects few items among many (a small user beside a large one) is answered
+    /// by an exact scan of them: all of them, nearest first, never a removed one.
+    #[tokio::test]
+    async fn a_small_users_items_are_all_found_among_many() {
+        use crate::quality::Rng;
+        let dir = std::env::temp_dir().join(format!("lotus-vec-scan-{}", Uuid::now_v7()));
+        let mut rng = Rng(11);
+        let items: Vec<VectorItem> = (0..3000)
+            .map(|i| VectorItem {
+                id: Uuid::from_u128(i + 1),
+                vector: (0..16).map(|_| rng.normal()).collect(),
+                meta: BTreeMap::from([(
+                    "user".to_owned(),
+                    json!(if i % 300 == 7 { "small" } else { "big" }),
+                )]),
+            })
+            .collect();
+        let v = EmbeddedVectors::open(&dir, IndexConfig::default()).expect("the test store works");
+        v.upsert("c", &items).await.expect("the test store works");
+        let small: Vec<&VectorItem> = items
+            .iter()
+            .filter(|it| it.meta["user"] == "small")
+            .collect();
+        assert_eq!(small.len(), 10);
+        v.delete("c", &[small[0].id, small[5].id])
+            .await
+            .expect("the test store works");
+        let filter = BTreeMap::from([("user".to_owned(), json!("small"))]);
+        let q: Vec<f32> = (0..16).map(|_| rng.normal()).collect();
+        let got = v
+            .query("c", &q, 20, &filter)
+            .await
+            .expect("the test store works");
+        let mut want: Vec<(f32, Uuid)> = small
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 0 && *i != 5)
+            .map(|(_, it)| (cosine(&q, &it.vector), it.id))
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            want.iter().map(|w| w.1).collect::<Vec<_>>()
+        );
+        for ((_, score), (exact, _)) in got.iter().zip(&want) {
+            assert!((score - exact).abs() < 1e-5);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -4,7 +4,6 @@
 //! running nucleus picks changes up without a restart.
 
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
@@ -74,9 +73,20 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let e: LegacyEntry = serde_json::from_str(line)
-                .with_context(|| format!("{} is damaged: {line}", file.display()))?;
+        // Every line is read before any is imported, so a damaged file imports nothing.
+        let entries = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str::<LegacyEntry>(line).with_context(|| {
+                    format!(
+                        "{} is damaged at `{line}`: fix or remove the line",
+                        file.display()
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for e in entries {
             let at_us = humantime::parse_rfc3339(&e.at)
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

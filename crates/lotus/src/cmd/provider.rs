@@ -182,15 +182,20 @@ async fn set(
         updated_us: lotus_memory::now_us(),
     };
     knowledge.provider_put(&record).await?;
+    let mut what: Vec<String> = record
+        .settings
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    if record.sealed_key.is_some() {
+        what.push("the key (sealed)".into());
+    }
     println!(
-        "stored {name}'s configuration in provider_configs ({}): {}{}",
+        "stored {name}'s configuration in provider_configs ({}): {}",
         knowledge.backend(),
-        record.settings,
-        if record.sealed_key.is_some() {
-            ", key sealed"
-        } else {
-            ""
-        }
+        what.join(", ")
     );
     if let Some(e) = endpoint(&mut cfg.providers.clone(), name) {
         for (set_here, field) in [

@@ -1672,7 +1672,10 @@ async fn a_provider_configuration_stored_in_l4_reaches_its_provider() {
     .await
     .expect("join");
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("key sealed"), "{out}");
+    assert!(
+        out.contains("model = \"gpt-4o-mini\"") && out.contains("the key (sealed)"),
+        "{out}"
+    );
     let (code, out, err) = run(
         &["provider", "list", "--json", "--offline"],
         Some("pw"),

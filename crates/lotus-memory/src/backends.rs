@@ -71,20 +71,24 @@ impl Backends {
         }
         Ok(b)
     }
+
+    /// The server L4 lives on, if not embedded (`memory.db`).
+    pub fn knowledge_server(&self) -> Option<&str> {
+        self.knowledge
+            .as_deref()
+            .filter(|_| !embedded(&self.knowledge))
+    }
 }
 
 /// Opens L4 alone: `memory.db` under `dir`, or the PostgreSQL server named. For what keeps
 /// records there besides the memories (the module registry, the providers' configurations).
 pub async fn open_knowledge(dir: &Path, b: &Backends) -> Result<Arc<dyn crate::Knowledge>> {
-    Ok(match &b.knowledge {
-        Some(u) if !embedded(&b.knowledge) => {
-            if u.starts_with("postgres://") || u.starts_with("postgresql://") {
-                Arc::new(PgKnowledge::connect(u).await?)
-            } else {
-                return Err(unsupported("knowledge", u, "postgres://USER@HOST:PORT/DB"));
-            }
+    Ok(match b.knowledge_server() {
+        None => Arc::new(SqliteKnowledge::open(&dir.join("memory.db"))?),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Arc::new(PgKnowledge::connect(u).await?)
         }
-        _ => Arc::new(SqliteKnowledge::open(&dir.join("memory.db"))?),
+        Some(u) => return Err(unsupported("knowledge", u, "postgres://USER@HOST:PORT/DB")),
     })
 }
 

@@ -210,21 +210,28 @@ struct Exact {
     file: File,
     /// Bytes per row.
     row: usize,
+    metric: super::distance::Metric,
 }
 
 impl Exact {
     const FILE: &str = "exact.f32";
 
-    /// Opens the file of `dir`, emptied when `fresh` (a collection starting from nothing).
+    /// Opens the file of `dir`: a new, empty one when `fresh` (a collection starting from
+    /// nothing), else the one its snapshot says is there.
     fn open(dir: &Path, dims: usize, fresh: bool) -> Result<Self> {
         let path = dir.join(Self::FILE);
         let file = OpenOptions::new()
-            .create(true)
+            .create(fresh)
             .truncate(fresh)
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            .map_err(|e| {
+                err(format!(
+                    "{}: {e}; run `lotus memory reindex` to rebuild the index",
+                    path.display()
+                ))
+            })?;
         // Rows are read one at a time at random: reading ahead would fetch 32 pages for each.
         if let Err(e) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random) {
             tracing::debug!(error = %e, "no read-ahead advice for {}", path.display());
@@ -232,6 +239,7 @@ impl Exact {
         Ok(Self {
             file,
             row: super::distance::row_bytes(Quantization::F32, dims),
+            metric: super::distance::Metric::new(Quantization::F32, dims),
         })
     }
 
@@ -250,7 +258,6 @@ impl Exact {
     /// Orders `found` by exact distance to `query` and keeps the best `k`.
     fn rerank(&self, query: &[f32], found: &mut Vec<(u64, f32)>, k: usize) -> Result<()> {
         use std::os::unix::fs::FileExt as _;
-        let metric = super::distance::Metric::new(Quantization::F32, query.len());
         let mut q = vec![0u8; self.row];
         super::distance::encode(Quantization::F32, query, &mut q);
         let mut row = vec![0u8; self.row];
@@ -258,7 +265,7 @@ impl Exact {
             self.file
                 .read_exact_at(&mut row, *key * self.row as u64)
                 .map_err(|e| err(format!("{}: the row of key {key}: {e}", Self::FILE)))?;
-            *d = metric.distance(&q, &row);
+            *d = self.metric.distance(&q, &row);
         }
         found.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         found.truncate(k);
@@ -267,8 +274,6 @@ impl Exact {
 }
 
 struct State {
-    /// The collection's folder.
-    dir: PathBuf,
     index: Option<Hnsw>,
     /// The exact vectors, when the index is quantized.
     exact: Option<Exact>,
@@ -297,9 +302,8 @@ struct State {
 }
 
 impl State {
-    fn new(dir: &Path, quantization: Quantization) -> Self {
+    fn new(quantization: Quantization) -> Self {
         Self {
-            dir: dir.to_owned(),
             index: None,
             exact: None,
             dims: 0,
@@ -596,7 +600,7 @@ fn decode(payload: &[u8]) -> Option<Record> {
 impl Collection {
     fn open(dir: &Path, config: IndexConfig) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(err)?;
-        let mut state = State::new(dir, config.quantization);
+        let mut state = State::new(config.quantization);
         let manifest_path = dir.join("MANIFEST");
         if manifest_path.exists() {
             let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).map_err(err)?)
@@ -644,13 +648,6 @@ impl Collection {
                 )));
             }
             if m.exact {
-                if !dir.join(Exact::FILE).exists() {
-                    return Err(err(format!(
-                        "{}: {} is missing; run `lotus memory reindex` to rebuild the index",
-                        dir.display(),
-                        Exact::FILE
-                    )));
-                }
                 state.exact = Some(Exact::open(dir, m.dimensions, false)?);
             }
             state.index = Some(index);
@@ -675,7 +672,7 @@ impl Collection {
             }
         }
         let wal_path = dir.join("wal.bin");
-        let good = replay(&wal_path, &mut state, &config)?;
+        let good = replay(dir, &wal_path, &mut state, &config)?;
         let wal = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -850,7 +847,7 @@ fn read_items(
 }
 
 /// Applies the log to `state`; returns the length of its intact prefix.
-fn replay(path: &Path, state: &mut State, config: &IndexConfig) -> Result<u64> {
+fn replay(dir: &Path, path: &Path, state: &mut State, config: &IndexConfig) -> Result<u64> {
     let Ok(f) = File::open(path) else {
         return Ok(0);
     };
@@ -874,7 +871,9 @@ fn replay(path: &Path, state: &mut State, config: &IndexConfig) -> Result<u64> {
             break;
         };
         match rec {
-            Record::Upsert(item) => apply_upsert(state, config, std::slice::from_ref(&item))?,
+            Record::Upsert(item) => {
+                apply_upsert(dir, state, config, std::slice::from_ref(&item))?;
+            }
             Record::Delete(id) => {
                 apply_delete(state, &id)?;
             }
@@ -884,7 +883,14 @@ fn replay(path: &Path, state: &mut State, config: &IndexConfig) -> Result<u64> {
     Ok(good)
 }
 
-fn apply_upsert(state: &mut State, config: &IndexConfig, items: &[VectorItem]) -> Result<()> {
+/// Applies an upsert to `state`, the collection in `dir` (where a quantized one keeps its exact
+/// vectors).
+fn apply_upsert(
+    dir: &Path,
+    state: &mut State,
+    config: &IndexConfig,
+    items: &[VectorItem],
+) -> Result<()> {
     let Some(first) = items.first() else {
         return Ok(());
     };
@@ -893,7 +899,7 @@ fn apply_upsert(state: &mut State, config: &IndexConfig, items: &[VectorItem]) -
         state.quantization = config.quantization;
         state.index = Some(new_index(state.dims, state.quantization, config));
         if state.quantization != Quantization::F32 {
-            state.exact = Some(Exact::open(&state.dir, state.dims, true)?);
+            state.exact = Some(Exact::open(dir, state.dims, true)?);
         }
     }
     // An id given twice in one batch: the last one wins.
@@ -965,7 +971,7 @@ impl Vectors for EmbeddedVectors {
         for it in items {
             encode_upsert(&mut bytes, it)?;
         }
-        c.write(&bytes, |s| apply_upsert(s, &c.config, items))
+        c.write(&bytes, |s| apply_upsert(&c.dir, s, &c.config, items))
     }
 
     async fn query(

@@ -92,7 +92,7 @@ struct Header {
     cipher: String,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Kdf {
     algorithm: String,
@@ -219,26 +219,10 @@ impl KeyStore {
             )));
         }
         let key = derive(path, &h.kdf, passphrase)?;
-        let nonce = B64
-            .decode(&file.nonce)
-            .ok()
-            .filter(|n| n.len() == 24)
-            .ok_or_else(|| corrupt("the nonce is not 24 bytes of base64".into()))?;
-        let sealed = B64
-            .decode(&file.ciphertext)
-            .map_err(|e| corrupt(format!("the ciphertext is not base64: {e}")))?;
         let aad = serde_json::to_vec(h).map_err(|e| corrupt(e.to_string()))?;
-        let cipher = XChaCha20Poly1305::new((&*key).into());
-        let opened = cipher
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &sealed,
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| KeyStoreError::WrongPassphrase {
+        let opened = decrypt(&key, &file.nonce, &file.ciphertext, &aad)
+            .map_err(corrupt)?
+            .ok_or_else(|| KeyStoreError::WrongPassphrase {
                 path: path.to_owned(),
             })?;
         let plain: Plain = serde_json::from_slice(&opened)
@@ -346,22 +330,11 @@ impl KeyStore {
         let plain = Zeroizing::new(
             serde_json::to_vec(&self.plain).map_err(|e| io(std::io::Error::other(e)))?,
         );
-        let mut nonce = [0u8; 24];
-        random(&self.path, &mut nonce)?;
-        let cipher = XChaCha20Poly1305::new((&*self.key).into());
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| io(std::io::Error::other("encryption failed")))?;
+        let (nonce, ciphertext) = encrypt(&self.path, &self.key, &plain, &aad)?;
         let file = File {
             header,
-            nonce: B64.encode(nonce),
-            ciphertext: B64.encode(sealed),
+            nonce,
+            ciphertext,
         };
         let text = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
         if let Some(dir) = self.path.parent() {
@@ -392,25 +365,12 @@ impl KeyStore {
     /// fresh nonce, with the context and the derivation as associated data, so the sealed value
     /// cannot be moved to another context or have its parameters changed unnoticed.
     pub fn seal(&self, context: &str, secret: &Secret) -> Result<String, KeyStoreError> {
-        let mut nonce = [0u8; 24];
-        random(&self.path, &mut nonce)?;
         let aad = sealed_aad(context, &self.kdf);
-        let ciphertext = XChaCha20Poly1305::new((&*self.key).into())
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: secret.expose().as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| KeyStoreError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::other("encryption failed"),
-            })?;
+        let (nonce, ciphertext) = encrypt(&self.path, &self.key, secret.expose().as_bytes(), &aad)?;
         let sealed = Sealed {
             kdf: self.kdf.clone(),
-            nonce: B64.encode(nonce),
-            ciphertext: B64.encode(ciphertext),
+            nonce,
+            ciphertext,
         };
         let json = serde_json::to_vec(&sealed).map_err(|e| KeyStoreError::Io {
             path: self.path.clone(),
@@ -432,19 +392,7 @@ impl KeyStore {
             .ok_or_else(|| bad("it is not a sealed value of this version"))?;
         let json = B64.decode(body).map_err(|_| bad("it is not base64"))?;
         let s: Sealed = serde_json::from_slice(&json).map_err(|e| bad(&e.to_string()))?;
-        let nonce = B64
-            .decode(&s.nonce)
-            .ok()
-            .filter(|n| n.len() == 24)
-            .ok_or_else(|| bad("the nonce is not 24 bytes of base64"))?;
-        let ciphertext = B64
-            .decode(&s.ciphertext)
-            .map_err(|_| bad("the ciphertext is not base64"))?;
-        let same = s.kdf.salt == self.kdf.salt
-            && s.kdf.memory_kib == self.kdf.memory_kib
-            && s.kdf.iterations == self.kdf.iterations
-            && s.kdf.parallelism == self.kdf.parallelism;
-        let key = if same {
+        let key = if s.kdf == self.kdf {
             self.key.clone()
         } else {
             if s.kdf.algorithm != "argon2id" {
@@ -452,22 +400,61 @@ impl KeyStore {
             }
             derive(&self.path, &s.kdf, &self.passphrase).map_err(|e| bad(&e.to_string()))?
         };
-        let aad = sealed_aad(context, &s.kdf);
-        let plain = XChaCha20Poly1305::new((&*key).into())
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| {
+        let plain = decrypt(&key, &s.nonce, &s.ciphertext, &sealed_aad(context, &s.kdf))
+            .map_err(|reason| bad(&reason))?
+            .ok_or_else(|| {
                 bad("it was sealed under another passphrase, for another provider, or altered")
             })?;
         let text = std::str::from_utf8(&plain).map_err(|_| bad("it is not text"))?;
         Ok(Secret::new(text))
     }
+}
+
+/// Seals `msg` under `key` and a fresh random nonce, bound to `aad`: the nonce and the
+/// ciphertext, in base64.
+fn encrypt(
+    path: &Path,
+    key: &[u8; 32],
+    msg: &[u8],
+    aad: &[u8],
+) -> Result<(String, String), KeyStoreError> {
+    let mut nonce = [0u8; 24];
+    random(path, &mut nonce)?;
+    let ciphertext = XChaCha20Poly1305::new(key.into())
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg, aad })
+        .map_err(|_| KeyStoreError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other("encryption failed"),
+        })?;
+    Ok((B64.encode(nonce), B64.encode(ciphertext)))
+}
+
+/// Opens what [`encrypt`] sealed. `Err` says why the nonce or ciphertext is malformed;
+/// `Ok(None)` means the key or the associated data do not match (or a byte was changed).
+fn decrypt(
+    key: &[u8; 32],
+    nonce: &str,
+    ciphertext: &str,
+    aad: &[u8],
+) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+    let nonce = B64
+        .decode(nonce)
+        .ok()
+        .filter(|n| n.len() == 24)
+        .ok_or("the nonce is not 24 bytes of base64")?;
+    let ciphertext = B64
+        .decode(ciphertext)
+        .map_err(|e| format!("the ciphertext is not base64: {e}"))?;
+    Ok(XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &ciphertext,
+                aad,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new))
 }
 
 fn sealed_aad(context: &str, kdf: &Kdf) -> Vec<u8> {

@@ -113,6 +113,35 @@ impl Default for ProvidersConfig {
     }
 }
 
+/// The providers with endpoint settings (`[providers.NAME]` with `base_url` and `model`).
+pub const ENDPOINTS: [&str; 5] = ["openai", "anthropic", "gemini", "openrouter", "ollama"];
+
+impl ProvidersConfig {
+    /// The endpoint settings of provider `name` (one of [`ENDPOINTS`]).
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+        Some(match name {
+            "openai" => &self.openai,
+            "anthropic" => &self.anthropic,
+            "gemini" => &self.gemini,
+            "openrouter" => &self.openrouter,
+            "ollama" => &self.ollama,
+            _ => return None,
+        })
+    }
+
+    /// The endpoint settings of provider `name`, to change.
+    pub fn endpoint_mut(&mut self, name: &str) -> Option<&mut EndpointConfig> {
+        Some(match name {
+            "openai" => &mut self.openai,
+            "anthropic" => &mut self.anthropic,
+            "gemini" => &mut self.gemini,
+            "openrouter" => &mut self.openrouter,
+            "ollama" => &mut self.ollama,
+            _ => return None,
+        })
+    }
+}
+
 /// What `lotus provider list` shows of one provider.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderStatus {

@@ -90,19 +90,46 @@ pub(crate) async fn knowledge(
     home: &Home,
     cfg: &Config,
 ) -> Result<std::sync::Arc<dyn lotus_memory::Knowledge>> {
-    let cfg = cfg.clone().with_home(home);
+    let (dir, backends) = memory_backends(home, cfg)?;
+    open_knowledge(&dir, &backends).await
+}
+
+/// L4 when it may hold something: not when it is embedded and `memory.db` was never created
+/// (a fresh home), so reading it creates nothing.
+pub(crate) async fn existing_knowledge(
+    home: &Home,
+    cfg: &Config,
+) -> Result<Option<std::sync::Arc<dyn lotus_memory::Knowledge>>> {
+    let (dir, backends) = memory_backends(home, cfg)?;
+    if backends.knowledge_server().is_none() && !dir.join("memory.db").exists() {
+        return Ok(None);
+    }
+    Ok(Some(open_knowledge(&dir, &backends).await?))
+}
+
+/// The memory module's folder and backends, from `[modules.memory]`.
+fn memory_backends(
+    home: &Home,
+    cfg: &Config,
+) -> Result<(std::path::PathBuf, lotus_memory::backends::Backends)> {
     let settings = cfg
         .modules
         .get("memory")
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
+        .unwrap_or(&serde_json::Value::Null);
     let dir = settings
         .get("data_dir")
         .and_then(|d| d.as_str())
         .map_or_else(|| home.memory(), std::path::PathBuf::from);
-    let backends = lotus_memory::backends::Backends::from_settings(&settings)
+    let backends = lotus_memory::backends::Backends::from_settings(settings)
         .map_err(|e| CliError::new(ExitCode::BadInput, e.to_string()))?;
-    lotus_memory::backends::open_knowledge(&dir, &backends)
+    Ok((dir, backends))
+}
+
+async fn open_knowledge(
+    dir: &std::path::Path,
+    backends: &lotus_memory::backends::Backends,
+) -> Result<std::sync::Arc<dyn lotus_memory::Knowledge>> {
+    lotus_memory::backends::open_knowledge(dir, backends)
         .await
         .map_err(|e| CliError::new(ExitCode::Failure, e.to_string()).into())
 }

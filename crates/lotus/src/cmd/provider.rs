@@ -21,23 +21,6 @@ use crate::config::Config;
 use crate::exit::{CliError, ExitCode, bad_input};
 use crate::home::Home;
 
-/// The providers whose settings and keys `lotus provider set` may store.
-const STORABLE: [&str; 5] = ["openai", "anthropic", "gemini", "openrouter", "ollama"];
-
-fn endpoint<'a>(
-    p: &'a mut setup::ProvidersConfig,
-    name: &str,
-) -> Option<&'a mut setup::EndpointConfig> {
-    Some(match name {
-        "openai" => &mut p.openai,
-        "anthropic" => &mut p.anthropic,
-        "gemini" => &mut p.gemini,
-        "openrouter" => &mut p.openrouter,
-        "ollama" => &mut p.ollama,
-        _ => return None,
-    })
-}
-
 /// Builds the router from the configuration, the environment, `$LOTUS_HOME` and the providers'
 /// configurations in L4 (`lotus provider set`): `lotus.toml` wins over those for settings, and
 /// the environment, then `keys.enc`, over them for keys.
@@ -51,16 +34,13 @@ pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
     let store = super::key::unlock(home, sealed)?;
     let mut providers = cfg.providers.clone();
     let mut stored = BTreeMap::new();
-    if let Some(store) = &store
-        && KeyStore::exists(store.path())
-    {
-        for (name, key) in store.secrets() {
-            let from = "the encrypted store";
-            stored.insert(name, setup::StoredKey { key, from });
-        }
+    // (A store made in memory only to open sealed keys holds none.)
+    for (name, key) in store.iter().flat_map(KeyStore::secrets) {
+        let from = "the encrypted store";
+        stored.insert(name, setup::StoredKey { key, from });
     }
     for r in &records {
-        if let Some(e) = endpoint(&mut providers, &r.name) {
+        if let Some(e) = providers.endpoint_mut(&r.name) {
             let field = |k: &str| {
                 r.settings
                     .get(k)
@@ -98,8 +78,10 @@ pub async fn router(home: &Home, cfg: &Config) -> Result<Setup> {
 /// configuration in `lotus.toml` and the environment still work).
 async fn stored_configs(home: &Home, cfg: &Config) -> Vec<ProviderRecord> {
     let read = async {
-        let k = super::knowledge(home, cfg).await?;
-        anyhow::Ok(k.providers().await?)
+        match super::existing_knowledge(home, cfg).await? {
+            Some(k) => anyhow::Ok(k.providers().await?),
+            None => Ok(Vec::new()),
+        }
     };
     match read.await {
         Ok(records) => records,
@@ -119,10 +101,10 @@ async fn set(
     model: Option<String>,
     key: bool,
 ) -> Result<()> {
-    if !STORABLE.contains(&name) {
+    if !setup::ENDPOINTS.contains(&name) {
         return Err(bad_input(format!(
             "`{name}` is not a provider: use one of {}",
-            STORABLE.join(", ")
+            setup::ENDPOINTS.join(", ")
         )));
     }
     if key && name == "ollama" {
@@ -197,7 +179,7 @@ async fn set(
         knowledge.backend(),
         what.join(", ")
     );
-    if let Some(e) = endpoint(&mut cfg.providers.clone(), name) {
+    if let Some(e) = cfg.providers.endpoint(name) {
         for (set_here, field) in [
             (e.base_url.is_some(), "base_url"),
             (e.model.is_some(), "model"),

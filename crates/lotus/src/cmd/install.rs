@@ -57,10 +57,9 @@ struct Registry {
 }
 
 impl Registry {
-    async fn open(home: &Home) -> Result<Self> {
-        let config = Config::load(home.root()).map_err(bad_input)?;
+    async fn open(home: &Home, config: &Config) -> Result<Self> {
         Ok(Self {
-            knowledge: super::knowledge(home, &config).await?,
+            knowledge: super::knowledge(home, config).await?,
         })
     }
 
@@ -111,28 +110,28 @@ impl Registry {
         Ok(self.knowledge.registry(Some(name)).await?)
     }
 
-    async fn record(&self, home: &Home, m: &Manifest, action: &str, hash: &str) -> Result<()> {
-        let name = m.name.to_string();
-        self.import_legacy(home, &name).await?;
+    /// Records `action` on module `name`, whose manifest is `m` (none when it cannot be read).
+    async fn record(
+        &self,
+        home: &Home,
+        name: &str,
+        m: Option<&Manifest>,
+        action: &str,
+        hash: &str,
+    ) -> Result<()> {
+        self.import_legacy(home, name).await?;
         self.knowledge
             .registry_append(&ModuleRecord {
-                name,
+                name: name.to_owned(),
                 action: action.into(),
-                version: m.version.to_string(),
+                version: m.map(|m| m.version.to_string()).unwrap_or_default(),
                 hash: hash.into(),
-                runtime: runtime_name(m.runtime),
+                runtime: m.map(|m| m.runtime.to_string()).unwrap_or_default(),
                 at_us: lotus_memory::now_us(),
             })
             .await?;
         Ok(())
     }
-}
-
-fn runtime_name(r: Runtime) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn active_hash(home: &Home, name: &str) -> Option<String> {
@@ -169,9 +168,8 @@ fn activate(home: &Home, name: &str, hash: &str) -> Result<()> {
 }
 
 /// Tells a running nucleus, if any, to load or reload `name`. Returns what it said.
-async fn notify(home: &Home, name: &str) -> Result<Option<String>> {
-    let config = Config::load(home.root()).map_err(bad_input)?;
-    let Ok(client) = Client::new(home, &config) else {
+async fn notify(home: &Home, config: &Config, name: &str) -> Result<Option<String>> {
+    let Ok(client) = Client::new(home, config) else {
         return Ok(None);
     };
     // A running module is swapped live; a new or failed one is (re)loaded.
@@ -230,7 +228,8 @@ pub async fn install(home: &Home, path: &Path) -> Result<()> {
     let hash = format!("{:x}", h.finalize())[..16].to_owned();
     let name = m.name.to_string();
     home.ensure()?;
-    let registry = Registry::open(home).await?;
+    let config = Config::load(home.root()).map_err(bad_input)?;
+    let registry = Registry::open(home, &config).await?;
     let dest = store(home, &name).join(&hash);
     if !dest.exists() {
         let tmp = store(home, &name).join(format!(".{hash}.tmp"));
@@ -249,13 +248,15 @@ pub async fn install(home: &Home, path: &Path) -> Result<()> {
         return Ok(());
     }
     activate(home, &name, &hash)?;
-    registry.record(home, &m, "install", &hash).await?;
+    registry
+        .record(home, &name, Some(&m), "install", &hash)
+        .await?;
     println!(
         "installed `{name}` {} ({hash}) in {}",
         m.version,
         home.modules().join(&name).display()
     );
-    match notify(home, &name).await? {
+    match notify(home, &config, &name).await? {
         Some(said) => println!("{said}"),
         None => println!("it starts with the next `lotus up`"),
     }
@@ -275,6 +276,7 @@ pub async fn remove(home: &Home, name: &str) -> Result<()> {
         .into());
     }
     let config = Config::load(home.root()).map_err(bad_input)?;
+    let registry = Registry::open(home, &config).await?;
     if let Ok(client) = Client::new(home, &config)
         && client
             .get::<Value>(&format!("/api/v1/modules/{name}"), &[])
@@ -286,33 +288,22 @@ pub async fn remove(home: &Home, name: &str) -> Result<()> {
             .await?;
         println!("stopped `{name}` in the running nucleus");
     }
-    let registry = Registry::open(home).await?;
     let manifest = Manifest::load(&active).ok();
     let hash = active_hash(home, name).unwrap_or_default();
     std::fs::remove_dir_all(&active)?;
-    match &manifest {
-        Some(m) => registry.record(home, m, "remove", &hash).await?,
-        None => {
-            registry.import_legacy(home, name).await?;
-            registry
-                .knowledge
-                .registry_append(&ModuleRecord {
-                    name: name.to_owned(),
-                    action: "remove".into(),
-                    version: String::new(),
-                    hash,
-                    runtime: String::new(),
-                    at_us: lotus_memory::now_us(),
-                })
-                .await?;
-        }
-    }
+    registry
+        .record(home, name, manifest.as_ref(), "remove", &hash)
+        .await?;
     println!("removed `{name}` (its versions stay in the store: `lotus module history {name}`)");
     Ok(())
 }
 
 pub async fn history(home: &Home, name: &str, json: bool) -> Result<()> {
-    let entries = Registry::open(home).await?.history(home, name).await?;
+    let config = Config::load(home.root()).map_err(bad_input)?;
+    let entries = Registry::open(home, &config)
+        .await?
+        .history(home, name)
+        .await?;
     if entries.is_empty() {
         return Err(CliError::new(
             ExitCode::NotFound,
@@ -356,7 +347,8 @@ pub async fn history(home: &Home, name: &str, json: bool) -> Result<()> {
 }
 
 pub async fn rollback(home: &Home, name: &str, to: Option<&str>) -> Result<()> {
-    let registry = Registry::open(home).await?;
+    let config = Config::load(home.root()).map_err(bad_input)?;
+    let registry = Registry::open(home, &config).await?;
     let entries = registry.history(home, name).await?;
     let current = active_hash(home, name);
     let target = match to {
@@ -389,12 +381,14 @@ pub async fn rollback(home: &Home, name: &str, to: Option<&str>) -> Result<()> {
             target.hash
         )
     })?;
-    registry.record(home, &m, "rollback", &target.hash).await?;
+    registry
+        .record(home, name, Some(&m), "rollback", &target.hash)
+        .await?;
     println!(
         "rolled `{name}` back to {} ({})",
         target.version, target.hash
     );
-    if let Some(said) = notify(home, name).await? {
+    if let Some(said) = notify(home, &config, name).await? {
         println!("{said}");
     }
     Ok(())

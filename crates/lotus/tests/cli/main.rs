@@ -1158,15 +1158,11 @@ fn ask_remembers_across_processes_with_the_local_model() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// `lotus key`: a key stored encrypted reaches its provider; no file in the home holds it in
-/// the clear; a wrong or missing passphrase is said plainly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
-    use std::io::Write as _;
+/// An OpenAI stand-in that answers "The capital of France is Paris." (streamed) to a request
+/// bearing `key`, and to no other.
+async fn openai_wanting_key(key: &str) -> wiremock::MockServer {
     use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
-
-    const KEY: &str = "sk-proj-STORED-KEY-9f8e7d6c5b4a";
     let openai = MockServer::start().await;
     let sse = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1175,7 +1171,7 @@ async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
     .expect("fixture");
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(header("authorization", format!("Bearer {key}").as_str()))
         .respond_with(
             ResponseTemplate::new(200)
                 .insert_header("content-type", "text/event-stream")
@@ -1183,21 +1179,32 @@ async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
         )
         .mount(&openai)
         .await;
-    let home = tempfile::tempdir().expect("tempdir");
-    let home_path = home.path().to_owned();
-    let base = format!("{}/v1", openai.uri());
-    let cli = move |args: Vec<&'static str>, pass: Option<&'static str>, stdin: Option<String>| {
-        let mut c = lotus_unconfigured(&home_path);
-        c.env_remove("LOTUS_KEYS_PASSPHRASE");
-        if let Some(p) = pass {
-            c.env("LOTUS_KEYS_PASSPHRASE", p);
-        }
-        c.env("OPENAI_BASE_URL", &base)
-            .env("LOTUS_PROVIDERS__LOCAL__ENABLED", "false")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    openai
+}
+
+/// Runs `lotus ARGS` on a blocking thread in `home`, with no provider configured but by `env`,
+/// the local model off, `LOTUS_KEYS_PASSPHRASE` set to `pass` (or unset) and `stdin` piped in.
+fn lotus_keyed(
+    home: &Path,
+    args: &[&str],
+    pass: Option<&str>,
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> tokio::task::JoinHandle<(i32, String, String)> {
+    use std::io::Write as _;
+    let mut c = lotus_unconfigured(home);
+    c.env_remove("LOTUS_KEYS_PASSPHRASE");
+    if let Some(p) = pass {
+        c.env("LOTUS_KEYS_PASSPHRASE", p);
+    }
+    c.envs(env.iter().copied())
+        .env("LOTUS_PROVIDERS__LOCAL__ENABLED", "false")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
         let mut child = c.spawn().expect("spawn lotus");
         let mut input = child.stdin.take().expect("stdin");
         if let Some(s) = stdin {
@@ -1210,10 +1217,40 @@ async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-    };
-    let run = |args: Vec<&'static str>, pass: Option<&'static str>, stdin: Option<String>| {
-        let cli = cli.clone();
-        tokio::task::spawn_blocking(move || cli(args, pass, stdin))
+    })
+}
+
+/// Asserts that no file under `dir` holds `secret` in the clear.
+fn assert_nowhere_in_clear(dir: &Path, secret: &str) {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the secret in the clear",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+/// `lotus key`: a key stored encrypted reaches its provider; no file in the home holds it in
+/// the clear; a wrong or missing passphrase is said plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
+    const KEY: &str = "sk-proj-STORED-KEY-9f8e7d6c5b4a";
+    let openai = openai_wanting_key(KEY).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let base = format!("{}/v1", openai.uri());
+    let env = [("OPENAI_BASE_URL", base.as_str())];
+    let run = |args: Vec<&str>, pass: Option<&str>, stdin: Option<String>| {
+        lotus_keyed(home.path(), &args, pass, stdin.as_deref(), &env)
     };
 
     // Without a passphrase and no terminal to ask on, nothing is created.
@@ -1287,22 +1324,7 @@ async fn a_stored_key_reaches_its_provider_and_no_plain_file() {
     );
 
     // No file anywhere in the home (ledger, logs, config) holds the key in the clear.
-    let mut stack = vec![home.path().to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("dir") {
-            let p = entry.expect("entry").path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let bytes = std::fs::read(&p).expect("read");
-                assert!(
-                    !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
-                    "{} holds the key in the clear",
-                    p.display()
-                );
-            }
-        }
-    }
+    assert_nowhere_in_clear(home.path(), KEY);
 
     let (code, _, err) = run(vec!["key", "passphrase"], Some("pw"), None)
         .await
@@ -1577,57 +1599,11 @@ async fn a_dangerous_call_waits_for_lotus_approve() {
 /// the clear; bad input is refused; a locked store is said plainly; `unset` removes it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_configuration_stored_in_l4_reaches_its_provider() {
-    use std::io::Write as _;
-    use wiremock::matchers::{header, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-
     const KEY: &str = "sk-proj-L4-SEALED-KEY-0a1b2c3d4e";
-    let openai = MockServer::start().await;
-    let sse = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../lotus-providers/tests/fixtures/openai-text.sse"),
-    )
-    .expect("fixture");
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .and(header("authorization", format!("Bearer {KEY}").as_str()))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-type", "text/event-stream")
-                .set_body_string(sse),
-        )
-        .mount(&openai)
-        .await;
+    let openai = openai_wanting_key(KEY).await;
     let home = tempfile::tempdir().expect("tempdir");
-    let home_path = home.path().to_owned();
-    let cli = move |args: Vec<String>, pass: Option<&'static str>, stdin: Option<String>| {
-        let mut c = lotus_unconfigured(&home_path);
-        c.env_remove("LOTUS_KEYS_PASSPHRASE");
-        if let Some(p) = pass {
-            c.env("LOTUS_KEYS_PASSPHRASE", p);
-        }
-        c.env("LOTUS_PROVIDERS__LOCAL__ENABLED", "false")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn lotus");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).expect("write stdin");
-        }
-        drop(input);
-        let out = child.wait_with_output().expect("wait");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let run = |args: &[&str], pass: Option<&'static str>, stdin: Option<String>| {
-        let cli = cli.clone();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        tokio::task::spawn_blocking(move || cli(args, pass, stdin))
+    let run = |args: &[&str], pass: Option<&str>, stdin: Option<String>| {
+        lotus_keyed(home.path(), args, pass, stdin.as_deref(), &[])
     };
     let openai_row = |out: &str| -> Value {
         let v: Value = serde_json::from_str(out).expect("json");
@@ -1653,6 +1629,13 @@ async fn a_provider_configuration_stored_in_l4_reaches_its_provider() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+
+    // Listing reads L4 only where there is one: a fresh home gets no database from it.
+    let (code, _, err) = run(&["provider", "list", "--offline"], None, None)
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(!home.path().join("data/memory/memory.db").exists());
 
     let base = format!("{}/v1", openai.uri());
     let (code, out, err) = run(
@@ -1699,27 +1682,8 @@ async fn a_provider_configuration_stored_in_l4_reaches_its_provider() {
     assert_eq!(out.trim(), "The capital of France is Paris.");
 
     // No file of the home holds the key in the clear (the database, its log, the key store).
-    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(dir).expect("dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                files(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    let mut all = Vec::new();
-    files(home.path(), &mut all);
-    assert!(all.iter().any(|p| p.ends_with("memory.db")), "{all:?}");
-    for f in &all {
-        let bytes = std::fs::read(f).expect("read");
-        assert!(
-            !String::from_utf8_lossy(&bytes).contains("L4-SEALED-KEY"),
-            "{} holds the key",
-            f.display()
-        );
-    }
+    assert!(home.path().join("data/memory/memory.db").exists());
+    assert_nowhere_in_clear(home.path(), KEY);
 
     // Changing the model keeps the sealed key.
     let (code, _, err) = run(

@@ -689,10 +689,7 @@ impl MemoryManager {
     /// `user`'s profile: what is known of them as keys and values (name, timezone, …).
     pub async fn profile(&self, user: &str) -> Result<BTreeMap<String, Value>> {
         check_user(user)?;
-        let mut p = self.tiers.knowledge.profile(user).await?;
-        // A removed key is stored as null.
-        p.retain(|_, v| !v.is_null());
-        Ok(p)
+        self.tiers.knowledge.profile(user).await
     }
 
     /// Sets one key of `user`'s profile; `null` removes it.
@@ -704,10 +701,18 @@ impl MemoryManager {
                 "`{key}` is not a profile key: use a short name of 1 to 64 characters, e.g. `name` or `timezone`"
             )));
         }
-        if value.to_string().len() > 4096 {
+        if value.is_null() {
+            return self
+                .tiers
+                .knowledge
+                .profile_remove(user, key)
+                .await
+                .map(drop);
+        }
+        let size = value.to_string().len();
+        if size > 4096 {
             return Err(MemoryError::BadInput(format!(
-                "the value of `{key}` is too long ({} bytes; at most 4096)",
-                value.to_string().len()
+                "the value of `{key}` is too long ({size} bytes; at most 4096)"
             )));
         }
         self.tiers.knowledge.profile_set(user, key, value).await

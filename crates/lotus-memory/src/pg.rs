@@ -74,6 +74,8 @@ const MIGRATIONS: &[&str] = &[
          sealed_key TEXT,
          updated_us BIGINT NOT NULL
      );"#,
+    // 4: profile keys removed by an earlier version were kept as null values: drop them.
+    r#"DELETE FROM lotus_user_profile WHERE value = 'null'::jsonb;"#,
 ];
 
 /// An arbitrary, fixed key for the migration lock.
@@ -409,6 +411,18 @@ impl Knowledge for PgKnowledge {
         rows.iter()
             .map(|r| Ok((r.try_get(0).map_err(err)?, r.try_get(1).map_err(err)?)))
             .collect()
+    }
+
+    async fn profile_remove(&self, user: &str, key: &str) -> Result<bool> {
+        let n = self
+            .client
+            .execute(
+                r#"DELETE FROM lotus_user_profile WHERE "user" = $1 AND key = $2"#,
+                &[&user, &key],
+            )
+            .await
+            .map_err(err)?;
+        Ok(n > 0)
     }
 
     async fn profile_clear(&self, user: &str) -> Result<u64> {

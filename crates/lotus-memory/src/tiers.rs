@@ -312,6 +312,8 @@ pub trait Knowledge: Send + Sync {
     async fn profile_set(&self, user: &str, key: &str, value: &Value) -> Result<()>;
     /// `user`'s profile.
     async fn profile(&self, user: &str) -> Result<BTreeMap<String, Value>>;
+    /// Removes one key of `user`'s profile; whether it was there.
+    async fn profile_remove(&self, user: &str, key: &str) -> Result<bool>;
     /// Removes `user`'s profile.
     async fn profile_clear(&self, user: &str) -> Result<u64>;
     /// Appends a turn to the conversation history.

@@ -94,6 +94,8 @@ const MIGRATIONS: &[&str] = &[
          sealed_key TEXT,
          updated_us INTEGER NOT NULL
      );",
+    // 5: profile keys removed by an earlier version were kept as null values: drop them.
+    "DELETE FROM user_profile WHERE value = 'null';",
 ];
 
 /// The version whose migration creates `memories_keys`, which is then filled from `memories`.
@@ -524,6 +526,18 @@ impl Knowledge for SqliteKnowledge {
         rows.into_iter()
             .map(|(k, v)| Ok((k, serde_json::from_str(&v).map_err(err)?)))
             .collect()
+    }
+
+    async fn profile_remove(&self, user: &str, key: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .lock()
+            .execute(
+                "DELETE FROM user_profile WHERE user = ? AND key = ?",
+                [user, key],
+            )
+            .map_err(err)?;
+        Ok(n > 0)
     }
 
     async fn profile_clear(&self, user: &str) -> Result<u64> {

@@ -758,6 +758,22 @@ async fn knowledge_conformance() {
             "{b}"
         );
         assert!(k.profile(&other).await.expect("profile").is_empty(), "{b}");
+        k.profile_set(&user, "name", &json!("Ada"))
+            .await
+            .expect("profile");
+        assert!(
+            k.profile_remove(&user, "timezone").await.expect("remove"),
+            "{b}"
+        );
+        assert!(
+            !k.profile_remove(&user, "timezone").await.expect("remove"),
+            "{b}"
+        );
+        assert_eq!(
+            k.profile(&user).await.expect("profile"),
+            BTreeMap::from([("name".to_owned(), json!("Ada"))]),
+            "{b}: one key removed, no row left for it"
+        );
         assert_eq!(k.profile_clear(&user).await.expect("clear"), 1, "{b}");
 
         // The conversation history: per user and session, newest kept, forgotten with its memory.

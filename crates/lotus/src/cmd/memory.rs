@@ -118,7 +118,15 @@ pub async fn run(home: &Home, cfg: &Config, cmd: MemoryCmd) -> Result<()> {
         } => {
             let value = match (value, unset) {
                 (_, true) => Value::Null,
-                (Some(v), false) => serde_json::from_str(v).unwrap_or_else(|_| json!(v)),
+                (Some(v), false) => match serde_json::from_str(v) {
+                    Ok(Value::Null) => {
+                        return Err(bad_input(format!(
+                            "`null` is no value for `{key}`: remove the key with `lotus memory profile {key} --unset`, or quote it ('\"null\"') to keep the word"
+                        )));
+                    }
+                    Ok(parsed) => parsed,
+                    Err(_) => json!(v),
+                },
                 (None, false) => {
                     return Err(bad_input(format!(
                         "give `{key}` a value (lotus memory profile {key} VALUE) or remove it with --unset"

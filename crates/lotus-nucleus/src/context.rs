@@ -304,7 +304,16 @@ impl Context {
         &self,
         request: ChatRequest,
     ) -> Result<(ModelRef, ChatResponse), LlmError> {
-        let routed = self.chat(request).await?;
+        self.complete_on(Vec::new(), request).await
+    }
+
+    /// Like [`chat_on`](Self::chat_on), collected into one response.
+    pub async fn complete_on(
+        &self,
+        chain: Vec<String>,
+        request: ChatRequest,
+    ) -> Result<(ModelRef, ChatResponse), LlmError> {
+        let routed = self.chat_on(chain, request).await?;
         let provider = routed.model.provider.clone();
         let response = lotus_providers::collect(&provider, routed.stream).await?;
         Ok((routed.model, response))

@@ -653,6 +653,11 @@ impl Actor {
         {
             let mut tools = self.shared.tools.write();
             let mut mine = Vec::new();
+            for d in &manifest.dangerous {
+                if d != "*" && !desc.tools.iter().any(|t| t.name == d.as_str()) {
+                    tracing::warn!(module = %name, tool = %d, "`dangerous` names a tool the module does not offer");
+                }
+            }
             for t in desc.tools {
                 let qualified = format!("{name}.{}", t.name);
                 if tools.get(&qualified).is_some_and(|e| e.spec.module != name) {
@@ -673,15 +678,6 @@ impl Actor {
                     },
                 );
                 mine.push(qualified);
-            }
-            for d in &manifest.dangerous {
-                if d != "*"
-                    && !mine
-                        .iter()
-                        .any(|q| q.strip_prefix(&format!("{name}.")) == Some(d.as_str()))
-                {
-                    tracing::warn!(module = %name, tool = %d, "`dangerous` names a tool the module does not offer");
-                }
             }
             *self.slot.tools.lock() = mine;
         }

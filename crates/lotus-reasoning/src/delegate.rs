@@ -50,7 +50,8 @@ pub struct Analysis {
     pub reason: String,
 }
 
-/// Words that ask for more than a lookup or a short reply.
+/// Words and phrases that ask for more than a lookup or a short reply, matched as whole words
+/// (so "prove" is not found in "improve").
 const COMPLEX_CUES: &[&str] = &[
     "compare",
     "contrast",
@@ -59,7 +60,7 @@ const COMPLEX_CUES: &[&str] = &[
     "analysis",
     "design",
     "architecture",
-    "plan ",
+    "plan",
     "strategy",
     "step by step",
     "pros and cons",
@@ -80,7 +81,15 @@ const COMPLEX_CUES: &[&str] = &[
 /// list of things to do, several questions, or words that ask for analysis or design.
 pub fn analyze(text: &str) -> Analysis {
     let words = text.split_whitespace().count();
-    let lower = text.to_lowercase();
+    // The words, lowercased, each between spaces: a cue is found only as whole words.
+    let spaced = format!(
+        " {} ",
+        text.to_lowercase()
+            .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let items = text
         .lines()
         .map(str::trim_start)
@@ -105,8 +114,11 @@ pub fn analyze(text: &str) -> Analysis {
     if questions >= 2 {
         return complex(format!("{questions} questions"));
     }
-    if let Some(cue) = COMPLEX_CUES.iter().find(|c| lower.contains(*c)) {
-        return complex(format!("it asks to {}", cue.trim()));
+    if let Some(cue) = COMPLEX_CUES
+        .iter()
+        .find(|c| spaced.contains(&format!(" {c} ")))
+    {
+        return complex(format!("it asks to {cue}"));
     }
     Analysis {
         complex: false,
@@ -204,22 +216,31 @@ pub struct Complex<'a> {
     pub limits: &'a Limits,
 }
 
-/// Adds a run's use to the total.
+/// Adds a run that followed the others to the total: its use and its time.
 fn add(total: &mut Outcome, part: &Outcome) {
+    add_use(total, part);
+    add_time(total, part);
+}
+
+/// Adds a run's use (steps, calls, tokens, cost, models) to the total.
+fn add_use(total: &mut Outcome, part: &Outcome) {
     total.steps += part.steps;
     total.tool_calls += part.tool_calls;
-    total.usage.input_tokens += part.usage.input_tokens;
-    total.usage.output_tokens += part.usage.output_tokens;
-    total.usage.cached_input_tokens += part.usage.cached_input_tokens;
+    total.usage += part.usage;
     total.cost_usd += part.cost_usd;
-    total.model_us += part.model_us;
-    total.approval_us += part.approval_us;
-    total.overhead_us += part.overhead_us;
     for m in &part.models {
         if !total.models.contains(m) {
             total.models.push(m.clone());
         }
     }
+}
+
+/// Adds a run's time (model, approval, overhead) to the total. Of runs side by side only the
+/// slowest one's counts, so the times add up to what the clock saw.
+fn add_time(total: &mut Outcome, part: &Outcome) {
+    total.model_us += part.model_us;
+    total.approval_us += part.approval_us;
+    total.overhead_us += part.overhead_us;
 }
 
 /// What is left of the task's budget, shared among `ways` runs.
@@ -339,8 +360,15 @@ pub async fn complex(host: &dyn Host, c: Complex<'_>) -> Outcome {
     let answered = futures_util::future::join_all(runs).await;
     let mut report = Vec::new();
     let mut findings = String::new();
+    if let Some(slowest) = answered
+        .iter()
+        .map(|(_, out)| out)
+        .max_by_key(|o| o.model_us + o.approval_us + o.overhead_us)
+    {
+        add_time(&mut total, slowest);
+    }
     for (i, (part, out)) in answered.iter().enumerate() {
-        add(&mut total, out);
+        add_use(&mut total, out);
         report.push(json!({
             "text": part, "models": out.models, "stopped": out.stopped, "steps": out.steps,
             "usage": out.usage, "cost_usd": out.cost_usd, "error": out.error,
@@ -393,11 +421,17 @@ mod tests {
             "What is my favourite editor?",
             "Remember that my favourite editor is Helix.",
             "hi",
+            // Cues inside other words are not cues.
+            "Improve this sentence.",
+            "Who is the reporter on this story?",
+            "Is the designated driver here?",
         ] {
             assert!(!analyze(simple).complex, "{simple}");
         }
         for (complex, why) in [
             ("Compare Rust and Go.", "compare"),
+            ("Give me the pros and cons of Rust.", "pros and cons"),
+            ("Make a plan for the move.", "plan"),
             ("Do this:\n1. fetch the page\n2. summarise it", "list of 2"),
             ("- a\n- b\n- c", "list of 3"),
             ("Where is Lisbon? And how far is Porto?", "2 questions"),

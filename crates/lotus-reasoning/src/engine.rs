@@ -252,9 +252,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
             }
         };
         out.model_us += micros(t_model.elapsed());
-        out.usage.input_tokens += reply.usage.input_tokens;
-        out.usage.output_tokens += reply.usage.output_tokens;
-        out.usage.cached_input_tokens += reply.usage.cached_input_tokens;
+        out.usage += reply.usage;
         out.cost_usd += host
             .info(&reply.model)
             .map_or(0.0, |i| i.cost(&reply.usage));
@@ -369,18 +367,18 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
             let c = &calls[i];
             async move {
                 let mut waited = Duration::ZERO;
-                if !task.tools.iter().any(|t| t.name == c.name) {
-                    let offered: Vec<&str> = task.tools.iter().map(|t| t.name.as_str()).collect();
-                    let why = format!(
-                        "there is no tool `{}` here; the tools are: {}",
-                        c.name,
-                        offered.join(", ")
-                    );
-                    return (i, Err(why), Duration::ZERO, waited);
-                }
-                if task.guarded.contains(&c.name) {
+                // Only a tool offered runs (a made-up or hidden name is told to the model).
+                let name = match protocol::resolve(&c.name, task.tools) {
+                    Ok(name) => name,
+                    Err(why) => return (i, Err(why), Duration::ZERO, waited),
+                };
+                if task.guarded.iter().any(|g| g == name) {
                     let t = Instant::now();
-                    let decision = host.approve(step, c).await;
+                    let call = ToolCall {
+                        name: name.to_owned(),
+                        ..c.clone()
+                    };
+                    let decision = host.approve(step, &call).await;
                     waited = t.elapsed();
                     if let Err(why) = decision {
                         return (i, Err(why), Duration::ZERO, waited);
@@ -389,7 +387,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                 let t = Instant::now();
                 let r = match tokio::time::timeout(
                     limits.tool_timeout,
-                    host.call_tool(&c.name, c.arguments.clone()),
+                    host.call_tool(name, c.arguments.clone()),
                 )
                 .await
                 {
@@ -403,8 +401,10 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
                 (i, r, t.elapsed(), waited)
             }
         });
+        // Calls of one reply wait for approval side by side: the longest wait is the time lost.
+        let mut longest_wait = Duration::ZERO;
         for (i, r, took, waited) in futures_util::future::join_all(runs).await {
-            out.approval_us += micros(waited);
+            longest_wait = longest_wait.max(waited);
             out.tool_calls += 1;
             let (ok, shown) = match &r {
                 Ok(v) => (true, v.clone()),
@@ -417,6 +417,7 @@ pub async fn run(host: &dyn Host, task: Task<'_>) -> Outcome {
             .await;
             results.push((i, r));
         }
+        out.approval_us += micros(longest_wait);
         results.sort_by_key(|(i, _)| *i);
         let failed = results.iter().filter(|(_, r)| r.is_err()).count();
         for (i, r) in results {

@@ -299,17 +299,10 @@ async fn summarize(
              {transcript}"
         )),
     ]);
-    let written = match cx.chat_on(s.delegation.cheap.clone(), request).await {
-        Ok(routed) => {
-            let provider = routed.model.provider.clone();
-            let model = routed.model.to_string();
-            lotus_providers::collect(&provider, routed.stream)
-                .await
-                .map(|r| (r.text.trim().to_owned(), model))
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    };
+    let written = cx
+        .complete_on(s.delegation.cheap.clone(), request)
+        .await
+        .map(|(model, r)| (r.text.trim().to_owned(), model.to_string()));
     let (summary, by) = match written {
         Ok((text, model)) if grounded(&text, &transcript) => (text, model),
         other => {
@@ -372,6 +365,18 @@ struct Pending {
     /// What `cognition.approval_request` said.
     request: Value,
     answer: oneshot::Sender<Result<(), String>>,
+}
+
+/// Removes a call from those waiting when its wait ends, whichever way.
+struct Waiting<'a> {
+    approvals: &'a Approvals,
+    id: Uuid,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.approvals.pending.lock().remove(&self.id);
+    }
 }
 
 /// The calls waiting for a human, by approval id.
@@ -483,7 +488,7 @@ impl Host for TaskHost {
             "tool": call.name, "arguments": call.arguments, "timeout_s": wait.as_secs(),
             "asked_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         });
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.approvals.pending.lock().insert(
             id,
             Pending {
@@ -491,16 +496,32 @@ impl Host for TaskHost {
                 answer: tx,
             },
         );
+        // However the wait ends (answered, timed out, the task dropped), the call no longer waits.
+        let _waiting = Waiting {
+            approvals: &self.approvals,
+            id,
+        };
         self.emit("cognition.approval_request", request).await;
-        let decision = match tokio::time::timeout(wait, rx).await {
+        let late = || {
+            format!(
+                "no one approved this call within {} s, so it was not run",
+                wait.as_secs()
+            )
+        };
+        let decision = match tokio::time::timeout(wait, &mut rx).await {
             Ok(Ok(d)) => d,
-            Ok(Err(_)) => Err("the approval was dropped".to_owned()),
+            Ok(Err(_)) => Err(
+                "the reasoning module stopped while this call waited for approval, so it was not run"
+                    .to_owned(),
+            ),
             Err(_) => {
-                self.approvals.pending.lock().remove(&id);
-                Err(format!(
-                    "no one approved this call within {} s, so it was not run",
-                    wait.as_secs()
-                ))
+                // An answer taken just as the time ran out stands: it is on its way.
+                let answered = self.approvals.pending.lock().remove(&id).is_none();
+                if answered {
+                    rx.await.unwrap_or_else(|_| Err(late()))
+                } else {
+                    Err(late())
+                }
             }
         };
         self.step(json!({
@@ -572,20 +593,22 @@ fn assemble(
     // what was just saved) rides with the message.
     let mut system = format!("{}\nToday is {} (UTC).", s.persona, today());
     if let Some(p) = profile.filter(|p| !p.is_empty()) {
-        let mut about: Vec<String> = p
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}: {}",
-                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                )
-            })
-            .collect();
-        // Within about 150 tokens.
-        while about.join("; ").len() > 600 && about.len() > 1 {
-            about.pop();
+        // Entries in key order while they fit in about 150 tokens (the first one, cut, if it
+        // alone does not).
+        let mut line = String::new();
+        for (k, v) in p {
+            let entry = format!(
+                "{k}: {}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            );
+            if !line.is_empty() && line.len() + 2 + entry.len() > 600 {
+                break;
+            }
+            if !line.is_empty() {
+                line.push_str("; ");
+            }
+            line.push_str(&entry);
         }
-        let mut line = about.join("; ");
         line.truncate(line.floor_char_boundary(600));
         system.push_str(&format!("\nAbout the user: {line}."));
     }
@@ -720,14 +743,14 @@ async fn run_task(
     };
     // A task that names no model goes by tier, when the cheap and strong tiers differ.
     let d = &s.delegation;
-    let tiers = match (d.enabled && req.model.is_none(), req.text.trim().is_empty()) {
-        (true, false) => match (cx.first_model(&d.cheap), cx.first_model(&d.strong)) {
-            (Some(cheap), Some(strong)) if cheap != strong => Some(strong),
-            _ => None,
-        },
-        _ => None,
-    };
-    let analysis = tiers.as_ref().map(|_| delegate::analyze(&req.text));
+    let tiered = d.enabled
+        && req.model.is_none()
+        && !req.text.trim().is_empty()
+        && matches!(
+            (cx.first_model(&d.cheap), cx.first_model(&d.strong)),
+            (Some(cheap), Some(strong)) if cheap != strong
+        );
+    let analysis = tiered.then(|| delegate::analyze(&req.text));
     let chain: Vec<String> = match &analysis {
         Some(a) if a.complex => d.strong.clone(),
         Some(_) => d.cheap.clone(),
@@ -971,7 +994,9 @@ impl ReasoningModule {
     }
 
     /// Ends a conversation: its summary goes to memory (when it has enough turns), so a later
-    /// session knows what happened. `{"summarized": false, "reason"}` when it is too short.
+    /// session knows what happened. `{"summarized": false, "reason"}` when it is too short or
+    /// summaries are off. The session stays open until its summary is stored, so one cut short
+    /// is summarized later, when it has been idle for `episode_idle`.
     #[tool("end_episode")]
     async fn end_episode(
         &mut self,
@@ -983,23 +1008,34 @@ impl ReasoningModule {
             .settings
             .clone()
             .ok_or_else(|| ModuleError::msg("the reasoning module is not initialized"))?;
-        let taken = self.episodes.open.lock().remove(&session);
+        if !(s.memory && s.summaries) {
+            self.episodes.open.lock().remove(&session);
+            return Ok(json!({
+                "summarized": false,
+                "reason": "summaries are off ([modules.reasoning] memory and summaries)",
+            }));
+        }
+        let known = self
+            .episodes
+            .open
+            .lock()
+            .get(&session)
+            .map(|e| e.user.clone());
         let user = user
             .filter(|u| !u.trim().is_empty())
-            .or(taken.map(|e| e.user))
+            .or(known)
             .unwrap_or_else(|| s.default_user.clone());
-        if !s.memory {
-            return Ok(
-                json!({"summarized": false, "reason": "memory is off ([modules.reasoning] memory = false)"}),
-            );
-        }
-        match summarize(cx, &s, &user, &session).await {
-            Ok(Some(done)) => Ok(json!({"summarized": true, "episode": done})),
-            Ok(None) => Ok(
-                json!({"summarized": false, "reason": format!("fewer than {} turns", s.episode_min_turns)}),
-            ),
-            Err(e) => Err(ModuleError::msg(e)),
-        }
+        let done = summarize(cx, &s, &user, &session)
+            .await
+            .map_err(ModuleError::msg)?;
+        self.episodes.open.lock().remove(&session);
+        Ok(match done {
+            Some(done) => json!({"summarized": true, "episode": done}),
+            None => json!({
+                "summarized": false,
+                "reason": format!("fewer than {} turns", s.episode_min_turns),
+            }),
+        })
     }
 
     /// Summarizes the sessions idle for `episode_idle`.
@@ -1054,6 +1090,14 @@ impl ReasoningModule {
             approve: bool,
             #[serde(default)]
             reason: Option<String>,
+        }
+        // Only a person answers: through the API or the CLI, never another module.
+        if !matches!(ev.source.as_str(), "api" | "cli") {
+            cx.warn(format!(
+                "cognition.approval_response from `{}` is ignored: approvals come from a person (`lotus approve`, the API)",
+                ev.source
+            ));
+            return Ok(());
         }
         let a: Answer = serde_json::from_value(ev.payload.clone()).map_err(|e| {
             ModuleError::msg(format!(

@@ -258,7 +258,9 @@ async fn ask(n: &Nucleus, task: Value) -> Told {
 }
 
 /// Runs a task; `approve` answers its approval requests (`None`: leaves them unanswered).
-async fn ask_approving(n: &Nucleus, task: Value, approve: Option<bool>) -> Told {
+/// Like [`ask`], answering each approval request as `answer` says: published by its source,
+/// approving or denying.
+async fn ask_approving(n: &Nucleus, task: Value, answer: Option<(&str, bool)>) -> Told {
     let sub = n.bus().subscribe(
         "test",
         [
@@ -298,9 +300,9 @@ async fn ask_approving(n: &Nucleus, task: Value, approve: Option<bool>) -> Told 
             "cognition.step" => told.steps.push(e.payload.clone()),
             "cognition.approval_request" => {
                 told.approvals.push(e.payload.clone());
-                if let Some(yes) = approve {
+                if let Some((source, yes)) = answer {
                     n.publish(
-                        "cli",
+                        source,
                         "cognition.approval_response",
                         json!({"id": e.payload["id"], "approve": yes, "reason": "not today"}),
                     )
@@ -456,7 +458,12 @@ async fn an_approved_call_runs_and_a_denied_one_tells_the_model_why() {
         json!({}),
     )
     .await;
-    let told = ask_approving(&run.nucleus, json!({"text": "Wipe sdb."}), Some(true)).await;
+    let told = ask_approving(
+        &run.nucleus,
+        json!({"text": "Wipe sdb."}),
+        Some(("cli", true)),
+    )
+    .await;
     assert_eq!(told.response["text"], "Wiped sdb.");
     assert_eq!(told.steps_of("approval")[0]["approved"], true);
     assert_eq!(
@@ -464,7 +471,12 @@ async fn an_approved_call_runs_and_a_denied_one_tells_the_model_why() {
         json!({"wiped": "sdb"})
     );
 
-    let told = ask_approving(&run.nucleus, json!({"text": "Wipe sdc."}), Some(false)).await;
+    let told = ask_approving(
+        &run.nucleus,
+        json!({"text": "Wipe sdc."}),
+        Some(("cli", false)),
+    )
+    .await;
     assert_eq!(told.response["text"], "Not wiped.");
     let obs = &told.steps_of("observation")[0];
     assert_eq!(obs["ok"], false);
@@ -1178,4 +1190,42 @@ async fn an_idle_session_is_summarized_even_when_no_model_can_write_it() {
             .contains("The user said: My bike is blue."),
         "{kept:?}"
     );
+}
+
+/// Only a person answers an approval (through the API or the CLI): an answer another module
+/// publishes is ignored, the call is denied when its time runs out, and nothing is left waiting.
+#[tokio::test]
+async fn an_approval_published_by_a_module_is_ignored() {
+    let run = nucleus(
+        "openai",
+        vec![
+            Reply::call("toolbox__wipe", json!({"disk": "sde"})),
+            Reply::text("Not wiped."),
+        ],
+        json!({"approval_timeout": "300ms"}),
+    )
+    .await;
+    let told = ask_approving(
+        &run.nucleus,
+        json!({"text": "Wipe sde."}),
+        Some(("toolbox", true)),
+    )
+    .await;
+    assert_eq!(told.approvals.len(), 1);
+    assert_eq!(told.steps_of("approval")[0]["approved"], false);
+    let obs = &told.steps_of("observation")[0];
+    assert_eq!(obs["ok"], false);
+    assert!(
+        obs["result"]["error"]
+            .as_str()
+            .expect("why")
+            .contains("no one approved"),
+        "{obs}"
+    );
+    let waiting = run
+        .nucleus
+        .call_tool("reasoning.approvals", json!({}))
+        .await
+        .expect("approvals");
+    assert_eq!(waiting, json!([]));
 }

@@ -103,10 +103,10 @@ pub struct ApproveArgs {
     /// waiting.
     pub id: Option<String>,
     /// Deny the call instead of approving it.
-    #[arg(long)]
-    pub deny: bool,
-    /// Why (told to the model when denying).
     #[arg(long, requires = "id")]
+    pub deny: bool,
+    /// Why (told to the model).
+    #[arg(long, requires = "deny")]
     pub reason: Option<String>,
     /// Print JSON for scripts.
     #[arg(long)]

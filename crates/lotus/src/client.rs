@@ -121,6 +121,14 @@ impl Client {
         Self::decode(resp).await
     }
 
+    /// Calls tool `name` with `args` in the running nucleus; its result.
+    pub async fn call_tool(&self, name: &str, args: &Value) -> Result<Value> {
+        let r: lotus_server::CallResponse = self
+            .post(&format!("/api/v1/tools/{name}/call"), args)
+            .await?;
+        Ok(r.result)
+    }
+
     /// Opens the live event stream (SSE) for `pattern`.
     pub async fn stream(&self, pattern: &str) -> Result<reqwest::Response> {
         let resp = self

@@ -3,7 +3,6 @@
 //! `reasoning.approvals` and `reasoning.approve` tools).
 
 use anyhow::Result;
-use lotus_server::CallResponse;
 use serde_json::{Value, json};
 
 use super::clip;
@@ -16,10 +15,12 @@ use crate::home::Home;
 pub async fn run(home: &Home, cfg: &Config, args: ApproveArgs) -> Result<()> {
     let client = Client::new(home, cfg)?;
     let Some(id) = args.id else {
-        let r: CallResponse = client
-            .post("/api/v1/tools/reasoning.approvals/call", &json!({}))
-            .await?;
-        let waiting = r.result.as_array().cloned().unwrap_or_default();
+        let waiting = client
+            .call_tool("reasoning.approvals", &json!({}))
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if args.json {
             println!("{}", serde_json::to_string_pretty(&waiting)?);
         } else if waiting.is_empty() {
@@ -45,24 +46,21 @@ pub async fn run(home: &Home, cfg: &Config, args: ApproveArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let r: CallResponse = client
-        .post(
-            "/api/v1/tools/reasoning.approve/call",
+    let r = client
+        .call_tool(
+            "reasoning.approve",
             &json!({"id": id, "approve": !args.deny, "reason": args.reason}),
         )
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r.result)?);
+        println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        let verb = if r.result["approved"] == Value::Bool(true) {
+        let verb = if r["approved"] == Value::Bool(true) {
             "Approved"
         } else {
             "Denied"
         };
-        println!(
-            "{verb}: {}",
-            r.result["tool"].as_str().unwrap_or("the call")
-        );
+        println!("{verb}: {}", r["tool"].as_str().unwrap_or("the call"));
     }
     Ok(())
 }

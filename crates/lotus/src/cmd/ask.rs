@@ -3,7 +3,7 @@
 //! that runs the memory and reasoning modules on the home's files.
 
 use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use eventsource_stream::Eventsource;
@@ -249,12 +249,17 @@ pub(crate) async fn task_on(
 ) -> Result<Value> {
     let payload = serde_json::to_value(task)?;
     match target {
-        Target::Remote(client) => remote(client, payload, printer).await,
-        Target::Local(nucleus, _) => local(nucleus, payload, printer).await,
+        Target::Remote(client) => remote(target, client, payload, printer).await,
+        Target::Local(nucleus, _) => local(target, nucleus, payload, printer).await,
     }
 }
 
-async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Result<Value> {
+async fn remote(
+    target: &Target,
+    client: &Client,
+    payload: Value,
+    printer: &mut Printer,
+) -> Result<Value> {
     // Listen first, so nothing the task says is missed.
     let resp = client.stream(ANSWER_TOPICS).await?;
     let mut events = resp.bytes_stream().eventsource();
@@ -283,16 +288,7 @@ async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Resul
         }
         match printer.on(&ev)? {
             Seen::Done(r) => return Ok(r),
-            Seen::Approval(request) => {
-                if let Some(answer) = ask_human(&request, true).await? {
-                    client
-                        .post::<PublishResponse>(
-                            "/api/v1/events",
-                            &json!({"topic": "cognition.approval_response", "payload": answer}),
-                        )
-                        .await?;
-                }
-            }
+            Seen::Approval(request) => on_approval(target, &request).await?,
             Seen::Nothing => {}
         }
     }
@@ -303,7 +299,12 @@ async fn remote(client: &Client, payload: Value, printer: &mut Printer) -> Resul
     .into())
 }
 
-async fn local(nucleus: &Nucleus, payload: Value, printer: &mut Printer) -> Result<Value> {
+async fn local(
+    target: &Target,
+    nucleus: &Nucleus,
+    payload: Value,
+    printer: &mut Printer,
+) -> Result<Value> {
     let patterns = ANSWER_TOPICS
         .split(',')
         .map(Pattern::new)
@@ -320,13 +321,7 @@ async fn local(nucleus: &Nucleus, payload: Value, printer: &mut Printer) -> Resu
         }
         match printer.on(&e)? {
             Seen::Done(r) => return Ok(r),
-            Seen::Approval(request) => {
-                if let Some(answer) = ask_human(&request, false).await? {
-                    nucleus
-                        .publish("cli", "cognition.approval_response", answer)
-                        .await?;
-                }
-            }
+            Seen::Approval(request) => on_approval(target, &request).await?,
             Seen::Nothing => {}
         }
     }
@@ -335,8 +330,40 @@ async fn local(nucleus: &Nucleus, payload: Value, printer: &mut Printer) -> Resu
     ))
 }
 
-/// Asks the person at the terminal whether a dangerous call may run; the answer to publish,
-/// or `None` when it is left to someone else (`lotus approve`, against the running nucleus).
+/// A call waits for approval: the person at the terminal is asked, and the answer goes to
+/// `reasoning.approve`. An answer that came too late is said, and the task goes on.
+async fn on_approval(target: &Target, request: &Value) -> Result<()> {
+    let remote = matches!(target, Target::Remote(_));
+    if let Some(answer) = ask_human(request, remote).await?
+        && let Err(e) = target.call("reasoning.approve", answer).await
+    {
+        eprintln!("  ! {e:#}");
+    }
+    Ok(())
+}
+
+/// Whether standard input has a line to read within `wait` (a terminal gives it when Enter is
+/// pressed), so a prompt can give up without leaving a read behind.
+fn stdin_ready(wait: Duration) -> std::io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let stdin = rustix::stdio::stdin();
+    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(wait.subsec_nanos()),
+    };
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks the person at the terminal whether a dangerous call may run, until the call's time
+/// runs out; the answer, or `None` when it is left to someone else (`lotus approve`, against
+/// the running nucleus) or came too late.
 async fn ask_human(request: &Value, remote: bool) -> Result<Option<Value>> {
     let id = request["id"].clone();
     let tool = request["tool"].as_str().unwrap_or("?").to_owned();
@@ -358,13 +385,28 @@ async fn ask_human(request: &Value, remote: bool) -> Result<Option<Value>> {
             "reason": "no one could approve it: lotus ran without a terminal and without a running nucleus (`lotus up`, then `lotus approve`)",
         })));
     }
-    eprint!("  ? ASH wants to run {tool} {args}. Allow? [y/N] ");
+    let wait = Duration::from_secs(request["timeout_s"].as_u64().unwrap_or(120));
+    eprint!(
+        "  ? ASH wants to run {tool} {args}. Allow? [y/N] (within {} s) ",
+        wait.as_secs()
+    );
     std::io::stderr().flush()?;
-    let line = tokio::task::spawn_blocking(|| {
+    let line = tokio::task::spawn_blocking(move || {
+        if !stdin_ready(wait)? {
+            return Ok(None);
+        }
         let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
+        std::io::stdin().read_line(&mut line).map(|_| Some(line))
     })
-    .await??;
+    .await?
+    .map_err(anyhow::Error::from)?;
+    let Some(line) = line else {
+        eprintln!(
+            "\n  (no answer within {} s: {tool} was not run)",
+            wait.as_secs()
+        );
+        return Ok(None);
+    };
     let yes = matches!(line.trim().to_lowercase().as_str(), "y" | "yes");
     Ok(Some(if yes {
         json!({"id": id, "approve": true})

@@ -57,6 +57,8 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
     let mut model = args.model.clone();
     let mut session = uuid::Uuid::now_v7().to_string();
     let mut totals = Totals::default();
+    // Tasks of the current session (`/new` starts another): one without any needs no summary.
+    let mut session_tasks = 0u64;
     let mut printer = Printer::new(false, args.steps);
     if interactive {
         eprintln!("ASH is listening. /help for commands, /exit or Ctrl-D to leave.");
@@ -158,8 +160,9 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
                     }
                 ),
                 "new" => {
-                    end_episode(&target, &session, args.user.as_deref(), totals.tasks).await;
+                    end_episode(&target, &session, args.user.as_deref(), session_tasks).await;
                     session = uuid::Uuid::now_v7().to_string();
+                    session_tasks = 0;
                     println!("a new session begins");
                 }
                 other => eprintln!("unknown command /{other}; /help lists them"),
@@ -174,6 +177,7 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
             ..Default::default()
         };
         printer.reset();
+        session_tasks += 1;
         match task_on(&target, &task, &mut printer).await {
             Ok(r) => {
                 totals.add(&r);
@@ -185,7 +189,7 @@ pub async fn run(home: &Home, cfg: &Config, args: ChatArgs) -> Result<()> {
             Err(e) => eprintln!("error: {e:#}"),
         }
     }
-    end_episode(&target, &session, args.user.as_deref(), totals.tasks).await;
+    end_episode(&target, &session, args.user.as_deref(), session_tasks).await;
     target.close().await
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use lotus_bus::SqliteLog;
 use lotus_nucleus::{ModuleState, NativeHost, Nucleus, NucleusBuilder, StateStore, ToolError};
-use lotus_server::CallResponse;
 use serde_json::Value;
 
 use crate::client::Client;
@@ -77,12 +76,7 @@ impl Target {
     /// Calls a tool; bad arguments exit 2, an unknown tool 4.
     pub(crate) async fn call(&self, tool: &str, args: Value) -> Result<Value> {
         match self {
-            Self::Remote(client) => {
-                let r: CallResponse = client
-                    .post(&format!("/api/v1/tools/{tool}/call"), &args)
-                    .await?;
-                Ok(r.result)
-            }
+            Self::Remote(client) => client.call_tool(tool, &args).await,
             Self::Local(n, _) => n.call_tool(tool, args).await.map_err(|e| {
                 let code = match e {
                     ToolError::InvalidArguments { .. } => ExitCode::BadInput,

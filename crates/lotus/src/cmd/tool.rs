@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use lotus_core::ToolSpec;
-use lotus_server::CallResponse;
 use serde_json::Value;
 
 use super::clip;
@@ -38,10 +37,8 @@ pub async fn run(home: &Home, config: &Config, cmd: ToolCmd) -> Result<()> {
                 })?,
             };
             let client = Client::new(home, config)?;
-            let resp: CallResponse = client
-                .post(&format!("/api/v1/tools/{name}/call"), &args)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&resp.result)?);
+            let result = client.call_tool(&name, &args).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
         }
     }
     Ok(())

@@ -1474,6 +1474,15 @@ fn memory_remembers_supersedes_and_forgets_from_the_cli() {
     let (code, _, err) = run(up.path(), &["memory", "profile", "name"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--unset"), "{err}");
+    // A bare `null` does not quietly remove the key.
+    let (code, _, err) = run(up.path(), &["memory", "profile", "name", "null"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--unset"), "{err}");
+    let (_, out, _) = run(up.path(), &["memory", "profile"]);
+    assert!(out.contains("name      Ada"), "{out}");
+    // `--deny` needs the call it denies.
+    let (code, _, err) = run(up.path(), &["approve", "--deny"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 /// A dangerous call waits for a human: `lotus ask` (no terminal) says how to answer, another

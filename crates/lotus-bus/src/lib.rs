@@ -5,6 +5,7 @@
 //! policy), request/reply by correlation id, and the [`DurableLog`] of the four durable streams
 //! with its embedded SQLite backend [`SqliteLog`].
 
+pub mod bridge;
 pub mod log;
 pub mod queue;
 pub mod router;
@@ -15,9 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lotus_core::{Event, Overflow, Pattern, Topic};
 
+pub use bridge::{Bridge, NodeStatus, Reporter, Scope, Watched};
 pub use log::{DurableLog, LogError, SqliteLog, StoredEvent, StreamCount, StreamName, StreamQuery};
 pub use queue::{Pushed, Queue};
-pub use router::{BusStats, Delivery, LocalBus, SubscriberInfo, Subscription};
+pub use router::{BusStats, Delivery, LocalBus, SubscriberInfo, Subscription, WeakBus};
 
 /// A bus failure.
 #[derive(Debug, Clone, thiserror::Error)]

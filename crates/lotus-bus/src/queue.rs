@@ -99,6 +99,29 @@ impl Queue {
         }
     }
 
+    /// Pushes, waiting for room whatever the policy: for events that must not be dropped here
+    /// because their source keeps them until they are handled (a durable consumer group).
+    pub async fn push_wait(&self, ev: Arc<Event>) -> Pushed {
+        let mut ev = ev;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Pushed::Closed;
+            }
+            let listener = self.space.listen();
+            match self.ring.push(ev) {
+                Ok(()) => {
+                    self.items.notify(1);
+                    return Pushed::Queued;
+                }
+                Err(back) => ev = back,
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Pushed::Closed;
+            }
+            listener.await;
+        }
+    }
+
     /// Pushes, blocking the thread for room under [`Overflow::Block`].
     pub fn push_blocking(&self, mut ev: Arc<Event>) -> Pushed {
         loop {
@@ -116,9 +139,8 @@ impl Queue {
     pub fn try_pop(&self) -> Option<Arc<Event>> {
         let ev = self.ring.pop()?;
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        if self.policy == Overflow::Block {
-            self.space.notify(1);
-        }
+        // Without a waiting pusher this is one atomic load.
+        self.space.notify(1);
         Some(ev)
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::bridge::{Bridge, Scope, Watched};
 use crate::queue::{Pushed, Queue};
 use crate::{Bus, BusError};
 
@@ -29,6 +30,38 @@ pub struct SubEntry {
     /// Written only under the table's write lock (see [`Subscription::set_patterns`]).
     patterns: RwLock<Vec<Pattern>>,
     queue: Arc<Queue>,
+    scope: Scope,
+}
+
+impl SubEntry {
+    fn watched(&self) -> Watched {
+        Watched {
+            id: self.id,
+            name: self.name.clone(),
+            patterns: self.patterns.read().clone(),
+            scope: self.scope,
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+/// Where an event being delivered comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Published on this node.
+    Here,
+    /// Published on another node and brought by the bridge.
+    Remote,
+}
+
+/// Whether `sub` gets an event from `from`; `durable` events reach [`Scope::Group`]
+/// subscribers through the bridge instead.
+fn wants(sub: &SubEntry, from: Origin, durable: bool) -> bool {
+    match sub.scope {
+        Scope::Node => from == Origin::Here,
+        Scope::Cluster => true,
+        Scope::Group => !durable,
+    }
 }
 
 #[derive(Default)]
@@ -115,6 +148,7 @@ struct Inner {
     published: AtomicU64,
     deliveries: AtomicU64,
     dropped: AtomicU64,
+    bridge: OnceLock<Arc<dyn Bridge>>,
 }
 
 /// The in-process event bus. Cheap to clone; all clones share one router.
@@ -185,12 +219,42 @@ impl LocalBus {
                 published: AtomicU64::new(0),
                 deliveries: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                bridge: OnceLock::new(),
             }),
         }
     }
 
+    /// Connects this bus to other nodes. Set once; existing subscriptions are announced to
+    /// the bridge. Fails (handing the bridge back) when one is already set.
+    pub fn set_bridge(&self, bridge: Arc<dyn Bridge>) -> Result<(), Arc<dyn Bridge>> {
+        self.inner.bridge.set(bridge.clone())?;
+        let subs: Vec<Watched> = self
+            .inner
+            .table
+            .read()
+            .subs
+            .values()
+            .map(|s| s.watched())
+            .collect();
+        for w in subs {
+            bridge.watch(w);
+        }
+        Ok(())
+    }
+
+    /// The bridge to other nodes, if any.
+    pub fn bridge(&self) -> Option<&Arc<dyn Bridge>> {
+        self.inner.bridge.get()
+    }
+
+    /// A handle that does not keep the bus alive (for a bridge, which the bus itself holds).
+    pub fn downgrade(&self) -> WeakBus {
+        WeakBus(Arc::downgrade(&self.inner))
+    }
+
     /// Subscribes `name` to every topic matching any of `patterns`, with its own bounded queue.
-    /// Each event is queued once per subscription even when several patterns match.
+    /// Each event is queued once per subscription even when several patterns match. The
+    /// subscription sees events of every node ([`Scope::Cluster`]).
     pub fn subscribe(
         &self,
         name: &str,
@@ -198,11 +262,24 @@ impl LocalBus {
         capacity: usize,
         policy: Overflow,
     ) -> Subscription {
+        self.subscribe_scoped(name, patterns, capacity, policy, Scope::Cluster)
+    }
+
+    /// [`subscribe`](Self::subscribe) with the [`Scope`] it has when the bus spans nodes.
+    pub fn subscribe_scoped(
+        &self,
+        name: &str,
+        patterns: Vec<Pattern>,
+        capacity: usize,
+        policy: Overflow,
+        scope: Scope,
+    ) -> Subscription {
         let entry = Arc::new(SubEntry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name),
             patterns: RwLock::new(patterns),
             queue: Arc::new(Queue::new(capacity, policy)),
+            scope,
         });
         {
             let mut table = self.inner.table.write();
@@ -211,6 +288,9 @@ impl LocalBus {
             }
             table.subs.insert(entry.id, entry.clone());
             self.inner.cache.write().clear();
+        }
+        if let Some(b) = self.inner.bridge.get() {
+            b.watch(entry.watched());
         }
         Subscription {
             entry,
@@ -256,15 +336,66 @@ impl LocalBus {
         }
     }
 
-    /// Settles a pending request the event answers, and finds the event's subscribers.
-    fn begin(&self, ev: &Arc<Event>) -> (Route, Delivery) {
+    /// Settles a pending request the event answers, hands the event to the bridge, and finds
+    /// its subscribers here. Returns whether the topic is durable.
+    fn begin(&self, ev: &Arc<Event>) -> (Route, Delivery, bool) {
         self.settle_pending(ev);
+        let durable = self.inner.bridge.get().is_some_and(|b| b.outbound(ev));
         let route = self.route(&ev.topic);
         let d = Delivery {
             matched: route.len(),
             ..Delivery::default()
         };
-        (route, d)
+        (route, d, durable)
+    }
+
+    /// Delivers an event published on another node (called by the bridge): it settles a
+    /// request waiting here and reaches the subscribers here that want other nodes' events,
+    /// waiting at most `wait` in total for room in full queues.
+    pub async fn inject(&self, ev: Arc<Event>, durable: bool, wait: Duration) -> Delivery {
+        self.settle_pending(&ev);
+        let route = self.route(&ev.topic);
+        let mut d = Delivery::default();
+        let deadline = tokio::time::Instant::now() + wait;
+        for sub in route.iter() {
+            if !wants(sub, Origin::Remote, durable) {
+                continue;
+            }
+            d.matched += 1;
+            self.push_until(sub, ev.clone(), deadline, &mut d).await;
+        }
+        self.inner
+            .deliveries
+            .fetch_add(d.matched as u64, Ordering::Relaxed);
+        d
+    }
+
+    /// Settles the request `ev` answers, if one waits here (a reply sent to this node only).
+    pub fn settle(&self, ev: &Arc<Event>) {
+        self.settle_pending(ev);
+    }
+
+    async fn push_until(
+        &self,
+        sub: &SubEntry,
+        ev: Arc<Event>,
+        deadline: tokio::time::Instant,
+        d: &mut Delivery,
+    ) {
+        let pushed = match sub.queue.try_push(ev) {
+            Ok(p) => p,
+            Err(back) => match tokio::time::timeout_at(deadline, sub.queue.push(back)).await {
+                Ok(p) => p,
+                Err(_) => {
+                    sub.queue.record_drop();
+                    self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                    d.timed_out += 1;
+                    d.matched -= 1;
+                    return;
+                }
+            },
+        };
+        self.count(d, pushed);
     }
 
     fn count(&self, d: &mut Delivery, pushed: Pushed) {
@@ -288,8 +419,11 @@ impl LocalBus {
 
     /// Publishes, waiting for room in block-policy queues that are full.
     pub async fn publish(&self, ev: Arc<Event>) -> Delivery {
-        let (route, mut d) = self.begin(&ev);
+        let (route, mut d, durable) = self.begin(&ev);
         for sub in route.iter() {
+            if !wants(sub, Origin::Here, durable) {
+                continue;
+            }
             let pushed = match sub.queue.try_push(ev.clone()) {
                 Ok(p) => p,
                 Err(back) => sub.queue.push(back).await,
@@ -305,31 +439,24 @@ impl LocalBus {
     /// The nucleus publishes its own events this way, so that one stuck module can never stall
     /// the kernel.
     pub async fn publish_within(&self, ev: Arc<Event>, wait: Duration) -> Delivery {
-        let (route, mut d) = self.begin(&ev);
+        let (route, mut d, durable) = self.begin(&ev);
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(3600));
         for sub in route.iter() {
-            let pushed = match sub.queue.try_push(ev.clone()) {
-                Ok(p) => p,
-                Err(back) => match tokio::time::timeout_at(deadline, sub.queue.push(back)).await {
-                    Ok(p) => p,
-                    Err(_) => {
-                        sub.queue.record_drop();
-                        self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                        d.timed_out += 1;
-                        d.matched -= 1;
-                        continue;
-                    }
-                },
-            };
-            self.count(&mut d, pushed);
+            if !wants(sub, Origin::Here, durable) {
+                continue;
+            }
+            self.push_until(sub, ev.clone(), deadline, &mut d).await;
         }
         self.finish(d)
     }
 
     /// Publishes from a plain thread, blocking it for room in full block-policy queues.
     pub fn publish_blocking(&self, ev: Arc<Event>) -> Delivery {
-        let (route, mut d) = self.begin(&ev);
+        let (route, mut d, durable) = self.begin(&ev);
         for sub in route.iter() {
+            if !wants(sub, Origin::Here, durable) {
+                continue;
+            }
             self.count(&mut d, sub.queue.push_blocking(ev.clone()));
         }
         self.finish(d)
@@ -370,7 +497,13 @@ impl LocalBus {
             }
         };
         let d = self.publish(Arc::new(ev)).await;
-        if d.matched == 0 {
+        if d.matched == 0
+            && !self
+                .inner
+                .bridge
+                .get()
+                .is_some_and(|b| b.remote_subscriber(&topic))
+        {
             forget();
             return Err(BusError::NoResponders { topic });
         }
@@ -429,12 +562,29 @@ impl LocalBus {
 }
 
 fn unsubscribe(inner: &Inner, entry: &SubEntry) {
-    let mut table = inner.table.write();
-    for p in entry.patterns.read().iter() {
-        table.root.remove(p.tokens(), entry.id);
+    let removed = {
+        let mut table = inner.table.write();
+        for p in entry.patterns.read().iter() {
+            table.root.remove(p.tokens(), entry.id);
+        }
+        let removed = table.subs.remove(&entry.id).is_some();
+        inner.cache.write().clear();
+        removed
+    };
+    if removed && let Some(b) = inner.bridge.get() {
+        b.unwatch(entry.id);
     }
-    table.subs.remove(&entry.id);
-    inner.cache.write().clear();
+}
+
+/// A bus handle that does not keep it alive; see [`LocalBus::downgrade`].
+#[derive(Clone)]
+pub struct WeakBus(Weak<Inner>);
+
+impl WeakBus {
+    /// The bus, while it exists.
+    pub fn upgrade(&self) -> Option<LocalBus> {
+        self.0.upgrade().map(|inner| LocalBus { inner })
+    }
 }
 
 /// A live subscription. Dropping it unsubscribes and closes its queue.
@@ -479,15 +629,37 @@ impl Subscription {
         if !table.subs.contains_key(&self.entry.id) {
             return;
         }
-        let mut current = self.entry.patterns.write();
-        for p in current.iter() {
-            table.root.remove(p.tokens(), self.entry.id);
+        {
+            let mut current = self.entry.patterns.write();
+            for p in current.iter() {
+                table.root.remove(p.tokens(), self.entry.id);
+            }
+            for p in &patterns {
+                table.root.insert(p.tokens(), self.entry.id);
+            }
+            *current = patterns;
+            inner.cache.write().clear();
         }
-        for p in &patterns {
-            table.root.insert(p.tokens(), self.entry.id);
+        drop(table);
+        if let Some(b) = inner.bridge.get() {
+            b.watch(self.entry.watched());
         }
-        *current = patterns;
-        inner.cache.write().clear();
+    }
+
+    /// Says that `ev`, taken from this subscription, is handled. A durable event delivered
+    /// through a consumer group is acknowledged then; otherwise this does nothing.
+    pub fn done(&self, ev: &Event) {
+        if self.entry.scope == Scope::Group
+            && let Some(inner) = self.bus.upgrade()
+            && let Some(b) = inner.bridge.get()
+        {
+            b.handled(self.entry.id, ev);
+        }
+    }
+
+    /// This subscription's scope.
+    pub fn scope(&self) -> Scope {
+        self.entry.scope
     }
 
     /// Stops receiving new events; queued ones can still be taken.

@@ -233,6 +233,44 @@ impl Pattern {
         }
         go(&self.tokens, &other.tokens)
     }
+
+    /// Whether some topic is matched by both patterns.
+    ///
+    /// A distributed bus uses it to find which durable streams a subscription must read.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        fn go(a: &[PatternToken], b: &[PatternToken]) -> bool {
+            match (a.first(), b.first()) {
+                (None, None) => true,
+                (Some(PatternToken::Rest), Some(_)) | (Some(_), Some(PatternToken::Rest)) => true,
+                (None, Some(_)) | (Some(_), None) => false,
+                (Some(PatternToken::Literal(x)), Some(PatternToken::Literal(y))) => {
+                    x == y && go(&a[1..], &b[1..])
+                }
+                (Some(_), Some(_)) => go(&a[1..], &b[1..]),
+            }
+        }
+        go(&self.tokens, &other.tokens)
+    }
+
+    /// The pattern as a Redis `PSUBSCRIBE` glob with `prefix` in front.
+    ///
+    /// Both wildcards become `*`, which in a glob also spans dots: the glob matches a superset
+    /// of the pattern's topics, so a receiver applies [`Pattern::matches`] to what arrives.
+    /// Topic characters (letters, digits, `_`, `-`) are never special in a glob.
+    pub fn to_glob(&self, prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + self.text.len());
+        out.push_str(prefix);
+        for (i, t) in self.tokens.iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            match t {
+                PatternToken::Literal(l) => out.push_str(l),
+                PatternToken::Star | PatternToken::Rest => out.push('*'),
+            }
+        }
+        out
+    }
 }
 
 impl From<Topic> for Pattern {
@@ -358,5 +396,72 @@ mod tests {
         assert!(!p("a.*").covers(&p("a.>")));
         assert!(!p("a.b").covers(&p("a.*")));
         assert!(p(">").covers(&p("x.>")));
+    }
+
+    /// Every topic of one to four tokens over `a`, `b`, `c`.
+    fn universe() -> Vec<Topic> {
+        let mut out: Vec<String> = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            out = out
+                .iter()
+                .flat_map(|p| {
+                    ["a", "b", "c"].map(|t| {
+                        if p.is_empty() {
+                            t.to_owned()
+                        } else {
+                            format!("{p}.{t}")
+                        }
+                    })
+                })
+                .collect();
+            all.extend(out.iter().map(|s| t(s)));
+        }
+        all
+    }
+
+    /// A Redis glob match (`*` spans any characters), enough for what [`Pattern::to_glob`] makes.
+    fn glob(g: &str, s: &str) -> bool {
+        match g.split_once('*') {
+            None => g == s,
+            Some((head, tail)) => {
+                s.starts_with(head)
+                    && (0..=s.len() - head.len()).any(|i| glob(tail, &s[head.len() + i..]))
+            }
+        }
+    }
+
+    #[test]
+    fn overlaps_is_true_exactly_when_a_topic_matches_both() {
+        let pats = [
+            "a", "a.b", "a.*", "a.>", "*", ">", "*.b", "*.b.>", "a.*.c", "b.>", "*.*", "a.b.c.>",
+            "*.*.*.*", "c.*.>",
+        ]
+        .map(p);
+        let topics = universe();
+        for x in &pats {
+            for y in &pats {
+                let both = topics.iter().any(|t| x.matches(t) && y.matches(t));
+                assert_eq!(x.overlaps(y), both, "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn globs_match_every_topic_their_pattern_matches() {
+        let topics = universe();
+        for text in ["a", "a.*", "a.>", "*.b.>", ">", "a.*.c"] {
+            let pat = p(text);
+            let g = pat.to_glob("lotus:e:");
+            for topic in &topics {
+                if pat.matches(topic) {
+                    assert!(glob(&g, &format!("lotus:e:{topic}")), "{g} misses {topic}");
+                }
+            }
+        }
+        assert_eq!(p("a.*.c").to_glob("x:"), "x:a.*.c");
+        assert_eq!(p("a.>").to_glob("x:"), "x:a.*");
+        // The glob over-matches; receivers filter with `matches`.
+        assert!(glob(&p("a.*").to_glob(""), "a.b.c"));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-use lotus_bus::{Delivery, DurableLog, LocalBus, Queue, StreamName, Subscription};
+use lotus_bus::{Delivery, DurableLog, LocalBus, Queue, Scope, StreamName, Subscription};
 use lotus_core::{Event, Manifest, Overflow, Pattern, ToolSpec, Topic, TopicError, json};
 use lotus_providers::Router;
 use parking_lot::{Mutex, RwLock};
@@ -643,10 +643,15 @@ impl Actor {
             wiring.sub = Some(sub);
         } else if !allowed.is_empty() {
             let limits = &manifest.permissions.limits;
-            let sub = self
-                .shared
-                .bus
-                .subscribe(&name, allowed, limits.queue, limits.overflow);
+            // A module's durable events come through its consumer group when the bus spans
+            // several nodes: each is handled once, by one of the nodes that host the module.
+            let sub = self.shared.bus.subscribe_scoped(
+                &name,
+                allowed,
+                limits.queue,
+                limits.overflow,
+                Scope::Group,
+            );
             *self.slot.queue.lock() = Some(sub.queue().clone());
             wiring.sub = Some(sub);
         }
@@ -834,7 +839,13 @@ impl Actor {
             };
             match msg {
                 Err(ev) => {
-                    if let Err(reason) = self.handle_event(inst, ev).await {
+                    let handled = self.handle_event(inst, ev.clone()).await;
+                    // Handled, or crashed on: either way it is not delivered again (a crash
+                    // would repeat).
+                    if let Some(sub) = self.wiring.as_ref().and_then(|w| w.sub.as_ref()) {
+                        sub.done(&ev);
+                    }
+                    if let Err(reason) = handled {
                         return Served::Crash(reason);
                     }
                 }
@@ -1522,11 +1533,14 @@ impl Nucleus {
             }
             // Block: nothing recorded is ever dropped; SQLite batches far faster than the bus
             // produces durable events, so the ring only absorbs bursts.
-            let sub = sh.bus.subscribe(
+            // Each node records what was published on it: a log shared by several nodes then
+            // holds every event once.
+            let sub = sh.bus.subscribe_scoped(
                 &format!("recorder:{stream}"),
                 patterns.clone(),
                 RECORDER_QUEUE,
                 Overflow::Block,
+                Scope::Node,
             );
             let queue = sub.queue().clone();
             let log = sh.log.clone();

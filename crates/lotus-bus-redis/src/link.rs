@@ -1,0 +1,219 @@
+//! Connections, backoff, and the pub/sub reader.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lotus_bus::Scope;
+use redis::aio::MultiplexedConnection;
+use uuid::Uuid;
+
+use crate::{Shared, envelope};
+
+/// How long a remote event may wait for room in a full local queue before that subscriber
+/// misses it (the same bound the nucleus gives its own events).
+const INJECT_WAIT: Duration = Duration::from_millis(500);
+/// Event ids remembered to drop the second copy Redis sends when two of our globs match.
+const SEEN: usize = 4096;
+
+/// `url` with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A multiplexed connection with bounded connect and response times.
+pub(crate) async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}
+
+/// Exponential backoff: 50 ms doubling to 2 s.
+pub(crate) struct Backoff(u32);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self(0)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.0 = 0;
+    }
+
+    /// Sleeps for the next delay; returns false when the bridge is closing.
+    pub(crate) async fn wait(&mut self, sh: &Shared) -> bool {
+        let delay = Duration::from_millis(50u64 << self.0.min(6)).min(Duration::from_secs(2));
+        self.0 += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => !sh.stopped(),
+            _ = sh.stop.notified() => false,
+        }
+    }
+}
+
+/// The channel of events on `topic`.
+pub(crate) fn event_channel(prefix: &str, topic: &str) -> String {
+    format!("{prefix}:e:{topic}")
+}
+
+/// The channel of replies for `node`.
+pub(crate) fn node_channel(prefix: &str, node: &str) -> String {
+    format!("{prefix}:n:{node}")
+}
+
+/// The globs this node must be subscribed to now.
+fn wanted(sh: &Shared) -> BTreeSet<String> {
+    let prefix = format!("{}:e:", sh.prefix());
+    sh.subs
+        .lock()
+        .values()
+        .filter(|s| s.scope != Scope::Node)
+        .flat_map(|s| s.patterns.iter().map(|p| p.to_glob(&prefix)))
+        .collect()
+}
+
+/// Reads pub/sub for as long as the bridge lives, reconnecting with backoff.
+pub(crate) async fn pubsub(sh: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    let mut seen: (HashSet<Uuid>, VecDeque<Uuid>) = (HashSet::new(), VecDeque::new());
+    let direct = node_channel(sh.prefix(), &sh.cfg.node);
+    let mut first = true;
+    while !sh.stopped() {
+        let ps = match sh.client.get_async_pubsub().await {
+            Ok(ps) => ps,
+            Err(e) => {
+                sh.error("pub/sub connection", &e);
+                if !backoff.wait(&sh).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = ps.split();
+        let mut current: BTreeSet<String> = BTreeSet::new();
+        let setup = async {
+            sh.globs_stale.store(false, Ordering::Release);
+            sink.subscribe(&direct).await?;
+            for g in wanted(&sh) {
+                sink.psubscribe(&g).await?;
+                current.insert(g);
+            }
+            redis::RedisResult::Ok(())
+        };
+        if let Err(e) = setup.await {
+            sh.error("pub/sub subscribe", &e);
+            if !backoff.wait(&sh).await {
+                return;
+            }
+            continue;
+        }
+        if !first {
+            sh.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node = %sh.cfg.node, "redis bus: pub/sub reconnected");
+        }
+        first = false;
+        backoff.reset();
+        sh.pubsub_up.store(true, Ordering::Release);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    receive(&sh, msg.get_payload_bytes(), &mut seen).await;
+                }
+                _ = sh.globs_changed.notified() => {
+                    sh.globs_stale.store(false, Ordering::Release);
+                    let want = wanted(&sh);
+                    let mut failed = None;
+                    for g in want.difference(&current) {
+                        if let Err(e) = sink.psubscribe(g).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    for g in current.difference(&want) {
+                        if let Err(e) = sink.punsubscribe(g).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        sh.error("pub/sub subscribe", &e);
+                        break;
+                    }
+                    current = want;
+                }
+                _ = sh.stop.notified() => return,
+            }
+        }
+        sh.pubsub_up.store(false, Ordering::Release);
+        if !sh.stopped() {
+            tracing::warn!(node = %sh.cfg.node, "redis bus: pub/sub connection lost; reconnecting");
+        }
+        if !backoff.wait(&sh).await {
+            return;
+        }
+    }
+}
+
+async fn receive(sh: &Shared, bytes: &[u8], seen: &mut (HashSet<Uuid>, VecDeque<Uuid>)) {
+    let Some((node, kind, ev)) = envelope::decode(bytes) else {
+        tracing::warn!(node = %sh.cfg.node, "redis bus: an undecodable message was ignored");
+        return;
+    };
+    if node == sh.cfg.node {
+        return;
+    }
+    let Some(bus) = sh.bus.upgrade() else { return };
+    let ev = Arc::new(ev);
+    if kind == b'r' {
+        bus.settle(&ev);
+        return;
+    }
+    // Two of our globs can match one channel: Redis then sends it twice.
+    if !seen.0.insert(ev.id) {
+        return;
+    }
+    seen.1.push_back(ev.id);
+    if seen.1.len() > SEEN
+        && let Some(old) = seen.1.pop_front()
+    {
+        seen.0.remove(&old);
+    }
+    sh.stats.received.fetch_add(1, Ordering::Relaxed);
+    if let (Some(cid), Some(deadline)) = (ev.correlation_id, ev.deadline) {
+        let left = deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        sh.requests
+            .lock()
+            .insert(cid, (node.to_owned(), std::time::Instant::now() + left));
+    }
+    bus.inject(ev, kind == b'd', INJECT_WAIT).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://secret@h"), "redis://***@h");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

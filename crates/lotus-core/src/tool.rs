@@ -19,4 +19,7 @@ pub struct ToolSpec {
     /// `dangerous`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dangerous: bool,
+    /// The node whose nucleus hosts it, when several nuclei share one bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }

@@ -291,11 +291,9 @@ impl Context {
     /// are left out: a module calls those directly.
     pub fn tools(&self) -> Vec<lotus_core::ToolSpec> {
         self.shared
-            .tools
-            .read()
-            .values()
-            .filter(|t| t.spec.module != *self.name && self.manifest.may_call_tool(&t.spec.name))
-            .map(|t| t.spec.clone())
+            .all_tools()
+            .into_iter()
+            .filter(|t| t.module != *self.name && self.manifest.may_call_tool(&t.name))
             .collect()
     }
 

@@ -224,6 +224,9 @@ pub struct ModuleInfo {
     /// When the module last changed state.
     #[serde(with = "lotus_core::event::rfc3339")]
     pub since: SystemTime,
+    /// The node whose nucleus runs it, when several nuclei share one bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 struct JobStatus {
@@ -334,7 +337,7 @@ impl Slot {
         *self.last_error.lock() = Some(e);
     }
 
-    fn info(&self) -> ModuleInfo {
+    pub(crate) fn info(&self) -> ModuleInfo {
         let (state, since) = *self.state.lock();
         let queue = self.queue.lock().clone();
         let def = self.def();
@@ -376,6 +379,7 @@ impl Slot {
                 Origin::Folder(p) => p.display().to_string(),
             },
             since,
+            node: None,
         }
     }
 }
@@ -403,12 +407,14 @@ pub(crate) struct Shared {
     hosts: Vec<Arc<dyn ModuleHost>>,
     modules_dir: Option<PathBuf>,
     extra: Vec<ModuleDef>,
-    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    pub(crate) slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     broken: RwLock<Vec<Broken>>,
     pub(crate) tools: RwLock<BTreeMap<String, ToolEntry>>,
     order: Mutex<Vec<String>>,
     recorders: Mutex<Vec<(Arc<Queue>, JoinHandle<()>)>>,
     recorder_subs: Mutex<Vec<Subscription>>,
+    /// Tool calls from other nodes (when the bus has a bridge).
+    cluster: Mutex<Option<Subscription>>,
 }
 
 fn topic(s: &'static str) -> Topic {
@@ -462,9 +468,21 @@ impl Shared {
         tool: &str,
         args: Value,
     ) -> Result<Value, ToolError> {
+        let label = caller.map_or("api", |c| c.0).to_owned();
+        self.call_tool_as(caller, &label, tool, args).await
+    }
+
+    /// [`call_tool`](Self::call_tool), with `caller_name` in the audit trail (a caller on
+    /// another node is named `CALLER@NODE`).
+    pub(crate) async fn call_tool_as(
+        &self,
+        caller: Option<(&str, &Manifest)>,
+        caller_name: &str,
+        tool: &str,
+        args: Value,
+    ) -> Result<Value, ToolError> {
         let started = Instant::now();
-        let caller_name = caller.map_or("api", |c| c.0).to_owned();
-        let result = self.call_tool_inner(caller, tool, args).await;
+        let result = self.call_tool_inner(caller, caller_name, tool, args).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
@@ -485,6 +503,7 @@ impl Shared {
     async fn call_tool_inner(
         &self,
         caller: Option<(&str, &Manifest)>,
+        caller_label: &str,
         tool: &str,
         args: Value,
     ) -> Result<Value, ToolError> {
@@ -503,6 +522,11 @@ impl Shared {
             // Its module may exist but not be running yet (or any more): say so.
             let module = tool.split('.').next().unwrap_or_default();
             let state = self.slots.read().get(module).map(|s| s.state());
+            if state != Some(ModuleState::Running)
+                && let Some(r) = self.call_remote(caller_label, tool, args).await
+            {
+                return r;
+            }
             return Err(match state {
                 Some(state) if state != ModuleState::Running => ToolError::Unavailable {
                     tool: tool.to_owned(),
@@ -678,6 +702,7 @@ impl Actor {
                             description: t.description,
                             input_schema: t.input_schema,
                             dangerous: manifest.dangerous.iter().any(|d| d == "*" || *d == t.name),
+                            node: None,
                         },
                         local: t.name,
                     },
@@ -1334,6 +1359,7 @@ impl NucleusBuilder {
                 order: Mutex::new(Vec::new()),
                 recorders: Mutex::new(Vec::new()),
                 recorder_subs: Mutex::new(Vec::new()),
+                cluster: Mutex::new(None),
             }),
         })
     }
@@ -1360,6 +1386,9 @@ impl Nucleus {
         let sh = &self.shared;
         let mut report = StartReport::default();
         self.start_recorders();
+        if sh.cluster.lock().is_none() {
+            *sh.cluster.lock() = crate::cluster::join(sh);
+        }
 
         let mut defs: BTreeMap<String, ModuleDef> = BTreeMap::new();
         let mut broken = Vec::new();
@@ -1586,6 +1615,7 @@ impl Nucleus {
     /// Stops every module in reverse start order, then flushes the durable streams.
     pub async fn shutdown(&self) -> Result<(), NucleusError> {
         let sh = &self.shared;
+        sh.cluster.lock().take();
         let order: Vec<String> = sh.order.lock().clone();
         for name in order.iter().rev() {
             let Some(slot) = sh.slots.read().get(name).cloned() else {
@@ -1870,6 +1900,11 @@ impl Nucleus {
             .values()
             .map(|s| s.info())
             .collect();
+        if let Some(b) = self.shared.bus.bridge() {
+            for m in &mut out {
+                m.node = Some(b.node().to_owned());
+            }
+        }
         for b in self.shared.broken.read().iter() {
             out.push(ModuleInfo {
                 name: b.name.clone(),
@@ -1890,9 +1925,11 @@ impl Nucleus {
                 dependencies: vec![],
                 origin: b.path.display().to_string(),
                 since: SystemTime::now(),
+                node: self.shared.bus.bridge().map(|b| b.node().to_owned()),
             });
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(self.shared.remote_modules());
+        out.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.node.cmp(&b.node)));
         out
     }
 
@@ -1909,14 +1946,9 @@ impl Nucleus {
         self.shared.slots.read().get(name).map(|s| s.def().manifest)
     }
 
-    /// Every registered tool, by name.
+    /// Every registered tool, by name: this node's, then those only other nodes offer.
     pub fn tools(&self) -> Vec<ToolSpec> {
-        self.shared
-            .tools
-            .read()
-            .values()
-            .map(|t| t.spec.clone())
-            .collect()
+        self.shared.all_tools()
     }
 
     /// Calls a tool on behalf of an outside client (the API or the CLI), with the tool timeout.

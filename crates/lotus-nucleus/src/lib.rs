@@ -17,6 +17,7 @@
 //! }
 //! ```
 
+mod cluster;
 pub mod context;
 pub mod deps;
 pub mod host;

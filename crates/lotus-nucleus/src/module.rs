@@ -101,7 +101,7 @@ impl fmt::Debug for ModuleError {
 }
 
 /// Why a tool call did not produce a result.
-#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum ToolError {
     /// No such tool is registered.
@@ -170,6 +170,10 @@ mod humantime_serde_ms {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u128(d.as_millis())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
     }
 }
 

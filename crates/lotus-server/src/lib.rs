@@ -15,7 +15,7 @@
 //! | POST | `/api/v1/events` | yes | publish `{topic, payload}` |
 //! | GET | `/api/v1/events/stream?pattern=P` | yes | live events as Server-Sent Events |
 //! | GET | `/api/v1/streams/{stream}` | yes | durable stream query (`since`, `until`, `topic`, `after`, `limit`, `newest_first`) |
-//! | GET | `/api/v1/bus` | yes | bus counters and subscriber queues |
+//! | GET | `/api/v1/bus` | yes | bus counters, subscriber queues, backend health (Redis: link, nodes, group lag) |
 //!
 //! Authentication is `Authorization: Bearer TOKEN`. Errors are JSON:
 //! `{"error": {"code": "…", "message": "…"}}` with a stable `code`.
@@ -445,7 +445,10 @@ async fn query_stream(
 
 async fn bus(State(st): State<ApiState>) -> impl IntoResponse {
     let b = st.nucleus.bus();
-    Json(json!({"stats": b.stats(), "subscribers": b.subscribers()}))
+    let backend = b
+        .bridge()
+        .map_or_else(|| json!({"backend": "memory"}), |br| br.health());
+    Json(json!({"stats": b.stats(), "subscribers": b.subscribers(), "backend": backend}))
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

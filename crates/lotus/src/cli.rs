@@ -422,6 +422,13 @@ pub struct BenchBusArgs {
     /// Also measure Redis pub/sub at this URL and print the ratios.
     #[arg(long, value_name = "URL")]
     pub compare: Option<String>,
+    /// `memory` (the in-process bus) or `redis`: two nodes on the Redis at `--url`, against raw
+    /// PUBLISH and XADD measured in the same run.
+    #[arg(long, default_value = "memory", value_parser = ["memory", "redis"])]
+    pub backend: String,
+    /// The Redis of `--backend redis`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub url: String,
     /// Events per throughput run.
     #[arg(long, default_value_t = 2_000_000)]
     pub events: u64,

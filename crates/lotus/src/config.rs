@@ -29,6 +29,8 @@ pub struct Config {
     pub tools: ToolsConfig,
     /// Which topics each durable stream records.
     pub streams: StreamsConfig,
+    /// The event bus: in-process, or shared with other nuclei on Redis.
+    pub bus: BusConfig,
     /// LLM providers: fallback chain, aliases, timeouts, budgets, endpoints.
     pub providers: lotus_providers::setup::ProvidersConfig,
     /// Per-module settings: `[modules.NAME]` with `enabled`, `every.JOB` and the module's own keys.
@@ -120,6 +122,103 @@ impl Default for ToolsConfig {
         Self {
             timeout: NucleusSettings::default().tool_timeout,
         }
+    }
+}
+
+/// Which bus backend runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusBackend {
+    /// In this process only (the default).
+    #[default]
+    Memory,
+    /// Shared with other nuclei through Redis.
+    Redis,
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `memory` or `redis`.
+    pub backend: BusBackend,
+    /// The Redis server (`redis://[user:password@]host:port[/db]`).
+    pub url: String,
+    /// This nucleus's node id on the shared bus (letters, digits, `_`, `-`); unique and stable.
+    /// Empty: the host name.
+    pub node: String,
+    /// Labels of this node, matched by modules' `placement`.
+    pub labels: Vec<String>,
+    /// Key prefix on Redis, so several installations can share one server.
+    pub namespace: String,
+    /// Topics whose events are kept in Redis Streams and handled once per module, even when a
+    /// module runs on several nodes or a node is down for a while.
+    pub durable: Vec<Pattern>,
+    /// Entries kept per durable stream (approximately).
+    pub max_len: usize,
+    /// Durable entries older than this are trimmed.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How long a handled event id is remembered, so that a copy or a redelivery is skipped.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        let d = lotus_bus_redis::RedisBusConfig::new("redis://127.0.0.1:6379", "");
+        Self {
+            backend: BusBackend::Memory,
+            url: d.url,
+            node: String::new(),
+            labels: Vec::new(),
+            namespace: d.namespace,
+            // Work that must be done once, even across a restart: a task for ASH, and what
+            // is to be remembered.
+            durable: ["cognition.task_request", "memory.store"]
+                .iter()
+                .filter_map(|p| Pattern::new(p).ok())
+                .collect(),
+            max_len: d.max_len,
+            retention: d.retention,
+            window: d.window,
+        }
+    }
+}
+
+impl BusConfig {
+    /// This node's id: `node`, or the host name made into one token.
+    pub fn node_id(&self) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        let id: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if id.is_empty() { "node".into() } else { id }
+    }
+
+    /// The Redis backend's settings.
+    pub fn redis(&self) -> lotus_bus_redis::RedisBusConfig {
+        let mut c = lotus_bus_redis::RedisBusConfig::new(self.url.clone(), self.node_id());
+        c.namespace = self.namespace.clone();
+        c.labels = self.labels.clone();
+        c.durable = self.durable.clone();
+        c.max_len = self.max_len;
+        c.retention = self.retention;
+        c.window = self.window;
+        c
     }
 }
 

@@ -257,7 +257,6 @@ fn latency(samples: u64, spin: bool) -> Result<Histogram<u64>> {
         .map_err(|_| anyhow!("handler thread panicked"))?
 }
 
-#[cfg(feature = "redis-bench")]
 async fn redis(url: &str, n: u64, samples: u64) -> Result<(f64, Histogram<u64>)> {
     use futures_util::StreamExt;
     use redis::AsyncCommands;
@@ -326,14 +325,10 @@ async fn redis(url: &str, n: u64, samples: u64) -> Result<(f64, Histogram<u64>)>
     Ok((got as f64 / secs, h))
 }
 
-#[cfg(not(feature = "redis-bench"))]
-async fn redis(_: &str, _: u64, _: u64) -> Result<(f64, Histogram<u64>)> {
-    Err(anyhow!(
-        "this lotus was built without the `redis-bench` feature"
-    ))
-}
-
 async fn bus(a: BenchBusArgs) -> Result<()> {
+    if a.backend == "redis" {
+        return super::bench_bus_redis::run(&a.url, a.events, a.samples, a.json).await;
+    }
     let (events, samples) = (a.events.max(1000), a.samples.max(1000));
     if !a.json {
         eprintln!(

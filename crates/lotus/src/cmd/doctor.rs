@@ -7,6 +7,7 @@ use lotus_bus::{DurableLog, SqliteLog};
 use lotus_nucleus::{ModuleInfo, ModuleState, discover};
 use lotus_server::Health;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::client::Client;
 use crate::config::Config;
@@ -59,6 +60,66 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// Lag of a consumer group above which `doctor` warns.
+const LAG_WARN: i64 = 1000;
+
+/// The running nucleus's bus: backend, link, nodes and the lag of each consumer group.
+fn bus_line(r: &mut Report, b: &Value) {
+    if b["backend"] != "redis" {
+        r.add("bus", Status::Ok, "in-process (memory)", None);
+        return;
+    }
+    let nodes: Vec<String> = b["nodes"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .map(|n| {
+                    format!(
+                        "{} ({} ms ago)",
+                        n["node"].as_str().unwrap_or("?"),
+                        n["age_ms"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let up = b["link"] == "up";
+    r.add(
+        "bus",
+        if up { Status::Ok } else { Status::Fail },
+        format!(
+            "redis at {}, node `{}`, link {}; nodes: {}; backlog {}, in flight {}, reconnects {}",
+            b["url"].as_str().unwrap_or("?"),
+            b["node"].as_str().unwrap_or("?"),
+            b["link"].as_str().unwrap_or("?"),
+            nodes.join(", "),
+            b["backlog"],
+            b["in_flight"],
+            b["reconnects"],
+        ),
+        (!up).then_some("Redis is unreachable: local events still flow; durable events wait in memory until it is back"),
+    );
+    for g in b["groups"].as_array().into_iter().flatten() {
+        let lag = g["lag"].as_i64().unwrap_or(0);
+        let pending = g["pending"].as_i64().unwrap_or(0);
+        r.add(
+            "bus group",
+            if lag > LAG_WARN {
+                Status::Warn
+            } else {
+                Status::Ok
+            },
+            format!(
+                "`{}` on `{}`: lag {lag}, pending {pending}, stream length {}",
+                g["group"].as_str().unwrap_or("?"),
+                g["stream"].as_str().unwrap_or("?"),
+                g["length"],
+            ),
+            (lag > LAG_WARN).then_some("the module is behind: is it running on any node?"),
+        );
+    }
 }
 
 pub async fn run(home: &Home, json: bool) -> Result<()> {
@@ -278,6 +339,9 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
                         ),
                         None,
                     );
+                    if let Ok(bus) = client.get::<Value>("/api/v1/bus", &[]).await {
+                        bus_line(&mut r, &bus["backend"]);
+                    }
                     if let Ok(mods) = client.get::<Vec<ModuleInfo>>("/api/v1/modules", &[]).await {
                         for m in mods.iter().filter(|m| m.state == ModuleState::Failed) {
                             r.add(
@@ -302,14 +366,50 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
         }
     }
 
-    let redis = tokio::time::timeout(
-        Duration::from_millis(300),
-        tokio::net::TcpStream::connect("127.0.0.1:6379"),
-    )
-    .await;
-    match redis {
-        Ok(Ok(_)) => r.add("redis", Status::Info, "reachable on 127.0.0.1:6379 (optional: `lotus bench bus --compare redis://127.0.0.1:6379`)", None),
-        _ => r.add("redis", Status::Info, "not reachable on 127.0.0.1:6379 (optional; LOTUS needs no Redis on one machine)", None),
+    let redis_bus = config
+        .as_ref()
+        .filter(|c| c.bus.backend == crate::config::BusBackend::Redis);
+    if let Some(c) = redis_bus {
+        // The bus is configured on Redis: it must answer.
+        let url = lotus_bus_redis::redact(&c.bus.url);
+        let ping = async {
+            let client = redis::Client::open(c.bus.url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => r.add(
+                "redis",
+                Status::Ok,
+                format!(
+                    "the bus's Redis answers at {url} (node `{}`)",
+                    c.bus.node_id()
+                ),
+                None,
+            ),
+            Ok(Err(e)) => r.add(
+                "redis",
+                Status::Fail,
+                format!("the bus's Redis at {url}: {e}"),
+                Some("start Redis, fix `[bus] url`, or set `[bus] backend = \"memory\"`"),
+            ),
+            Err(_) => r.add(
+                "redis",
+                Status::Fail,
+                format!("the bus's Redis at {url} did not answer within 2 s"),
+                Some("start Redis, fix `[bus] url`, or set `[bus] backend = \"memory\"`"),
+            ),
+        }
+    } else {
+        let redis = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect("127.0.0.1:6379"),
+        )
+        .await;
+        match redis {
+            Ok(Ok(_)) => r.add("redis", Status::Info, "reachable on 127.0.0.1:6379 (optional: `[bus] backend = \"redis\"` shares the bus with other nuclei)", None),
+            _ => r.add("redis", Status::Info, "not reachable on 127.0.0.1:6379 (optional; LOTUS needs no Redis on one machine)", None),
+        }
     }
 
     let failed = r.0.iter().any(|c| c.status == Status::Fail);

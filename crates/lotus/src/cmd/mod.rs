@@ -3,6 +3,7 @@
 mod approve;
 mod ask;
 mod bench;
+mod bench_bus_redis;
 mod bench_reasoning;
 mod bench_vectors;
 mod chat;

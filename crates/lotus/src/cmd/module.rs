@@ -156,23 +156,13 @@ fn check_component(_: &Home, _: &std::path::Path, _: &lotus_core::Manifest) -> R
 }
 
 fn print_table(mods: &[ModuleInfo]) {
-    let rows: Vec<[String; 8]> = mods
-        .iter()
-        .map(|m| {
-            [
-                m.name.clone(),
-                m.version.clone(),
-                m.runtime.clone(),
-                m.state.to_string(),
-                m.restarts.to_string(),
-                format!("{}/{}", m.queue_depth, m.queue_capacity),
-                m.events_handled.to_string(),
-                clip(m.last_error.as_deref().unwrap_or("-"), 70),
-            ]
-        })
-        .collect();
-    let head = [
-        "NAME",
+    // The NODE column appears when several nuclei share the bus.
+    let nodes = mods.iter().any(|m| m.node.is_some());
+    let mut head = vec!["NAME"];
+    if nodes {
+        head.push("NODE");
+    }
+    head.extend([
         "VERSION",
         "RUNTIME",
         "STATE",
@@ -180,20 +170,41 @@ fn print_table(mods: &[ModuleInfo]) {
         "QUEUE",
         "HANDLED",
         "LAST ERROR",
-    ];
-    let mut w = [0usize; 8];
-    for (i, h) in head.iter().enumerate() {
-        w[i] = rows
-            .iter()
-            .map(|r| r[i].chars().count())
-            .chain([h.len()])
-            .max()
-            .unwrap_or(0);
-    }
-    let line = |cells: [&str; 8]| {
+    ]);
+    let rows: Vec<Vec<String>> = mods
+        .iter()
+        .map(|m| {
+            let mut r = vec![m.name.clone()];
+            if nodes {
+                r.push(m.node.clone().unwrap_or_else(|| "-".into()));
+            }
+            r.extend([
+                m.version.clone(),
+                m.runtime.clone(),
+                m.state.to_string(),
+                m.restarts.to_string(),
+                format!("{}/{}", m.queue_depth, m.queue_capacity),
+                m.events_handled.to_string(),
+                clip(m.last_error.as_deref().unwrap_or("-"), 70),
+            ]);
+            r
+        })
+        .collect();
+    let w: Vec<usize> = head
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[&str]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i == 7 {
+            if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
                 s.push_str(&format!("{c:<width$}  ", width = w[i]));
@@ -201,9 +212,9 @@ fn print_table(mods: &[ModuleInfo]) {
         }
         println!("{}", s.trim_end());
     };
-    line(head);
+    line(&head);
     for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6], &r[7]]);
+        line(&r.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }
 

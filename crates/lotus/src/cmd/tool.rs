@@ -20,10 +20,27 @@ pub async fn run(home: &Home, config: &Config, cmd: ToolCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&tools)?);
             } else {
                 let w = tools.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-                println!("{:<w$}  DESCRIPTION", "NAME");
+                // The NODE column appears when several nuclei share the bus.
+                let nw = tools
+                    .iter()
+                    .filter_map(|t| t.node.as_ref().map(String::len))
+                    .max()
+                    .map(|n| n.max(4));
+                match nw {
+                    Some(nw) => println!("{:<w$}  {:<nw$}  DESCRIPTION", "NAME", "NODE"),
+                    None => println!("{:<w$}  DESCRIPTION", "NAME"),
+                }
                 for t in &tools {
                     let mark = if t.dangerous { "[asks first] " } else { "" };
-                    println!("{:<w$}  {mark}{}", t.name, clip(&t.description, 90));
+                    let desc = clip(&t.description, 90);
+                    match nw {
+                        Some(nw) => println!(
+                            "{:<w$}  {:<nw$}  {mark}{desc}",
+                            t.name,
+                            t.node.as_deref().unwrap_or("-")
+                        ),
+                        None => println!("{:<w$}  {mark}{desc}", t.name),
+                    }
                 }
             }
         }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
-use lotus_bus::SqliteLog;
+use lotus_bus::{LocalBus, SqliteLog};
+use lotus_bus_redis::RedisBridge;
 use lotus_nucleus::{NucleusBuilder, StateStore};
 
 use crate::cli::UpArgs;
@@ -48,7 +49,19 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     // Modules with a `providers` block reach the LLMs through this router.
     let providers = super::provider::router(&home, &config).await?;
     let config = config.with_home(&home);
+    let bus = LocalBus::new();
+    let bridge = match config.bus.backend {
+        crate::config::BusBackend::Memory => None,
+        crate::config::BusBackend::Redis => {
+            let b = RedisBridge::connect(config.bus.redis(), &bus)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            tracing::info!(node = %b.node_id(), url = %lotus_bus_redis::redact(&config.bus.url), "joined the redis bus");
+            Some(b)
+        }
+    };
     let builder = NucleusBuilder::new(config.nucleus_settings())
+        .bus(bus)
         .router(providers.router)
         .log(Arc::new(log))
         .state(state)
@@ -96,6 +109,9 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
             tracing::info!("stopping before start completed");
             server.abort();
             let result = nucleus.shutdown().await;
+            if let Some(b) = &bridge {
+                b.close(Duration::from_secs(5)).await;
+            }
             home.clear_run_info();
             return result.context("the durable streams could not be flushed");
         }
@@ -120,10 +136,15 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         tracing::error!(module = %name, "not running: {why}");
     }
     eprintln!(
-        "lotus {} is up in {} ms: API http://{addr} (token in {}); modules: {}. Ctrl-C stops it.",
+        "lotus {} is up in {} ms: API http://{addr} (token in {}){}; modules: {}. Ctrl-C stops it.",
         env!("CARGO_PKG_VERSION"),
         t0.elapsed().as_millis(),
         home.token_file().display(),
+        bridge.as_ref().map_or_else(String::new, |b| format!(
+            "; node `{}` on the redis bus {}",
+            b.node_id(),
+            lotus_bus_redis::redact(&config.bus.url)
+        )),
         if report.started.is_empty() {
             "none".to_owned()
         } else {
@@ -144,6 +165,11 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         tracing::debug!("API connections cut after 2 s");
     }
     let result = nucleus.shutdown().await;
+    // What the modules handled is acknowledged; what they did not is left to the other
+    // nodes (or to this one's next start).
+    if let Some(b) = &bridge {
+        b.close(Duration::from_secs(5)).await;
+    }
     home.clear_run_info();
     result.context("the durable streams could not be flushed")?;
     tracing::info!("stopped cleanly");

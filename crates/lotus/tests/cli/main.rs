@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::{Value, json};
 
+mod cluster;
+
 fn lotus(home: &Path) -> Command {
     let mut c = Command::cargo_bin("lotus").expect("lotus binary");
     c.arg("--home")

@@ -1,5 +1,6 @@
 //! Durable delivery: one consumer-group reader per module subscription, and the acknowledger.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::link::{Backoff, connect};
-use crate::{Pending, Shared, envelope};
+use crate::{EntryKey, Pending, Shared, envelope};
 
 /// Entries read at once.
 const COUNT: usize = 256;
@@ -303,51 +304,63 @@ impl Reader {
         Ok(false)
     }
 
-    /// Delivers what is new to this group, in order, and acknowledges what is not to be
-    /// delivered. Returns whether the subscription closed.
+    /// Delivers what is new to this group, in order, and acknowledges entries with nothing
+    /// (left) to deliver. Returns whether the subscription closed.
     async fn process(
         &self,
         conn: &mut MultiplexedConnection,
-        batch: Vec<(Arc<str>, StreamId)>,
+        mut batch: Vec<(Arc<str>, StreamId)>,
         redelivered: bool,
     ) -> redis::RedisResult<bool> {
         let sh = &self.sh;
         let prefix = sh.prefix();
+        // Stream order is kept: entries are delivered in the order of their ids.
+        batch.sort_by_key(|(_, e)| entry_order(&e.id));
         // (stream, entry) acknowledged without delivery.
-        let mut skip: Vec<(Arc<str>, String)> = Vec::new();
-        let mut candidates: Vec<(Arc<str>, String, Event)> = Vec::new();
+        let mut skip: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+        // (stream, entry, events of it this subscription wants, not in hand here).
+        let mut entries: Vec<(Arc<str>, Arc<str>, Vec<Event>)> = Vec::new();
         for (key, entry) in batch {
-            let ev = entry
+            let id: Arc<str> = Arc::from(entry.id.as_str());
+            let events = entry
                 .map
                 .get("ev")
                 .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
-                .and_then(|b| envelope::decode(&b).map(|(_, _, ev)| ev));
-            let Some(ev) = ev else {
+                .and_then(|b| envelope::decode(&b).map(|(_, _, evs)| evs));
+            let Some(events) = events else {
                 // Trimmed away while pending, or not ours to read.
-                skip.push((key, entry.id));
+                skip.push((key, id));
                 continue;
             };
-            if !self.sub.patterns.iter().any(|p| p.matches(&ev.topic)) {
-                skip.push((key, entry.id));
-                continue;
-            }
-            match sh.pending.lock().get(&(self.sub.id, ev.id)) {
-                // Delivered here already and not yet acknowledged.
-                Some(p) if p.entry == entry.id => continue,
-                Some(_) => {
-                    sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    skip.push((key, entry.id));
+            let mut wanted = Vec::new();
+            let mut in_hand = false;
+            for ev in events {
+                if !self.sub.patterns.iter().any(|p| p.matches(&ev.topic)) {
                     continue;
                 }
-                None => {}
+                match sh.pending.lock().get(&(self.sub.id, ev.id)) {
+                    // Delivered here already from this entry and not yet acknowledged.
+                    Some(p) if p.entry == id => in_hand = true,
+                    // In hand from another copy of the event.
+                    Some(_) => {
+                        sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => wanted.push(ev),
+                }
             }
-            candidates.push((key, entry.id, ev));
+            if wanted.is_empty() {
+                if !in_hand {
+                    skip.push((key, id));
+                }
+                continue;
+            }
+            entries.push((key, id, wanted));
         }
         // Mark each event id as taken by this node; a mark already there says who has it.
-        let mut deliver = Vec::new();
-        if !candidates.is_empty() {
+        let total: usize = entries.iter().map(|e| e.2.len()).sum();
+        if total > 0 {
             let mut pipe = redis::pipe();
-            for (_, _, ev) in &candidates {
+            for ev in entries.iter().flat_map(|e| e.2.iter()) {
                 pipe.cmd("SET")
                     .arg(mark_key(prefix, &self.group, ev.id))
                     .arg(&sh.cfg.node)
@@ -356,18 +369,17 @@ impl Reader {
                     .arg(self.window_s);
             }
             let set: Vec<Option<String>> = pipe.query_async(conn).await?;
-            let mut taken = Vec::new();
-            for (c, ok) in candidates.into_iter().zip(set) {
-                if ok.is_some() {
-                    deliver.push(c);
-                } else {
-                    taken.push(c);
-                }
-            }
+            let taken: Vec<Uuid> = entries
+                .iter()
+                .flat_map(|e| e.2.iter())
+                .zip(&set)
+                .filter(|(_, ok)| ok.is_none())
+                .map(|(ev, _)| ev.id)
+                .collect();
             if !taken.is_empty() {
                 let mut pipe = redis::pipe();
-                for (_, _, ev) in &taken {
-                    pipe.cmd("GET").arg(mark_key(prefix, &self.group, ev.id));
+                for id in &taken {
+                    pipe.cmd("GET").arg(mark_key(prefix, &self.group, *id));
                 }
                 let holders: Vec<Option<String>> = pipe.query_async(conn).await?;
                 let alive: Vec<String> = sh
@@ -377,33 +389,43 @@ impl Reader {
                     .filter(|n| !n.local)
                     .map(|n| n.node.clone())
                     .collect();
+                let mut drop_ids = Vec::new();
                 let mut takeover = redis::pipe();
-                for (c, holder) in taken.into_iter().zip(holders) {
+                for (id, holder) in taken.iter().zip(holders) {
                     match holder.as_deref() {
-                        Some("done") => {
-                            sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            skip.push((c.0, c.1));
-                        }
-                        // Another node has this event (another copy of it) in hand.
+                        // Handled already, or another node has another copy in hand.
+                        Some("done") => drop_ids.push(*id),
                         Some(n) if n != sh.cfg.node && alive.iter().any(|a| a == n) => {
-                            sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            skip.push((c.0, c.1));
+                            drop_ids.push(*id)
                         }
                         // Taken by this node before it restarted, by a node that is gone, or
                         // the mark expired: it was never handled to the end.
                         _ => {
                             takeover
                                 .cmd("SET")
-                                .arg(mark_key(prefix, &self.group, c.2.id))
+                                .arg(mark_key(prefix, &self.group, *id))
                                 .arg(&sh.cfg.node)
                                 .arg("EX")
                                 .arg(self.window_s)
                                 .ignore();
-                            deliver.push(c);
                         }
                     }
                 }
                 takeover.query_async::<()>(conn).await?;
+                sh.stats
+                    .duplicates
+                    .fetch_add(drop_ids.len() as u64, Ordering::Relaxed);
+                for e in &mut entries {
+                    e.2.retain(|ev| !drop_ids.contains(&ev.id));
+                }
+            }
+        }
+        let mut deliver = Vec::new();
+        for (key, id, events) in entries {
+            if events.is_empty() {
+                skip.push((key, id));
+            } else {
+                deliver.push((key, id, events));
             }
         }
         if !skip.is_empty() {
@@ -412,31 +434,35 @@ impl Reader {
                 pipe.cmd("XACK")
                     .arg(&**key)
                     .arg(&*self.group)
-                    .arg(id)
+                    .arg(&**id)
                     .ignore();
             }
             pipe.query_async::<()>(conn).await?;
         }
-        // Stream order is kept: entries are delivered in the order read.
-        deliver.sort_by_key(|c| entry_order(&c.1));
-        for (key, entry, ev) in deliver {
-            let id = ev.id;
-            sh.pending.lock().insert(
-                (self.sub.id, id),
-                Pending {
-                    stream: key,
-                    entry,
-                    group: self.group.clone(),
-                    acking: false,
-                },
-            );
-            sh.stats.delivered.fetch_add(1, Ordering::Relaxed);
-            if redelivered {
-                sh.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-            }
-            if self.sub.queue.push_wait(Arc::new(ev)).await == Pushed::Closed {
-                sh.pending.lock().remove(&(self.sub.id, id));
-                return Ok(true);
+        for (key, entry, events) in deliver {
+            *sh.open
+                .lock()
+                .entry((key.clone(), self.group.clone(), entry.clone()))
+                .or_insert(0) += events.len();
+            for ev in events {
+                let id = ev.id;
+                sh.pending.lock().insert(
+                    (self.sub.id, id),
+                    Pending {
+                        stream: key.clone(),
+                        entry: entry.clone(),
+                        group: self.group.clone(),
+                        acking: false,
+                    },
+                );
+                sh.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if redelivered {
+                    sh.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.sub.queue.push_wait(Arc::new(ev)).await == Pushed::Closed {
+                    sh.pending.lock().remove(&(self.sub.id, id));
+                    return Ok(true);
+                }
             }
         }
         Ok(false)
@@ -449,9 +475,9 @@ fn entry_order(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// Acknowledges handled entries in batches: the event id is marked `done` (so a copy or a
-/// redelivery is skipped within the window) and the entry leaves the pending list, in one
-/// pipeline, the mark first.
+/// Acknowledges handled events in batches: each event id is marked `done` (so a copy or a
+/// redelivery is skipped within the window), and an entry whose events are all handled leaves
+/// the pending list, in one pipeline, the marks first.
 pub(crate) async fn acker(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64, Uuid)>) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Backoff::new();
@@ -463,7 +489,7 @@ pub(crate) async fn acker(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64,
                 Some(a) => batch.push(a),
                 None => return,
             }
-            while batch.len() < 512 {
+            while batch.len() < 1024 {
                 match rx.try_recv() {
                     Ok(a) => batch.push(a),
                     Err(_) => break,
@@ -490,6 +516,21 @@ pub(crate) async fn acker(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64,
                 .filter_map(|k| pending.get(k).map(|p| (*k, p.clone())))
                 .collect()
         };
+        // Entries whose last open events are in this batch.
+        let mut counts: HashMap<EntryKey, usize> = HashMap::new();
+        for (_, p) in &items {
+            *counts
+                .entry((p.stream.clone(), p.group.clone(), p.entry.clone()))
+                .or_insert(0) += 1;
+        }
+        let finished: Vec<EntryKey> = {
+            let open = sh.open.lock();
+            counts
+                .iter()
+                .filter(|(k, n)| open.get(*k).is_some_and(|o| o <= n))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
         let mut pipe = redis::pipe();
         for ((_, id), p) in &items {
             pipe.cmd("SET")
@@ -498,18 +539,38 @@ pub(crate) async fn acker(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64,
                 .arg("EX")
                 .arg(window_s)
                 .ignore();
+        }
+        for (stream, group, entry) in &finished {
             pipe.cmd("XACK")
-                .arg(&*p.stream)
-                .arg(&*p.group)
-                .arg(&p.entry)
+                .arg(&**stream)
+                .arg(&**group)
+                .arg(&**entry)
                 .ignore();
         }
-        match pipe.query_async::<()>(c).await {
+        let sent = if items.is_empty() {
+            Ok(())
+        } else {
+            pipe.query_async::<()>(c).await
+        };
+        match sent {
             Ok(()) => {
                 backoff.reset();
-                let mut pending = sh.pending.lock();
-                for (k, _) in &items {
-                    pending.remove(k);
+                {
+                    let mut pending = sh.pending.lock();
+                    for (k, _) in &items {
+                        pending.remove(k);
+                    }
+                }
+                {
+                    let mut open = sh.open.lock();
+                    for (k, n) in counts {
+                        if let Some(o) = open.get_mut(&k) {
+                            *o = o.saturating_sub(n);
+                            if *o == 0 {
+                                open.remove(&k);
+                            }
+                        }
+                    }
                 }
                 sh.stats
                     .acked

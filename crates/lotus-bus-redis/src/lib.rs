@@ -153,14 +153,18 @@ pub(crate) enum Out {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// A durable entry delivered to a local subscriber and not yet acknowledged.
+/// A durable event delivered to a local subscriber and not yet acknowledged.
 #[derive(Clone)]
 pub(crate) struct Pending {
     pub stream: Arc<str>,
-    pub entry: String,
+    pub entry: Arc<str>,
     pub group: Arc<str>,
     pub acking: bool,
 }
+
+/// A stream entry (of one group) with events delivered here: acknowledged when the last of
+/// them is handled.
+pub(crate) type EntryKey = (Arc<str>, Arc<str>, Arc<str>);
 
 /// State shared by the bridge's tasks.
 pub(crate) struct Shared {
@@ -177,8 +181,12 @@ pub(crate) struct Shared {
     pub globs_changed: Notify,
     /// Consumer-group readers, by subscription id.
     pub readers: Mutex<HashMap<u64, JoinHandle<()>>>,
-    /// Durable entries delivered here and not yet acknowledged, by (subscription, event id).
+    /// Durable events delivered here and not yet acknowledged, by (subscription, event id).
     pub pending: Mutex<HashMap<(u64, Uuid), Pending>>,
+    /// Events of each (stream, group, entry) delivered here and not yet acknowledged.
+    pub open: Mutex<HashMap<EntryKey, usize>>,
+    /// Other nodes' subscription patterns, from their reports.
+    pub remote_patterns: RwLock<Vec<Pattern>>,
     /// Requests from other nodes delivered here: correlation id → (requester, deadline).
     pub requests: Mutex<HashMap<Uuid, (String, Instant)>>,
     pub nodes: RwLock<Vec<NodeStatus>>,
@@ -268,6 +276,8 @@ impl RedisBridge {
             globs_changed: Notify::new(),
             readers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            remote_patterns: RwLock::new(Vec::new()),
             requests: Mutex::new(HashMap::new()),
             nodes: RwLock::new(Vec::new()),
             reporter: Mutex::new(None),
@@ -443,9 +453,20 @@ impl Bridge for RedisBridge {
         }
         // Entries it did not handle stay pending in Redis; whoever reads the group next
         // (this node again, or another after this one is gone) gets them.
-        sh.pending
-            .lock()
-            .retain(|(sub, _), p| *sub != id || p.acking);
+        let mut dropped: Vec<EntryKey> = Vec::new();
+        sh.pending.lock().retain(|(sub, _), p| {
+            let keep = *sub != id || p.acking;
+            if !keep {
+                dropped.push((p.stream.clone(), p.group.clone(), p.entry.clone()));
+            }
+            keep
+        });
+        // Such an entry is not acknowledged by this reader: the events of it that were
+        // handled are marked done and skipped when it comes back.
+        let mut open = sh.open.lock();
+        for k in dropped {
+            open.remove(&k);
+        }
     }
 
     fn handled(&self, id: u64, ev: &Event) {
@@ -463,14 +484,11 @@ impl Bridge for RedisBridge {
     }
 
     fn remote_subscriber(&self, topic: &Topic) -> bool {
-        self.shared.nodes.read().iter().any(|n| {
-            !n.local
-                && n.info["subscriptions"].as_array().is_some_and(|ps| {
-                    ps.iter()
-                        .filter_map(Value::as_str)
-                        .any(|p| Pattern::new(p).is_ok_and(|p| p.matches(topic)))
-                })
-        })
+        self.shared
+            .remote_patterns
+            .read()
+            .iter()
+            .any(|p| p.matches(topic))
     }
 
     fn nodes(&self) -> Vec<NodeStatus> {
@@ -512,30 +530,48 @@ impl Bridge for RedisBridge {
     }
 }
 
-/// How events travel on Redis: `NODE\nKIND\nJSON`, KIND being `e` (fan-out), `d` (durable)
-/// or `r` (a reply for one node).
+/// How events travel on Redis: `NODE\nKIND\n` then one event as JSON per line, KIND being `e`
+/// (fan-out), `d` (durable) or `r` (a reply for one node). Under load the writer puts a run of
+/// events on one topic in one message (one `PUBLISH`, one stream entry).
 pub(crate) mod envelope {
     use lotus_core::Event;
 
-    pub fn encode(node: &str, kind: u8, ev: &Event) -> Vec<u8> {
+    /// A message's header.
+    pub fn start(node: &str, kind: u8) -> Vec<u8> {
         let mut out = Vec::with_capacity(node.len() + 256);
         out.extend_from_slice(node.as_bytes());
         out.push(b'\n');
         out.push(kind);
         out.push(b'\n');
-        // Serializing an `Event` cannot fail (string keys, finite numbers from JSON).
-        let _ = serde_json::to_writer(&mut out, ev);
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<(&str, u8, Event)> {
+    /// Appends one event (compact JSON holds no raw newline).
+    pub fn push(out: &mut Vec<u8>, ev: &Event) {
+        // Serializing an `Event` cannot fail (string keys, finite numbers from JSON).
+        let _ = serde_json::to_writer(&mut *out, ev);
+        out.push(b'\n');
+    }
+
+    /// A message of one event.
+    pub fn encode(node: &str, kind: u8, ev: &Event) -> Vec<u8> {
+        let mut out = start(node, kind);
+        push(&mut out, ev);
+        out
+    }
+
+    /// The sender, the kind and the events; `None` if the message is not one of ours.
+    pub fn decode(bytes: &[u8]) -> Option<(&str, u8, Vec<Event>)> {
         let nl = bytes.iter().position(|b| *b == b'\n')?;
         let node = std::str::from_utf8(&bytes[..nl]).ok()?;
         let rest = &bytes[nl + 1..];
         if rest.len() < 2 || rest[1] != b'\n' {
             return None;
         }
-        let ev = serde_json::from_slice(&rest[2..]).ok()?;
-        Some((node, rest[0], ev))
+        let mut events = Vec::new();
+        for line in rest[2..].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            events.push(serde_json::from_slice(line).ok()?);
+        }
+        Some((node, rest[0], events))
     }
 }

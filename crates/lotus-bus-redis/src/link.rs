@@ -15,7 +15,7 @@ use crate::{Shared, envelope};
 /// How long a remote event may wait for room in a full local queue before that subscriber
 /// misses it (the same bound the nucleus gives its own events).
 const INJECT_WAIT: Duration = Duration::from_millis(500);
-/// Event ids remembered to drop the second copy Redis sends when two of our globs match.
+/// Messages remembered to drop the second copy Redis sends when two of our globs match.
 const SEEN: usize = 4096;
 
 /// `url` with any password replaced by `***`.
@@ -170,7 +170,7 @@ pub(crate) async fn pubsub(sh: Arc<Shared>) {
 }
 
 async fn receive(sh: &Shared, bytes: &[u8], seen: &mut (HashSet<Uuid>, VecDeque<Uuid>)) {
-    let Some((node, kind, ev)) = envelope::decode(bytes) else {
+    let Some((node, kind, events)) = envelope::decode(bytes) else {
         tracing::warn!(node = %sh.cfg.node, "redis bus: an undecodable message was ignored");
         return;
     };
@@ -178,20 +178,36 @@ async fn receive(sh: &Shared, bytes: &[u8], seen: &mut (HashSet<Uuid>, VecDeque<
         return;
     }
     let Some(bus) = sh.bus.upgrade() else { return };
-    let ev = Arc::new(ev);
+    // Two of our globs can match one channel: Redis then sends the message twice. A message
+    // is known by its first event.
+    if kind != b'r'
+        && let Some(first) = events.first()
+    {
+        if !seen.0.insert(first.id) {
+            return;
+        }
+        seen.1.push_back(first.id);
+        if seen.1.len() > SEEN
+            && let Some(old) = seen.1.pop_front()
+        {
+            seen.0.remove(&old);
+        }
+    }
+    for ev in events {
+        deliver(sh, &bus, node, kind, Arc::new(ev)).await;
+    }
+}
+
+async fn deliver(
+    sh: &Shared,
+    bus: &lotus_bus::LocalBus,
+    node: &str,
+    kind: u8,
+    ev: Arc<lotus_core::Event>,
+) {
     if kind == b'r' {
         bus.settle(&ev);
         return;
-    }
-    // Two of our globs can match one channel: Redis then sends it twice.
-    if !seen.0.insert(ev.id) {
-        return;
-    }
-    seen.1.push_back(ev.id);
-    if seen.1.len() > SEEN
-        && let Some(old) = seen.1.pop_front()
-    {
-        seen.0.remove(&old);
     }
     sh.stats.received.fetch_add(1, Ordering::Relaxed);
     if let (Some(cid), Some(deadline)) = (ev.correlation_id, ev.deadline) {

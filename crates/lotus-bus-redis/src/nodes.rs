@@ -166,6 +166,17 @@ pub(crate) async fn beat(sh: &Shared, conn: &mut MultiplexedConnection) -> bool 
         }
     }
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    *sh.remote_patterns.write() = nodes
+        .iter()
+        .filter(|n| !n.local)
+        .flat_map(|n| {
+            n.info["subscriptions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|p| p.as_str().and_then(|p| lotus_core::Pattern::new(p).ok()))
+        .collect();
     *sh.nodes.write() = nodes;
     if !gone.is_empty() {
         let _: redis::RedisResult<()> = conn.srem(format!("{prefix}:nodes"), gone).await;

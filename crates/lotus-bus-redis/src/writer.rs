@@ -10,8 +10,12 @@ use tokio::sync::mpsc;
 use crate::link::{Backoff, connect, event_channel, node_channel};
 use crate::{Out, Shared, envelope};
 
-/// Most commands in one pipeline.
+/// Most items taken for one pipeline.
 const BATCH: usize = 1024;
+/// Most events in one message.
+const RUN: usize = 256;
+/// A message stops growing past this size.
+const RUN_BYTES: usize = 256 * 1024;
 
 pub(crate) async fn run(
     sh: Arc<Shared>,
@@ -68,18 +72,34 @@ pub(crate) async fn run(
             continue;
         };
         let mut pipe = redis::pipe();
+        let mut commands = 0usize;
         let mut events = 0usize;
         let mut durable = 0u64;
-        for o in &batch {
-            match o {
-                Out::Event(ev, d) => {
-                    events += 1;
+        let mut i = 0;
+        while i < batch.len() {
+            match &batch[i] {
+                Out::Event(first, d) => {
+                    // A run of events on one topic travels as one message.
                     let kind = if d.is_some() { b'd' } else { b'e' };
-                    let bytes = envelope::encode(&node, kind, ev);
-                    if let Some(i) = d {
-                        durable += 1;
+                    let mut bytes = envelope::start(&node, kind);
+                    let mut j = i;
+                    while j < batch.len() && j - i < RUN && bytes.len() < RUN_BYTES {
+                        match &batch[j] {
+                            Out::Event(ev, d2) if d2 == d && ev.topic == first.topic => {
+                                envelope::push(&mut bytes, ev);
+                                j += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let run = j - i;
+                    events += run;
+                    // Modules read durable events from the stream; observers (the API's
+                    // stream, the CLI) on every node hear them on pub/sub too.
+                    if let Some(k) = d {
+                        durable += run as u64;
                         pipe.cmd("XADD")
-                            .arg(&keys[*i])
+                            .arg(&keys[*k])
                             .arg("MAXLEN")
                             .arg("~")
                             .arg(sh.cfg.max_len)
@@ -87,22 +107,32 @@ pub(crate) async fn run(
                             .arg("ev")
                             .arg(&bytes)
                             .ignore();
+                        commands += 1;
                     }
                     pipe.cmd("PUBLISH")
-                        .arg(event_channel(&prefix, ev.topic.as_str()))
+                        .arg(event_channel(&prefix, first.topic.as_str()))
                         .arg(bytes)
                         .ignore();
+                    commands += 1;
+                    i = j;
                 }
                 Out::Reply(to, ev) => {
                     pipe.cmd("PUBLISH")
                         .arg(node_channel(&prefix, to))
                         .arg(envelope::encode(&node, b'r', ev))
                         .ignore();
+                    commands += 1;
+                    i += 1;
                 }
-                Out::Flush(_) => {}
+                Out::Flush(_) => i += 1,
             }
         }
-        match pipe.query_async::<()>(c).await {
+        let sent = if commands == 0 {
+            Ok(())
+        } else {
+            pipe.query_async::<()>(c).await
+        };
+        match sent {
             Ok(()) => {
                 sh.stats
                     .published

@@ -255,7 +255,8 @@ async fn what_a_dead_node_left_pending_is_claimed_by_another() {
     let mut got: Vec<u64> = seen.lock().iter().map(|(_, n)| *n).collect();
     got.sort_unstable();
     assert_eq!(got, (0..50).collect::<Vec<_>>());
-    assert!(a.bridge.health()["claimed"].as_u64() >= Some(50));
+    // Entries claimed (an entry holds a run of events published together).
+    assert!(a.bridge.health()["claimed"].as_u64() >= Some(1));
     a.bridge.close(Duration::from_secs(2)).await;
     wa.abort();
 }

@@ -56,7 +56,8 @@ pub async fn run(url: &str, events: u64, samples: u64, json_out: bool) -> Result
     let topic = Topic::new("bench.fan.data")?;
     let sample = serde_json::to_vec(&event(&topic, 0))?;
 
-    // Raw: PUBLISH → a subscriber on another connection, one at a time.
+    // Raw: an event serialized, PUBLISHed, received and decoded by a subscriber on another
+    // connection, one at a time (the time is taken when the subscriber has it).
     let mut ps = client.get_async_pubsub().await?;
     let raw_channel = format!("{ns}:raw");
     ps.subscribe(&raw_channel).await?;
@@ -65,17 +66,19 @@ pub async fn run(url: &str, events: u64, samples: u64, json_out: bool) -> Result
     for i in 0..samples + samples / 10 {
         let t0 = Instant::now();
         let body = serde_json::to_vec(&event(&topic, i))?;
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&raw_channel)
-            .arg(body)
-            .query_async(&mut conn)
-            .await?;
-        let m = tokio::time::timeout(Duration::from_secs(5), msgs.next())
-            .await?
-            .ok_or_else(|| anyhow!("raw subscription closed"))?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&raw_channel).arg(body);
+        let publish = cmd.query_async::<i64>(&mut conn);
+        let receive = async {
+            let m = tokio::time::timeout(Duration::from_secs(5), msgs.next()).await;
+            (m, t0.elapsed())
+        };
+        let (sent, (m, took)) = tokio::join!(publish, receive);
+        sent?;
+        let m = m?.ok_or_else(|| anyhow!("raw subscription closed"))?;
         let _: Event = serde_json::from_slice(m.get_payload_bytes())?;
         if i >= samples / 10 {
-            raw_h.record(t0.elapsed().as_nanos().max(1) as u64)?;
+            raw_h.record(took.as_nanos().max(1) as u64)?;
         }
     }
     // The bus: publish on a, handled by a subscriber on b, one at a time.

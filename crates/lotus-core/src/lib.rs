@@ -11,7 +11,9 @@ pub mod tool;
 pub mod topic;
 
 pub use event::Event;
-pub use manifest::{HostGrant, Manifest, ManifestError, ModuleName, Overflow, Priority, Runtime};
+pub use manifest::{
+    HostGrant, Manifest, ManifestError, ModuleName, Overflow, Placement, Priority, Runtime,
+};
 pub use tool::ToolSpec;
 pub use topic::{Pattern, PatternToken, Topic, TopicError};
 

@@ -75,6 +75,48 @@ pub struct Manifest {
     /// names, e.g. `delete_file`, or `*` for every tool of the module).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dangerous: Vec<String>,
+    /// Where the module may run when several nuclei share one bus (any node when absent).
+    #[serde(default, skip_serializing_if = "Placement::is_anywhere")]
+    pub placement: Placement,
+}
+
+/// The nodes a module may run on: a node must be one of `nodes` (if any are listed) and carry
+/// every one of `labels` (its `[bus] labels`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Node ids (`[bus] node`) the module may run on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Labels the node must all have, e.g. `[gpu]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl Placement {
+    /// Whether any node will do.
+    pub fn is_anywhere(&self) -> bool {
+        self.nodes.is_empty() && self.labels.is_empty()
+    }
+
+    /// Whether the node `node` with `labels` may run the module.
+    pub fn allows(&self, node: &str, labels: &[String]) -> bool {
+        (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
+            && self.labels.iter().all(|l| labels.contains(l))
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.nodes.is_empty() {
+            parts.push(format!("nodes {}", self.nodes.join(", ")));
+        }
+        if !self.labels.is_empty() {
+            parts.push(format!("labels {}", self.labels.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
 }
 
 /// Layer of a module (DESIGN.md §1).
@@ -604,6 +646,22 @@ fn validate(m: &Manifest) -> Result<(), (String, String)> {
                 format!(
                     "`{t}` is not a tool name: write the tool's local name (letters, digits, `_`, `-`; e.g. `delete_file`) or `*` for all"
                 ),
+            ));
+        }
+    }
+    for (key, items) in [
+        ("placement.nodes", &m.placement.nodes),
+        ("placement.labels", &m.placement.labels),
+    ] {
+        if let Some(bad) = items.iter().find(|t| {
+            t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) {
+            return Err((
+                key.into(),
+                format!("`{bad}` is not a node id or label: use letters, digits, `_` and `-`"),
             ));
         }
     }

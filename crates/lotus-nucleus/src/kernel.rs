@@ -69,6 +69,11 @@ impl Default for SupervisorPolicy {
 /// Everything the nucleus needs to know from the configuration.
 #[derive(Debug, Clone)]
 pub struct NucleusSettings {
+    /// This node's id, matched by modules' `placement` (empty: no id; only modules placed
+    /// anywhere run).
+    pub node: String,
+    /// This node's labels, matched by modules' `placement`.
+    pub labels: Vec<String>,
     /// Crash handling.
     pub supervisor: SupervisorPolicy,
     /// Deadline of a tool call, from the caller's side.
@@ -86,6 +91,8 @@ pub struct NucleusSettings {
 impl Default for NucleusSettings {
     fn default() -> Self {
         Self {
+            node: String::new(),
+            labels: Vec::new(),
             supervisor: SupervisorPolicy::default(),
             tool_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(10),
@@ -162,6 +169,8 @@ pub enum ModuleState {
     Stopped,
     /// Turned off by its manifest or `lotus.toml`.
     Disabled,
+    /// Its `placement` does not allow this node: it runs on a node that matches.
+    Elsewhere,
 }
 
 impl std::fmt::Display for ModuleState {
@@ -424,6 +433,11 @@ fn topic(s: &'static str) -> Topic {
 }
 
 impl Shared {
+    /// Whether a module placed by `placement` runs on this node.
+    fn placed_here(&self, placement: &lotus_core::Placement) -> bool {
+        placement.is_anywhere() || placement.allows(&self.settings.node, &self.settings.labels)
+    }
+
     /// The host that runs `runtime`, if this build has one.
     fn host_for(&self, runtime: lotus_core::Runtime) -> Option<Arc<dyn ModuleHost>> {
         self.hosts.iter().find(|h| h.runtime() == runtime).cloned()
@@ -1460,9 +1474,13 @@ impl Nucleus {
                         .get("enabled")
                         .and_then(Value::as_bool)
                         .unwrap_or(true);
+                let placement = def.manifest.placement.clone();
                 let slot = Arc::new(Slot::new(def, settings));
                 if !on {
                     slot.set_state(ModuleState::Disabled);
+                } else if !sh.placed_here(&placement) {
+                    tracing::info!(module = %name, node = %sh.settings.node, %placement, "not started here: its placement names other nodes");
+                    slot.set_state(ModuleState::Elsewhere);
                 } else if sh.host_for(slot.def().manifest.runtime).is_none() {
                     let e = format!(
                         "no host for runtime `{}` in this build (available: {})",
@@ -1815,6 +1833,14 @@ impl Nucleus {
             return Err(refused(format!(
                 "no host for runtime `{}` in this build",
                 manifest.runtime
+            )));
+        }
+        if !sh.placed_here(&manifest.placement) {
+            return Err(refused(format!(
+                "its placement ({}) does not allow this node (`{}`, labels [{}])",
+                manifest.placement,
+                sh.settings.node,
+                sh.settings.labels.join(", ")
             )));
         }
         // The same resolution as at start, against the modules running now.

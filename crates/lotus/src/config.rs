@@ -273,6 +273,8 @@ impl Config {
     /// The settings the nucleus runs with.
     pub fn nucleus_settings(&self) -> NucleusSettings {
         NucleusSettings {
+            node: self.bus.node_id(),
+            labels: self.bus.labels.clone(),
             supervisor: self.supervisor.clone(),
             tool_timeout: self.tools.timeout,
             start_timeout: self.nucleus.start_timeout,

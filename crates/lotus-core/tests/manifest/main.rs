@@ -71,6 +71,13 @@ fn full_manifest_keeps_every_value() {
     assert!(m.may_call_tool("echo.echo"));
     assert!(!m.may_call_tool("shell.run"));
     assert_eq!(m.providers.expect("providers").fallback.len(), 2);
+    assert_eq!(m.placement.nodes, ["desk", "gpu-box"]);
+    assert!(m.placement.allows("gpu-box", &["gpu".into(), "big".into()]));
+    assert!(!m.placement.allows("gpu-box", &[]), "needs the gpu label");
+    assert!(
+        !m.placement.allows("laptop", &["gpu".into()]),
+        "not a listed node"
+    );
 }
 
 /// `docs/manifest.schema.json` is generated from the types; regenerate with `UPDATE_SCHEMA=1`.

@@ -18,12 +18,14 @@
 //!   remote request sends the reply straight to the requester's channel `NS:n:NODE`.
 //! - **Nodes** report themselves every second (`NS:node:ID`, expiring): their labels, modules,
 //!   tools and subscriptions. A node missing for longer than `node_ttl` is dead.
+//! - **The four durable streams** can live on Redis too ([`RedisLog`]).
 //! - **Faults**: every connection reconnects with backoff; local events keep flowing meanwhile;
 //!   durable events published while Redis is away wait in memory, in order, and are written
 //!   when it is back.
 
 mod group;
 mod link;
+mod log;
 mod nodes;
 mod writer;
 
@@ -41,6 +43,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use link::redact;
+pub use log::RedisLog;
 
 /// How a nucleus joins a Redis bus.
 #[derive(Clone, Debug)]

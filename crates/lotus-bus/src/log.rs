@@ -98,12 +98,20 @@ pub enum LogError {
     /// The writer thread is gone (the log was closed).
     #[error("the stream writer has stopped; restart the nucleus")]
     Closed,
+    /// A log on a server failed (unreachable, refused).
+    #[error("durable streams on {backend}: {reason}")]
+    Remote {
+        /// Which server (`Redis at …`).
+        backend: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl LogError {
     /// Whether trying again may succeed (a busy or full disk may recover; a closed log won't).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Db { .. })
+        matches!(self, LogError::Db { .. } | LogError::Remote { .. })
     }
 }
 

@@ -198,7 +198,36 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
     }
 
     let streams = home.streams_db();
-    if streams.exists() {
+    let on_redis = config
+        .as_ref()
+        .filter(|c| c.bus.backend == crate::config::BusBackend::Redis);
+    if let Some(c) = on_redis {
+        // On the bus's Redis, shared by every node.
+        let counts = async {
+            super::durable_log(home, c)
+                .await?
+                .counts()
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        match tokio::time::timeout(Duration::from_secs(3), counts).await {
+            Ok(Ok(counts)) => {
+                let text = counts
+                    .iter()
+                    .map(|c| format!("{} {}", c.stream, c.events))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                r.add("streams", Status::Ok, format!("on Redis: {text}"), None);
+            }
+            Ok(Err(e)) => r.add("streams", Status::Fail, format!("{e:#}"), None),
+            Err(_) => r.add(
+                "streams",
+                Status::Fail,
+                "Redis did not answer within 3 s",
+                None,
+            ),
+        }
+    } else if streams.exists() {
         match SqliteLog::open(&streams) {
             Ok(log) => match log.counts().await {
                 Ok(counts) => {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use lotus_bus::{DurableLog, SqliteLog, StreamName, StreamQuery};
+use lotus_bus::{StreamName, StreamQuery};
 use lotus_core::{Event, Pattern, Topic};
 use lotus_server::PublishResponse;
 use serde_json::{Value, json};
@@ -126,8 +126,9 @@ pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
                 .transpose()?;
             q.limit = limit;
             q.newest_first = newest_first;
+            let config = Config::load(home.root()).map_err(bad_input)?;
             let path = home.streams_db();
-            if !path.exists() {
+            if config.bus.backend == crate::config::BusBackend::Memory && !path.exists() {
                 return Err(CliError::new(
                     ExitCode::NotFound,
                     format!(
@@ -137,7 +138,7 @@ pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
                 )
                 .into());
             }
-            let log = SqliteLog::open(&path)?;
+            let log = super::durable_log(home, &config).await?;
             let rows = log.query(q).await?;
             for r in &rows {
                 if json {

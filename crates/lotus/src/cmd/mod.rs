@@ -22,6 +22,7 @@ mod tool;
 mod up;
 mod watch;
 
+use anyhow::Context as _;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, ConfigCmd};
@@ -82,6 +83,32 @@ pub fn clip(s: &str, n: usize) -> String {
         out.push('…');
         out
     }
+}
+
+/// The durable streams as configured: on the bus's Redis when the bus is there (every node
+/// appends to the same streams), else `streams.db` in the home.
+pub(crate) async fn durable_log(
+    home: &Home,
+    cfg: &Config,
+) -> Result<std::sync::Arc<dyn lotus_bus::DurableLog>> {
+    Ok(match cfg.bus.backend {
+        crate::config::BusBackend::Redis => std::sync::Arc::new(
+            lotus_bus_redis::RedisLog::connect(
+                &cfg.bus.url,
+                &cfg.bus.namespace,
+                cfg.bus.max_len,
+                cfg.bus.retention,
+            )
+            .await
+            .context(
+                "the durable streams live on the bus's Redis: start it, fix `[bus] url`, or set `[bus] backend = \"memory\"`",
+            )?,
+        ),
+        crate::config::BusBackend::Memory => std::sync::Arc::new(
+            lotus_bus::SqliteLog::open(&home.streams_db())
+                .context("cannot open the durable streams")?,
+        ),
+    })
 }
 
 /// L4 (the persistent knowledge tier) as the memory module is configured: `memory.db` in its

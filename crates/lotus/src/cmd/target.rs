@@ -2,10 +2,7 @@
 //! (over its API), else a nucleus in this process with just the modules they need, on the
 //! home's files (holding the home's lock, so no `lotus up` starts meanwhile).
 
-use std::sync::Arc;
-
 use anyhow::{Context as _, Result};
-use lotus_bus::SqliteLog;
 use lotus_nucleus::{ModuleState, NativeHost, Nucleus, NucleusBuilder, StateStore, ToolError};
 use serde_json::Value;
 
@@ -46,11 +43,11 @@ impl Target {
                 .map_err(|e| anyhow::anyhow!("the reasoning manifest is invalid: {e}"))?;
             names.push("reasoning");
         }
-        let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
+        let log = super::durable_log(home, &cfg).await?;
         let state =
             StateStore::open(&home.state_db()).context("cannot open the module state store")?;
         let nucleus = NucleusBuilder::new(cfg.nucleus_settings())
-            .log(Arc::new(log))
+            .log(log)
             .state(state)
             .host(host)
             .router(setup.router)

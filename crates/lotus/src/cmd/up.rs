@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
-use lotus_bus::{LocalBus, SqliteLog};
+use lotus_bus::LocalBus;
 use lotus_bus_redis::RedisBridge;
 use lotus_nucleus::{NucleusBuilder, StateStore};
 
@@ -42,7 +42,6 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     let _lock = home.lock()?;
     let token = home.ensure_token()?;
 
-    let log = SqliteLog::open(&home.streams_db()).context("cannot open the durable streams")?;
     let state = StateStore::open(&home.state_db()).context("cannot open the module state store")?;
     let host = lotus::builtin::native_host()
         .map_err(|e| anyhow!("a built-in manifest is invalid: {e}"))?;
@@ -60,10 +59,11 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
             Some(b)
         }
     };
+    let log = super::durable_log(&home, &config).await?;
     let builder = NucleusBuilder::new(config.nucleus_settings())
         .bus(bus)
         .router(providers.router)
-        .log(Arc::new(log))
+        .log(log)
         .state(state)
         .host(host)
         .modules_dir(home.modules());

@@ -113,11 +113,34 @@ fn two_nuclei_share_one_redis_bus() {
     assert_eq!(code, 0, "{err}");
     wait_until("b's echo handles a's event", || handled(&b) == before + 1);
 
+    // The durable streams are shared: b reads the tool call a recorded, and its own record
+    // of serving it for a's caller.
+    let calls = |up: &Up| {
+        let (code, out, err) = run(
+            up.path(),
+            &[
+                "events",
+                "query",
+                "action_log",
+                "--topic",
+                "system.tool_called",
+                "--json",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    wait_until("both records of the call", || {
+        let out = calls(&b);
+        out.contains(r#""caller":"api""#) && out.contains(r#""caller":"api@a""#)
+    });
+
     // doctor on a shows the bus: backend, link, both nodes.
     let (_, out, _) = run(a.path(), &["doctor"]);
     assert!(out.contains("redis at"), "{out}");
     assert!(out.contains("link up"), "{out}");
     assert!(out.contains("node `a`") && out.contains("b ("), "{out}");
+    assert!(out.contains("on Redis: conversation_stream"), "{out}");
 
     let mut a = a;
     let mut b = b;

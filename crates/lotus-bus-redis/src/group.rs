@@ -24,10 +24,6 @@ fn mark_key(prefix: &str, group: &str, id: Uuid) -> String {
     format!("{prefix}:x:{group}:{id}")
 }
 
-fn retryable(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
-}
-
 struct Reader {
     sh: Arc<Shared>,
     sub: Watched,
@@ -75,7 +71,7 @@ pub(crate) async fn reader(sh: Arc<Shared>, sub: Watched, starting: Starting) {
             Ok(Stop::NoGroup) => from_start = true,
             Err(e) => {
                 r.sh.error(&format!("group `{}`", r.group), &e);
-                if !retryable(&e) && e.code() != Some("NOGROUP") {
+                if crate::link::permanent(&e) && e.code() != Some("NOGROUP") {
                     tracing::error!(group = %r.group, error = %e, "redis bus: consumer group failed");
                 }
                 if e.code() == Some("NOGROUP") {
@@ -221,13 +217,20 @@ impl Reader {
     /// Takes over the entries pending on consumers whose node is gone. Returns whether the
     /// subscription closed meanwhile.
     async fn claim(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
-        let alive: Vec<String> = self
+        // Nodes reporting, and whether each runs this group now.
+        let hosts: Vec<(String, bool)> = self
             .sh
             .nodes
             .read()
             .iter()
-            .map(|n| n.node.clone())
+            .map(|n| {
+                let runs = n.info["groups"]
+                    .as_array()
+                    .is_some_and(|gs| gs.iter().any(|g| g.as_str() == Some(&*self.group)));
+                (n.node.clone(), runs)
+            })
             .collect();
+        let idle_ms = u64::try_from(self.sh.cfg.node_ttl.as_millis()).unwrap_or(5000);
         for key in &self.keys {
             let summary: redis::Value = redis::cmd("XPENDING")
                 .arg(&**key)
@@ -241,13 +244,18 @@ impl Reader {
                 _ => Vec::new(),
             };
             for (consumer, _) in consumers {
-                if consumer == self.sh.cfg.node || alive.contains(&consumer) {
+                // Left by a node that is gone, or that no longer runs this module.
+                let keep = consumer == self.sh.cfg.node
+                    || hosts.iter().any(|(n, runs)| *n == consumer && *runs);
+                if keep {
                     continue;
                 }
                 loop {
                     let ids: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
                         .arg(&**key)
                         .arg(&*self.group)
+                        .arg("IDLE")
+                        .arg(idle_ms)
                         .arg("-")
                         .arg("+")
                         .arg(COUNT)
@@ -255,6 +263,10 @@ impl Reader {
                         .query_async(conn)
                         .await?;
                     if ids.is_empty() {
+                        if hosts.iter().any(|(n, _)| *n == consumer) {
+                            // Still there: its entries may not be idle long enough yet.
+                            break;
+                        }
                         let _: redis::RedisResult<()> = redis::cmd("XGROUP")
                             .arg("DELCONSUMER")
                             .arg(&**key)
@@ -268,7 +280,7 @@ impl Reader {
                     cmd.arg(&**key)
                         .arg(&*self.group)
                         .arg(&self.sh.cfg.node)
-                        .arg(0);
+                        .arg(idle_ms);
                     for (id, ..) in &ids {
                         cmd.arg(id);
                     }
@@ -318,15 +330,30 @@ impl Reader {
         batch.sort_by_key(|(_, e)| entry_order(&e.id));
         // (stream, entry) acknowledged without delivery.
         let mut skip: Vec<(Arc<str>, Arc<str>)> = Vec::new();
-        // (stream, entry, events of it this subscription wants, not in hand here).
-        let mut entries: Vec<(Arc<str>, Arc<str>, Vec<Event>)> = Vec::new();
+        // (stream, entry, events of it this subscription wants and not in hand here, whether
+        // another event of it is in hand here).
+        let mut entries: Vec<Wanted> = Vec::new();
+        // Event ids met in this batch: a second copy (a retried publish) is skipped.
+        let mut met: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
         for (key, entry) in batch {
             let id: Arc<str> = Arc::from(entry.id.as_str());
             let events = entry
                 .map
                 .get("ev")
                 .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
-                .and_then(|b| envelope::decode(&b).map(|(_, _, evs)| evs));
+                .and_then(|b| {
+                    envelope::decode(&b).map(|(node, _, evs)| {
+                        // A request from another node: its reply goes straight back.
+                        for ev in &evs {
+                            if let (Some(cid), Some(deadline)) = (ev.correlation_id, ev.deadline)
+                                && node != sh.cfg.node
+                            {
+                                sh.remember_request(cid, node, deadline);
+                            }
+                        }
+                        evs
+                    })
+                });
             let Some(events) = events else {
                 // Trimmed away while pending, or not ours to read.
                 skip.push((key, id));
@@ -345,6 +372,9 @@ impl Reader {
                     Some(_) => {
                         sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     }
+                    None if !met.insert(ev.id) => {
+                        sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
                     None => wanted.push(ev),
                 }
             }
@@ -354,7 +384,7 @@ impl Reader {
                 }
                 continue;
             }
-            entries.push((key, id, wanted));
+            entries.push((key, id, wanted, in_hand));
         }
         // Mark each event id as taken by this node; a mark already there says who has it.
         let total: usize = entries.iter().map(|e| e.2.len()).sum();
@@ -382,11 +412,18 @@ impl Reader {
                     pipe.cmd("GET").arg(mark_key(prefix, &self.group, *id));
                 }
                 let holders: Vec<Option<String>> = pipe.query_async(conn).await?;
+                // Other nodes that run this group now: a mark of theirs means the event is
+                // in hand there.
                 let alive: Vec<String> = sh
                     .nodes
                     .read()
                     .iter()
-                    .filter(|n| !n.local)
+                    .filter(|n| {
+                        !n.local
+                            && n.info["groups"].as_array().is_some_and(|gs| {
+                                gs.iter().any(|g| g.as_str() == Some(&*self.group))
+                            })
+                    })
                     .map(|n| n.node.clone())
                     .collect();
                 let mut drop_ids = Vec::new();
@@ -398,8 +435,9 @@ impl Reader {
                         Some(n) if n != sh.cfg.node && alive.iter().any(|a| a == n) => {
                             drop_ids.push(*id)
                         }
-                        // Taken by this node before it restarted, by a node that is gone, or
-                        // the mark expired: it was never handled to the end.
+                        // Taken by this node before it restarted, by a node that is gone or
+                        // no longer runs the module, or the mark expired: it was never
+                        // handled to the end.
                         _ => {
                             takeover
                                 .cmd("SET")
@@ -421,11 +459,12 @@ impl Reader {
             }
         }
         let mut deliver = Vec::new();
-        for (key, id, events) in entries {
-            if events.is_empty() {
-                skip.push((key, id));
-            } else {
+        for (key, id, events, in_hand) in entries {
+            if !events.is_empty() {
                 deliver.push((key, id, events));
+            } else if !in_hand {
+                // Acknowledged only when none of its events is still being handled here.
+                skip.push((key, id));
             }
         }
         if !skip.is_empty() {
@@ -455,17 +494,43 @@ impl Reader {
                         acking: false,
                     },
                 );
+                // Until the event is in the queue, ending here (the reader stopped for a
+                // reload) must not leave it looking in hand: the next reader delivers it.
+                let guard = Undelivered {
+                    sh,
+                    key: (self.sub.id, id),
+                    entry: (key.clone(), self.group.clone(), entry.clone()),
+                };
+                if self.sub.queue.push_wait(Arc::new(ev)).await == Pushed::Closed {
+                    return Ok(true);
+                }
+                std::mem::forget(guard);
                 sh.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 if redelivered {
                     sh.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-                if self.sub.queue.push_wait(Arc::new(ev)).await == Pushed::Closed {
-                    sh.pending.lock().remove(&(self.sub.id, id));
-                    return Ok(true);
-                }
             }
         }
         Ok(false)
+    }
+}
+
+/// A stream entry read: (stream, entry id, the events of it to deliver, whether another of
+/// its events is in hand here).
+type Wanted = (Arc<str>, Arc<str>, Vec<Event>, bool);
+
+/// Takes back an event that was marked in hand but never reached the queue.
+struct Undelivered<'a> {
+    sh: &'a Shared,
+    key: (u64, Uuid),
+    entry: EntryKey,
+}
+
+impl Drop for Undelivered<'_> {
+    fn drop(&mut self) {
+        self.sh.pending.lock().remove(&self.key);
+        // The entry is left for the next reader, which delivers what is not done.
+        self.sh.open.lock().remove(&self.entry);
     }
 }
 
@@ -580,9 +645,10 @@ pub(crate) async fn acker(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64,
             Err(e) => {
                 sh.error("acknowledger", &e);
                 conn = None;
-                if !retryable(&e) {
-                    // Not going to work again: the entries stay pending and are redelivered
-                    // to this node after its next restart (and skipped, being marked done).
+                if crate::link::permanent(&e) {
+                    // Not going to work again: the entries stay pending; after this node's
+                    // next restart they are delivered again (at least once).
+                    tracing::error!(error = %e, "redis bus: acknowledgements refused");
                     batch.clear();
                 }
                 if !backoff.wait(&sh).await {

@@ -46,7 +46,7 @@ pub use link::redact;
 pub use log::RedisLog;
 
 /// How a nucleus joins a Redis bus.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisBusConfig {
     /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
@@ -69,6 +69,21 @@ pub struct RedisBusConfig {
     pub heartbeat: Duration,
     /// A node that has not reported for this long is dead: its pending entries are claimed.
     pub node_ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisBusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBusConfig")
+            .field("url", &redact(&self.url))
+            .field("namespace", &self.namespace)
+            .field("node", &self.node)
+            .field("labels", &self.labels)
+            .field("durable", &self.durable)
+            .field("max_len", &self.max_len)
+            .field("retention", &self.retention)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisBusConfig {
@@ -204,8 +219,9 @@ pub(crate) struct Shared {
     pub stop: Notify,
     /// Group readers that have not yet created their groups.
     pub starting: AtomicUsize,
-    /// Subscriptions changed and the pub/sub task has not yet caught up.
-    pub globs_stale: AtomicBool,
+    /// Subscription changes asked for, and those the pub/sub task has put in place.
+    pub globs_asked: AtomicU64,
+    pub globs_done: AtomicU64,
 }
 
 impl Shared {
@@ -230,6 +246,19 @@ impl Shared {
             tracing::warn!(node = %self.cfg.node, "redis bus: {msg}");
         }
         *last = Some(msg);
+    }
+
+    /// Notes a request from `node`, so its reply goes straight back; forgets expired ones.
+    pub(crate) fn remember_request(&self, cid: Uuid, node: &str, deadline: std::time::SystemTime) {
+        let left = deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut requests = self.requests.lock();
+        if requests.len() >= 1024 {
+            requests.retain(|_, (_, d)| *d > now);
+        }
+        requests.insert(cid, (node.to_owned(), now + left));
     }
 
     pub(crate) fn stopped(&self) -> bool {
@@ -292,7 +321,8 @@ impl RedisBridge {
             closing: AtomicBool::new(false),
             stop: Notify::new(),
             starting: AtomicUsize::new(0),
-            globs_stale: AtomicBool::new(false),
+            globs_asked: AtomicU64::new(0),
+            globs_done: AtomicU64::new(0),
         });
         nodes::beat(&shared, &mut conn).await;
         let bridge = Arc::new(RedisBridge {
@@ -321,9 +351,10 @@ impl RedisBridge {
     pub async fn ready(&self, limit: Duration) -> bool {
         let sh = &self.shared;
         let deadline = Instant::now() + limit;
+        let asked = sh.globs_asked.load(Ordering::Acquire);
         loop {
             let done = sh.pubsub_up.load(Ordering::Acquire)
-                && !sh.globs_stale.load(Ordering::Acquire)
+                && sh.globs_done.load(Ordering::Acquire) >= asked
                 && sh.starting.load(Ordering::Acquire) == 0;
             if done {
                 return true;
@@ -430,10 +461,18 @@ impl Bridge for RedisBridge {
                 .patterns
                 .iter()
                 .any(|p| sh.cfg.durable.iter().any(|d| d.overlaps(p)));
+        let mut same = false;
         if sub.scope != Scope::Node {
-            sh.subs.lock().insert(id, sub.clone());
-            sh.globs_stale.store(true, Ordering::Release);
-            sh.globs_changed.notify_one();
+            let old = sh.subs.lock().insert(id, sub.clone());
+            same = old.is_some_and(|o| o.patterns == sub.patterns);
+            if !same {
+                sh.globs_asked.fetch_add(1, Ordering::AcqRel);
+                sh.globs_changed.notify_one();
+            }
+        }
+        // A reload keeps its patterns: its reader goes on as it is.
+        if same && sh.readers.lock().contains_key(&id) {
+            return;
         }
         let old = sh.readers.lock().remove(&id);
         if let Some(old) = old {

@@ -18,8 +18,26 @@ const INJECT_WAIT: Duration = Duration::from_millis(500);
 /// Messages remembered to drop the second copy Redis sends when two of our globs match.
 const SEEN: usize = 4096;
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***` (in the user part or a `password=` parameter).
 pub fn redact(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    let url = url.as_str();
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -30,6 +48,16 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Whether Redis refused a command for good (a wrong key type, a bad argument): sending it
+/// again would fail again. Anything else (a cut connection, a timeout, a server that is
+/// loading, read-only, out of memory for now) is worth retrying.
+pub(crate) fn permanent(e: &redis::RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some("WRONGTYPE" | "ERR" | "NOSCRIPT" | "NOPERM" | "WRONGPASS")
+    )
 }
 
 /// A multiplexed connection with bounded connect and response times.
@@ -106,12 +134,13 @@ pub(crate) async fn pubsub(sh: Arc<Shared>) {
         let (mut sink, mut stream) = ps.split();
         let mut current: BTreeSet<String> = BTreeSet::new();
         let setup = async {
-            sh.globs_stale.store(false, Ordering::Release);
+            let seq = sh.globs_asked.load(Ordering::Acquire);
             sink.subscribe(&direct).await?;
             for g in wanted(&sh) {
                 sink.psubscribe(&g).await?;
                 current.insert(g);
             }
+            sh.globs_done.store(seq, Ordering::Release);
             redis::RedisResult::Ok(())
         };
         if let Err(e) = setup.await {
@@ -135,7 +164,7 @@ pub(crate) async fn pubsub(sh: Arc<Shared>) {
                     receive(&sh, msg.get_payload_bytes(), &mut seen).await;
                 }
                 _ = sh.globs_changed.notified() => {
-                    sh.globs_stale.store(false, Ordering::Release);
+                    let seq = sh.globs_asked.load(Ordering::Acquire);
                     let want = wanted(&sh);
                     let mut failed = None;
                     for g in want.difference(&current) {
@@ -155,6 +184,7 @@ pub(crate) async fn pubsub(sh: Arc<Shared>) {
                         break;
                     }
                     current = want;
+                    sh.globs_done.store(seq, Ordering::Release);
                 }
                 _ = sh.stop.notified() => return,
             }
@@ -211,12 +241,7 @@ async fn deliver(
     }
     sh.stats.received.fetch_add(1, Ordering::Relaxed);
     if let (Some(cid), Some(deadline)) = (ev.correlation_id, ev.deadline) {
-        let left = deadline
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        sh.requests
-            .lock()
-            .insert(cid, (node.to_owned(), std::time::Instant::now() + left));
+        sh.remember_request(cid, node, deadline);
     }
     bus.inject(ev, kind == b'd', INJECT_WAIT).await;
 }
@@ -231,5 +256,9 @@ mod tests {
         assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://secret@h"), "redis://***@h");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=1&pass=secret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
     }
 }

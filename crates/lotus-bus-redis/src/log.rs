@@ -182,7 +182,7 @@ async fn writer(
                     delay = Duration::from_millis(50);
                     batch.clear();
                 }
-                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                Err(e) if !crate::link::permanent(&e) => {
                     // Sent again on a new connection.
                     tracing::warn!(error = %e, "durable streams: connection lost; retrying");
                     conn = None;

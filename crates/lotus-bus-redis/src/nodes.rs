@@ -88,6 +88,18 @@ fn report(sh: &Shared) -> Value {
         out
     };
     let hosted = sh.reporter.lock().as_ref().map_or(Value::Null, |r| r());
+    // Groups read here: entries pending on this node for any other group are claimable.
+    let groups: Vec<String> = {
+        let readers = sh.readers.lock();
+        let subs = sh.subs.lock();
+        let mut out: Vec<String> = readers
+            .keys()
+            .filter_map(|id| subs.get(id).map(|s| s.name.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    };
     json!({
         "node": sh.cfg.node,
         "instance": sh.instance.to_string(),
@@ -98,6 +110,7 @@ fn report(sh: &Shared) -> Value {
         "started": sh.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "at": now_ms(),
         "subscriptions": subscriptions,
+        "groups": groups,
         "hosted": hosted,
     })
 }

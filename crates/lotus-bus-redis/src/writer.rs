@@ -147,7 +147,7 @@ pub(crate) async fn run(
                     }
                 }
             }
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+            Err(e) if !crate::link::permanent(&e) => {
                 // The batch is sent again, whole and in order, on a new connection. Entries
                 // that did reach Redis are then there twice; consumers skip the copy by its
                 // event id.

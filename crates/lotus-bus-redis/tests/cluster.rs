@@ -290,3 +290,44 @@ async fn a_second_nucleus_cannot_take_a_live_node_id() {
     let again = node(&url, &ns, "same", &[]).await;
     again.bridge.close(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_live_node_stopped_handling_goes_to_a_node_that_runs_the_module() {
+    let Some(url) = redis().await else { return };
+    let ns = namespace();
+    let durable = ["job.>"];
+    let a = node(&url, &ns, "a", &durable).await;
+    let b = node(&url, &ns, "b", &durable).await;
+    // b's module takes 30 events, handles 10 and is stopped; b itself stays up.
+    let sub = b.group("worker", "job.>");
+    assert!(b.bridge.ready(Duration::from_secs(5)).await);
+    for n in 0..30 {
+        a.bus.publish(ev("job.x", n)).await;
+    }
+    wait_for("b to hold events", Duration::from_secs(10), || {
+        sub.queue().depth() == 30
+    })
+    .await;
+    for _ in 0..10 {
+        let e = recv(&sub).await;
+        sub.done(&e);
+    }
+    drop(sub);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let wa = worker("a", a.group("worker", "job.>"), seen.clone());
+    wait_for("a to take the other 20", Duration::from_secs(20), || {
+        seen.lock().len() >= 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got: Vec<u64> = seen.lock().iter().map(|(_, n)| *n).collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (10..30).collect::<Vec<_>>(),
+        "the unhandled ones, once"
+    );
+    a.bridge.close(Duration::from_secs(2)).await;
+    b.bridge.close(Duration::from_secs(2)).await;
+    wa.abort();
+}

@@ -683,11 +683,18 @@ impl Actor {
             let limits = &manifest.permissions.limits;
             // A module's durable events come through its consumer group when the bus spans
             // several nodes: each is handled once, by one of the nodes that host the module.
+            // On a shared bus the mailbox holds durable events that must not be dropped
+            // (they would stay pending in Redis): it waits for room instead.
+            let overflow = if self.shared.bus.bridge().is_some() {
+                Overflow::Block
+            } else {
+                limits.overflow
+            };
             let sub = self.shared.bus.subscribe_scoped(
                 &name,
                 allowed,
                 limits.queue,
-                limits.overflow,
+                overflow,
                 Scope::Group,
             );
             *self.slot.queue.lock() = Some(sub.queue().clone());

@@ -65,6 +65,7 @@ async fn fan_out_reaches_other_nodes_with_exact_matching() {
     assert!(mine.try_recv().is_none(), "an echo came back");
     a.bridge.close(Duration::from_secs(2)).await;
     b.bridge.close(Duration::from_secs(2)).await;
+    common::drop_namespace(&url, &ns).await;
 }
 
 /// Takes events from a group subscription, records them per node and says each is handled.
@@ -164,6 +165,7 @@ async fn a_durable_event_is_handled_once_per_group_across_nodes() {
     wa.abort();
     wb.abort();
     au.abort();
+    common::drop_namespace(&url, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +226,7 @@ async fn a_request_is_answered_by_another_node() {
     server.abort();
     a.bridge.close(Duration::from_secs(2)).await;
     b.bridge.close(Duration::from_secs(2)).await;
+    common::drop_namespace(&url, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +262,7 @@ async fn what_a_dead_node_left_pending_is_claimed_by_another() {
     assert!(a.bridge.health()["claimed"].as_u64() >= Some(1));
     a.bridge.close(Duration::from_secs(2)).await;
     wa.abort();
+    common::drop_namespace(&url, &ns).await;
 }
 
 #[tokio::test]
@@ -289,6 +293,7 @@ async fn a_second_nucleus_cannot_take_a_live_node_id() {
     // Gone: the id is free again.
     let again = node(&url, &ns, "same", &[]).await;
     again.bridge.close(Duration::from_secs(2)).await;
+    common::drop_namespace(&url, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,4 +335,5 @@ async fn what_a_live_node_stopped_handling_goes_to_a_node_that_runs_the_module()
     a.bridge.close(Duration::from_secs(2)).await;
     b.bridge.close(Duration::from_secs(2)).await;
     wa.abort();
+    common::drop_namespace(&url, &ns).await;
 }

@@ -163,4 +163,5 @@ async fn ten_thousand_durable_events_survive_cut_connections_and_a_restart() {
     let _ = mirror_task.await;
     w.bridge.close(Duration::from_secs(5)).await;
     publisher.bridge.close(Duration::from_secs(5)).await;
+    common::drop_namespace(&url, &ns).await;
 }

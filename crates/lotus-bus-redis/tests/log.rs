@@ -20,7 +20,7 @@ fn ev(topic: &str, n: u64) -> Arc<Event> {
     ))
 }
 
-fn ns(rows: &[lotus_bus::StoredEvent]) -> Vec<u64> {
+fn numbers(rows: &[lotus_bus::StoredEvent]) -> Vec<u64> {
     rows.iter()
         .map(|r| r.event.payload["n"].as_u64().expect("n"))
         .collect()
@@ -29,11 +29,12 @@ fn ns(rows: &[lotus_bus::StoredEvent]) -> Vec<u64> {
 #[tokio::test]
 async fn redis_streams_answer_queries_like_the_embedded_log() {
     let Some(url) = redis().await else { return };
+    let ns = namespace();
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite: Arc<dyn DurableLog> =
         Arc::new(SqliteLog::open(&dir.path().join("streams.db")).expect("sqlite"));
     let redis: Arc<dyn DurableLog> = Arc::new(
-        RedisLog::connect(&url, &namespace(), 100_000, Duration::from_secs(3600))
+        RedisLog::connect(&url, &ns, 100_000, Duration::from_secs(3600))
             .await
             .expect("redis log"),
     );
@@ -83,8 +84,8 @@ async fn redis_streams_answer_queries_like_the_embedded_log() {
         ]
     };
     for (what, query) in queries {
-        let a = ns(&sqlite.query(query.clone()).await.expect("sqlite query"));
-        let b = ns(&redis.query(query).await.expect("redis query"));
+        let a = numbers(&sqlite.query(query.clone()).await.expect("sqlite query"));
+        let b = numbers(&redis.query(query).await.expect("redis query"));
         assert_eq!(a, b, "{what}");
         assert!(!a.is_empty(), "{what}");
     }
@@ -96,7 +97,7 @@ async fn redis_streams_answer_queries_like_the_embedded_log() {
         let page = redis.query(q.clone()).await.expect("page");
         let Some(last) = page.last() else { break };
         q.after_seq = Some(last.seq);
-        seen.extend(ns(&page));
+        seen.extend(numbers(&page));
     }
     assert_eq!(seen, (0..1500).collect::<Vec<_>>());
     let counts = redis.counts().await.expect("counts");
@@ -104,4 +105,5 @@ async fn redis_streams_answer_queries_like_the_embedded_log() {
     assert_eq!(get(StreamName::ActionLog), Some(1500));
     assert_eq!(get(StreamName::ModuleEvents), Some(1));
     assert_eq!(get(StreamName::MemoryUpdates), Some(0));
+    common::drop_namespace(&url, &ns).await;
 }

@@ -202,6 +202,24 @@ async fn three_nuclei_place_modules_and_share_events_and_tools() {
         n.nucleus.shutdown().await.expect("shutdown");
         n.bridge.close(Duration::from_secs(2)).await;
     }
+    // Leave nothing on the server.
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("unlink");
+    }
 }
 
 #[tokio::test]

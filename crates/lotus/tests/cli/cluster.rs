@@ -152,6 +152,20 @@ fn two_nuclei_share_one_redis_bus() {
     });
     let (code, err) = b.stop();
     assert_eq!(code, 0, "{err}");
+    // Leave nothing on the server.
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*"))
+        .query(&mut conn)
+        .expect("keys");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys)
+            .query(&mut conn)
+            .expect("unlink");
+    }
 }
 
 #[test]

@@ -57,7 +57,7 @@ async fn fan_out_reaches_other_nodes_with_exact_matching() {
     b.bus.publish(ev("x.local", 3)).await;
     assert_eq!(recv(&only_b).await.payload["n"], 3);
     // The publisher does not get its own event back from Redis.
-    let mine = a.bus.subscribe("mine", vec![p("x.>")], 64, Overflow::Block);
+    let mine = a.bus.subscribe("mine", vec![p("x.z")], 64, Overflow::Block);
     assert!(a.bridge.ready(Duration::from_secs(5)).await);
     a.bus.publish(ev("x.z", 4)).await;
     assert_eq!(recv(&mine).await.payload["n"], 4);

@@ -79,6 +79,12 @@ pub(crate) async fn reader(sh: Arc<Shared>, sub: Watched, starting: Starting) {
                 }
             }
         }
+        // Once its groups existed, a group found missing was lost by Redis (restarted empty):
+        // it is created again from the start of the stream, so that what was written since
+        // (a publisher's backlog, say) is read.
+        if starting.is_none() {
+            from_start = true;
+        }
         if !backoff.wait(&r.sh).await {
             return;
         }

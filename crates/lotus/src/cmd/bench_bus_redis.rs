@@ -25,6 +25,32 @@ fn event(topic: &Topic, n: u64) -> Event {
     )
 }
 
+/// Sends `cmd` `n` times, `PIPE` at a time (the pipelines are built before the clock starts
+/// mattering: the raw side does no per-command work).
+async fn pipelined(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+    n: u64,
+) -> Result<()> {
+    let build = |k: u64| {
+        let mut pipe = redis::pipe();
+        for _ in 0..k {
+            pipe.add_command(cmd.clone()).ignore();
+        }
+        pipe
+    };
+    let full = build(PIPE as u64);
+    let mut sent = 0u64;
+    while sent + PIPE as u64 <= n {
+        full.query_async::<()>(conn).await?;
+        sent += PIPE as u64;
+    }
+    if sent < n {
+        build(n - sent).query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
 async fn node(url: &str, ns: &str, name: &str) -> Result<(LocalBus, Arc<RedisBridge>)> {
     let bus = LocalBus::new();
     let mut cfg = RedisBusConfig::new(url, name);
@@ -115,16 +141,9 @@ pub async fn run(url: &str, events: u64, samples: u64, json_out: bool) -> Result
         got
     });
     let t0 = Instant::now();
-    let mut sent = 0u64;
-    while sent < n {
-        let k = (n - sent).min(PIPE as u64);
-        let mut pipe = redis::pipe();
-        for _ in 0..k {
-            pipe.cmd("PUBLISH").arg(&raw_channel).arg(&sample).ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        sent += k;
-    }
+    let mut publish = redis::cmd("PUBLISH");
+    publish.arg(&raw_channel).arg(&sample);
+    pipelined(&mut conn, &publish, n).await?;
     let got = tokio::time::timeout(Duration::from_secs(120), raw_rx).await??;
     let raw_pub = got as f64 / t0.elapsed().as_secs_f64();
 
@@ -152,24 +171,15 @@ pub async fn run(url: &str, events: u64, samples: u64, json_out: bool) -> Result
     // Raw XADD throughput, pipelined.
     let raw_stream = format!("{ns}:raw-stream");
     let t0 = Instant::now();
-    let mut sent = 0u64;
-    while sent < n {
-        let k = (n - sent).min(PIPE as u64);
-        let mut pipe = redis::pipe();
-        for _ in 0..k {
-            pipe.cmd("XADD")
-                .arg(&raw_stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(1_000_000)
-                .arg("*")
-                .arg("ev")
-                .arg(&sample)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        sent += k;
-    }
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(&raw_stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(1_000_000)
+        .arg("*")
+        .arg("ev")
+        .arg(&sample);
+    pipelined(&mut conn, &xadd, n).await?;
     let raw_xadd = n as f64 / t0.elapsed().as_secs_f64();
     // The bus: n durable events published on a, until all are in the stream.
     let durable = Topic::new("bench.durable.data")?;

@@ -493,6 +493,10 @@ impl Bridge for RedisBridge {
         if let Some(r) = sh.readers.lock().remove(&id) {
             r.abort();
         }
+    }
+
+    fn release(&self, id: u64) {
+        let sh = &self.shared;
         // Entries it did not handle stay pending in Redis; whoever reads the group next
         // (this node again, or another after this one is gone) gets them.
         let mut dropped: Vec<EntryKey> = Vec::new();

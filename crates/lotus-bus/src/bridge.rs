@@ -72,8 +72,12 @@ pub trait Bridge: Send + Sync + 'static {
     fn outbound(&self, ev: &Arc<Event>) -> bool;
     /// A subscription was made or its patterns changed.
     fn watch(&self, sub: Watched);
-    /// A subscription ended.
+    /// A subscription stopped receiving (what it holds may still be handled and
+    /// [`handled`](Bridge::handled)).
     fn unwatch(&self, id: u64);
+    /// A subscription is gone: what it was given and did not handle goes back, for it to be
+    /// delivered again.
+    fn release(&self, id: u64);
     /// A [`Scope::Group`] subscriber finished handling `ev`.
     fn handled(&self, id: u64, ev: &Event);
     /// Whether a subscriber on another node may answer a request on `topic`.

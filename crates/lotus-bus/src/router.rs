@@ -674,6 +674,11 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.unsubscribe();
+        if let Some(inner) = self.bus.upgrade()
+            && let Some(b) = inner.bridge.get()
+        {
+            b.release(self.entry.id);
+        }
     }
 }
 

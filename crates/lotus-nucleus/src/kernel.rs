@@ -1097,7 +1097,11 @@ impl Actor {
             else {
                 break;
             };
-            if self.handle_event(inst, ev).await.is_err() {
+            let handled = self.handle_event(inst, ev.clone()).await;
+            if let Some(sub) = self.wiring.as_ref().and_then(|w| w.sub.as_ref()) {
+                sub.done(&ev);
+            }
+            if handled.is_err() {
                 break;
             }
         }

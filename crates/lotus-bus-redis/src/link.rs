@@ -121,7 +121,15 @@ pub(crate) async fn pubsub(sh: Arc<Shared>) {
     let direct = node_channel(sh.prefix(), &sh.cfg.node);
     let mut first = true;
     while !sh.stopped() {
-        let ps = match sh.client.get_async_pubsub().await {
+        let connecting = tokio::time::timeout(
+            sh.cfg.node_ttl.max(Duration::from_secs(2)),
+            sh.client.get_async_pubsub(),
+        );
+        let ps = match connecting.await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        }) {
             Ok(ps) => ps,
             Err(e) => {
                 sh.error("pub/sub connection", &e);
@@ -157,8 +165,27 @@ pub(crate) async fn pubsub(sh: Arc<Shared>) {
         first = false;
         backoff.reset();
         sh.pubsub_up.store(true, Ordering::Release);
+        // A connection that went half-open (the peer vanished without a word) shows only when
+        // something is asked of it: a `PING` every `node_ttl`, answered within `node_ttl`.
+        let every = sh.cfg.node_ttl;
+        let mut check = tokio::time::interval(every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         loop {
             tokio::select! {
+                _ = check.tick() => {
+                    match tokio::time::timeout(every, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            sh.error("pub/sub ping", &e);
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(node = %sh.cfg.node, "redis bus: pub/sub connection silent; reconnecting");
+                            break;
+                        }
+                    }
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     receive(&sh, msg.get_payload_bytes(), &mut seen).await;

@@ -198,3 +198,52 @@ async fn redis_restarting_empty_loses_nothing_durable() {
     a.bridge.close(Duration::from_secs(2)).await;
     b.bridge.close(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_noticed_and_replaced() {
+    let Some(server) = Server::start(0, None) else {
+        return;
+    };
+    let url = server.url();
+    let bus = LocalBus::new();
+    let b = RedisBridge::connect(common::config(&url, "silent", "b", &[]), &bus)
+        .await
+        .expect("join");
+    let fan = bus.subscribe("fan", vec![p("news.>")], 1024, Overflow::Block);
+    assert!(b.ready(Duration::from_secs(5)).await);
+    let before = b.stats()["reconnects"].as_u64().unwrap_or(0);
+    // Redis freezes for 8 s: every connection stays open, nothing answers.
+    let pid = server.child.id().to_string();
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    signal("-CONT");
+    let t0 = Instant::now();
+    while b.stats()["reconnects"].as_u64().unwrap_or(0) <= before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the pub/sub link was not replaced: {}",
+            b.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Everything works on the new connection.
+    let a_bus = LocalBus::new();
+    let a = RedisBridge::connect(common::config(&url, "silent", "a", &[]), &a_bus)
+        .await
+        .expect("join");
+    assert!(b.ready(Duration::from_secs(10)).await);
+    a_bus.publish(ev("news.x", 7)).await;
+    let e = tokio::time::timeout(Duration::from_secs(10), fan.recv())
+        .await
+        .expect("fan-out on the new connection")
+        .expect("open");
+    assert_eq!(e.payload["n"], 7);
+    a.close(Duration::from_secs(2)).await;
+    b.close(Duration::from_secs(2)).await;
+}

@@ -63,28 +63,19 @@ pub(crate) async fn reader(sh: Arc<Shared>, sub: Watched, starting: Starting) {
                 continue;
             }
         };
-        match r
+        // `Ok`: the subscription ended.
+        if let Err(e) = r
             .session(&mut conn, from_start, &mut backoff, &mut starting)
             .await
         {
-            Ok(Stop::Closed) => return,
-            Ok(Stop::NoGroup) => from_start = true,
-            Err(e) => {
-                r.sh.error(&format!("group `{}`", r.group), &e);
-                if crate::link::permanent(&e) && e.code() != Some("NOGROUP") {
-                    tracing::error!(group = %r.group, error = %e, "redis bus: consumer group failed");
-                }
-                if e.code() == Some("NOGROUP") {
-                    from_start = true;
-                }
-            }
+            r.sh.error(&format!("group `{}`", r.group), &e);
+        } else {
+            return;
         }
-        // Once its groups existed, a group found missing was lost by Redis (restarted empty):
-        // it is created again from the start of the stream, so that what was written since
-        // (a publisher's backlog, say) is read.
-        if starting.is_none() {
-            from_start = true;
-        }
+        // Once its groups existed, a group found missing was lost by Redis (restarted empty,
+        // `NOGROUP`): it is created again from the start of the stream, so that what was
+        // written since (a publisher's backlog, say) is read.
+        from_start = starting.is_none();
         if !backoff.wait(&r.sh).await {
             return;
         }
@@ -107,13 +98,6 @@ impl Drop for Starting {
     }
 }
 
-enum Stop {
-    /// The subscription is gone.
-    Closed,
-    /// A stream or group vanished (Redis restarted empty): create them again, from the start.
-    NoGroup,
-}
-
 impl Reader {
     /// One connection's worth of reading: create the groups, take this node's own pending
     /// entries first (delivered before and never acknowledged), then new ones, claiming now
@@ -124,7 +108,7 @@ impl Reader {
         from_start: bool,
         backoff: &mut Backoff,
         starting: &mut Option<Starting>,
-    ) -> redis::RedisResult<Stop> {
+    ) -> redis::RedisResult<()> {
         for key in &self.keys {
             let r: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -162,7 +146,7 @@ impl Reader {
                 after = last.id.clone();
                 let batch = entries.into_iter().map(|e| (key.clone(), e)).collect();
                 if self.process(conn, batch, true).await? {
-                    return Ok(Stop::Closed);
+                    return Ok(());
                 }
             }
         }
@@ -185,19 +169,15 @@ impl Reader {
         }
         loop {
             if self.sh.stopped() || self.sub.queue.is_closed() {
-                return Ok(Stop::Closed);
+                return Ok(());
             }
             if last_claim.elapsed() >= self.sh.cfg.node_ttl {
                 last_claim = Instant::now();
                 if self.claim(conn).await? {
-                    return Ok(Stop::Closed);
+                    return Ok(());
                 }
             }
-            let reply: Option<StreamReadReply> = match read.query_async(conn).await {
-                Ok(r) => r,
-                Err(e) if e.code() == Some("NOGROUP") => return Ok(Stop::NoGroup),
-                Err(e) => return Err(e),
-            };
+            let reply: Option<StreamReadReply> = read.query_async(conn).await?;
             let batch: Vec<(Arc<str>, StreamId)> = reply
                 .map(|r| {
                     r.keys
@@ -215,7 +195,7 @@ impl Reader {
                 })
                 .unwrap_or_default();
             if !batch.is_empty() && self.process(conn, batch, false).await? {
-                return Ok(Stop::Closed);
+                return Ok(());
             }
         }
     }
@@ -223,19 +203,7 @@ impl Reader {
     /// Takes over the entries pending on consumers whose node is gone. Returns whether the
     /// subscription closed meanwhile.
     async fn claim(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
-        // Nodes reporting, and whether each runs this group now.
-        let hosts: Vec<(String, bool)> = self
-            .sh
-            .nodes
-            .read()
-            .iter()
-            .map(|n| {
-                let runs = n.info["groups"]
-                    .as_array()
-                    .is_some_and(|gs| gs.iter().any(|g| g.as_str() == Some(&*self.group)));
-                (n.node.clone(), runs)
-            })
-            .collect();
+        let hosts = self.hosts();
         let idle_ms = u64::try_from(self.sh.cfg.node_ttl.as_millis()).unwrap_or(5000);
         for key in &self.keys {
             let summary: redis::Value = redis::cmd("XPENDING")
@@ -322,6 +290,97 @@ impl Reader {
         Ok(false)
     }
 
+    /// Marks each event id of `entries` as taken by this node, and drops from them the events
+    /// a mark says are handled already or in hand on another node that runs this group.
+    async fn mark(
+        &self,
+        conn: &mut MultiplexedConnection,
+        entries: &mut [Wanted],
+    ) -> redis::RedisResult<()> {
+        let sh = &self.sh;
+        let key = |id: Uuid| mark_key(sh.prefix(), &self.group, id);
+        let ids: Vec<Uuid> = entries
+            .iter()
+            .flat_map(|e| e.2.iter().map(|ev| ev.id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("SET")
+                .arg(key(*id))
+                .arg(&sh.cfg.node)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.window_s);
+        }
+        let set: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let taken: Vec<Uuid> = ids
+            .into_iter()
+            .zip(set)
+            .filter(|(_, ok)| ok.is_none())
+            .map(|(id, _)| id)
+            .collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for id in &taken {
+            pipe.cmd("GET").arg(key(*id));
+        }
+        let holders: Vec<Option<String>> = pipe.query_async(conn).await?;
+        let hosts = self.hosts();
+        let mut dropped = std::collections::HashSet::new();
+        let mut takeover = redis::pipe();
+        for (id, holder) in taken.iter().zip(holders) {
+            match holder.as_deref() {
+                // Handled already, or another node that runs this group has it (another copy)
+                // in hand.
+                Some("done") => {
+                    dropped.insert(*id);
+                }
+                Some(n) if n != sh.cfg.node && hosts.iter().any(|(h, runs)| h == n && *runs) => {
+                    dropped.insert(*id);
+                }
+                // Taken by this node before it restarted, by a node that is gone or no longer
+                // runs the module, or the mark expired: it was never handled to the end.
+                _ => {
+                    takeover
+                        .cmd("SET")
+                        .arg(key(*id))
+                        .arg(&sh.cfg.node)
+                        .arg("EX")
+                        .arg(self.window_s)
+                        .ignore();
+                }
+            }
+        }
+        takeover.query_async::<()>(conn).await?;
+        sh.stats
+            .duplicates
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        for e in entries {
+            e.2.retain(|ev| !dropped.contains(&ev.id));
+        }
+        Ok(())
+    }
+
+    /// The nodes reporting, and whether each runs this group now.
+    fn hosts(&self) -> Vec<(String, bool)> {
+        self.sh
+            .nodes
+            .read()
+            .iter()
+            .map(|n| {
+                let runs = n.info["groups"]
+                    .as_array()
+                    .is_some_and(|gs| gs.iter().any(|g| g.as_str() == Some(&*self.group)));
+                (n.node.clone(), runs)
+            })
+            .collect()
+    }
+
     /// Delivers what is new to this group, in order, and acknowledges entries with nothing
     /// (left) to deliver. Returns whether the subscription closed.
     async fn process(
@@ -331,7 +390,6 @@ impl Reader {
         redelivered: bool,
     ) -> redis::RedisResult<bool> {
         let sh = &self.sh;
-        let prefix = sh.prefix();
         // Stream order is kept: entries are delivered in the order of their ids.
         batch.sort_by_key(|(_, e)| entry_order(&e.id));
         // (stream, entry) acknowledged without delivery.
@@ -392,78 +450,7 @@ impl Reader {
             }
             entries.push((key, id, wanted, in_hand));
         }
-        // Mark each event id as taken by this node; a mark already there says who has it.
-        let total: usize = entries.iter().map(|e| e.2.len()).sum();
-        if total > 0 {
-            let mut pipe = redis::pipe();
-            for ev in entries.iter().flat_map(|e| e.2.iter()) {
-                pipe.cmd("SET")
-                    .arg(mark_key(prefix, &self.group, ev.id))
-                    .arg(&sh.cfg.node)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(self.window_s);
-            }
-            let set: Vec<Option<String>> = pipe.query_async(conn).await?;
-            let taken: Vec<Uuid> = entries
-                .iter()
-                .flat_map(|e| e.2.iter())
-                .zip(&set)
-                .filter(|(_, ok)| ok.is_none())
-                .map(|(ev, _)| ev.id)
-                .collect();
-            if !taken.is_empty() {
-                let mut pipe = redis::pipe();
-                for id in &taken {
-                    pipe.cmd("GET").arg(mark_key(prefix, &self.group, *id));
-                }
-                let holders: Vec<Option<String>> = pipe.query_async(conn).await?;
-                // Other nodes that run this group now: a mark of theirs means the event is
-                // in hand there.
-                let alive: Vec<String> = sh
-                    .nodes
-                    .read()
-                    .iter()
-                    .filter(|n| {
-                        !n.local
-                            && n.info["groups"].as_array().is_some_and(|gs| {
-                                gs.iter().any(|g| g.as_str() == Some(&*self.group))
-                            })
-                    })
-                    .map(|n| n.node.clone())
-                    .collect();
-                let mut drop_ids = Vec::new();
-                let mut takeover = redis::pipe();
-                for (id, holder) in taken.iter().zip(holders) {
-                    match holder.as_deref() {
-                        // Handled already, or another node has another copy in hand.
-                        Some("done") => drop_ids.push(*id),
-                        Some(n) if n != sh.cfg.node && alive.iter().any(|a| a == n) => {
-                            drop_ids.push(*id)
-                        }
-                        // Taken by this node before it restarted, by a node that is gone or
-                        // no longer runs the module, or the mark expired: it was never
-                        // handled to the end.
-                        _ => {
-                            takeover
-                                .cmd("SET")
-                                .arg(mark_key(prefix, &self.group, *id))
-                                .arg(&sh.cfg.node)
-                                .arg("EX")
-                                .arg(self.window_s)
-                                .ignore();
-                        }
-                    }
-                }
-                takeover.query_async::<()>(conn).await?;
-                sh.stats
-                    .duplicates
-                    .fetch_add(drop_ids.len() as u64, Ordering::Relaxed);
-                for e in &mut entries {
-                    e.2.retain(|ev| !drop_ids.contains(&ev.id));
-                }
-            }
-        }
+        self.mark(conn, &mut entries).await?;
         let mut deliver = Vec::new();
         for (key, id, events, in_hand) in entries {
             if !events.is_empty() {

@@ -338,10 +338,7 @@ impl RedisBridge {
             .map_err(|_| RedisBusError::AlreadyBridged)?;
         // Wait (briefly) for the subscriptions to be in place, so that what is published right
         // after `connect` returns reaches this node's subscribers.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !shared.pubsub_up.load(Ordering::Acquire) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        bridge.ready(Duration::from_secs(2)).await;
         Ok(bridge)
     }
 
@@ -392,6 +389,14 @@ impl RedisBridge {
         while Instant::now() < deadline && self.shared.pending.lock().values().any(|p| p.acking) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.stop_tasks();
+        if let Ok(mut conn) = link::connect(&self.shared.client).await {
+            nodes::leave(&self.shared, &mut conn).await;
+        }
+    }
+
+    /// Ends every task of the link.
+    fn stop_tasks(&self) {
         self.shared.closing.store(true, Ordering::Release);
         self.shared.stop.notify_waiters();
         for (_, r) in self.shared.readers.lock().drain() {
@@ -400,26 +405,12 @@ impl RedisBridge {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
-        if let Ok(mut conn) = link::connect(&self.shared.client).await {
-            nodes::leave(&self.shared, &mut conn).await;
-        }
-    }
-
-    /// Counters and state (the same as [`Bridge::health`]).
-    pub fn stats(&self) -> Value {
-        self.health()
     }
 }
 
 impl Drop for RedisBridge {
     fn drop(&mut self) {
-        self.shared.closing.store(true, Ordering::Release);
-        for (_, r) in self.shared.readers.lock().drain() {
-            r.abort();
-        }
-        for t in self.tasks.lock().drain(..) {
-            t.abort();
-        }
+        self.stop_tasks();
     }
 }
 
@@ -433,13 +424,13 @@ impl Bridge for RedisBridge {
         if let Some(cid) = ev.correlation_id
             && cid != ev.id
         {
-            let mut requests = sh.requests.lock();
-            if !requests.is_empty() {
-                let now = Instant::now();
-                requests.retain(|_, (_, deadline)| *deadline > now);
-                if let Some((node, _)) = requests.get(&cid) {
-                    let _ = sh.out.send(Out::Reply(node.clone(), ev.clone()));
-                }
+            // A reply to a request from another node goes straight back to it. (Expired
+            // requests are forgotten as new ones are noted.)
+            let requests = sh.requests.lock();
+            if let Some((node, deadline)) = requests.get(&cid)
+                && *deadline > Instant::now()
+            {
+                let _ = sh.out.send(Out::Reply(node.clone(), ev.clone()));
             }
         }
         let durable = sh.durable_index(&ev.topic);

@@ -7,7 +7,6 @@
 //! within a stream.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -38,7 +37,6 @@ pub struct RedisLog {
     prefix: String,
     conn: MultiplexedConnection,
     tx: mpsc::UnboundedSender<Cmd>,
-    lost: Arc<AtomicU64>,
 }
 
 fn remote(url: &str, e: impl std::fmt::Display) -> LogError {
@@ -77,7 +75,6 @@ impl RedisLog {
         let client = redis::Client::open(url).map_err(|e| remote(url, e))?;
         let conn = connect(&client).await.map_err(|e| remote(url, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let lost = Arc::new(AtomicU64::new(0));
         let prefix = format!("{namespace}:log:");
         tokio::spawn(writer(
             client,
@@ -86,24 +83,17 @@ impl RedisLog {
             prefix.clone(),
             max_len,
             retention,
-            lost.clone(),
         ));
         Ok(Self {
             url: url.to_owned(),
             prefix,
             conn,
             tx,
-            lost,
         })
     }
 
     fn key(&self, stream: StreamName) -> String {
         format!("{}{stream}", self.prefix)
-    }
-
-    /// Events that could not be written (Redis refused them).
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
     }
 }
 
@@ -115,7 +105,6 @@ async fn writer(
     prefix: String,
     max_len: usize,
     retention: Duration,
-    lost: Arc<AtomicU64>,
 ) {
     let mut conn = Some(conn);
     let mut batch: Vec<(StreamName, Arc<Event>)> = Vec::new();
@@ -192,7 +181,6 @@ async fn writer(
                 }
                 Err(e) => {
                     tracing::error!(events = batch.len(), error = %e, "durable streams: Redis refused events; they are lost");
-                    lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     unreported = Some(format!(
                         "{} event(s) could not be written: {e}",
                         batch.len()

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Node, namespace, node, redis};
+use lotus_bus::Bridge;
 use lotus_core::{Event, Topic};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -135,8 +136,8 @@ async fn ten_thousand_durable_events_survive_cut_connections_and_a_restart() {
             "lost events: counter {} mirror {} of {EVENTS}; publisher {} worker {}",
             counter.lock().len(),
             mirror.lock().len(),
-            publisher.bridge.stats(),
-            w.bridge.stats()
+            publisher.bridge.health(),
+            w.bridge.health()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -151,8 +152,8 @@ async fn ten_thousand_durable_events_survive_cut_connections_and_a_restart() {
         *counter.lock() == all,
         "counter: not each event once, in order"
     );
-    let p = publisher.bridge.stats();
-    let ws = w.bridge.stats();
+    let p = publisher.bridge.health();
+    let ws = w.bridge.health();
     eprintln!(
         "10,000 events in {:?}; kills {kills:?}; publisher {p}; worker {ws}",
         started.elapsed()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Node, p};
-use lotus_bus::LocalBus;
+use lotus_bus::{Bridge, LocalBus};
 use lotus_bus_redis::RedisBridge;
 use lotus_core::{Event, Overflow, Topic};
 use serde_json::json;
@@ -150,7 +150,7 @@ async fn redis_restarting_empty_loses_nothing_durable() {
     // Redis dies.
     let (port, dir) = server.kill();
     wait_for("a to see the link down", Duration::from_secs(10), || {
-        a.bridge.stats()["link"] == "down"
+        a.bridge.health()["link"] == "down"
     })
     .await;
     // Local events still flow on a; durable ones wait in a's memory.
@@ -165,7 +165,7 @@ async fn redis_restarting_empty_loses_nothing_durable() {
             .expect("open");
         assert_eq!(e.payload["n"], n);
     }
-    assert!(a.bridge.stats()["backlog"].as_u64() >= Some(50));
+    assert!(a.bridge.health()["backlog"].as_u64() >= Some(50));
 
     // Redis comes back, empty.
     let _server = Server::start(port, Some(dir)).expect("restart redis-server");
@@ -181,7 +181,7 @@ async fn redis_restarting_empty_loses_nothing_durable() {
     assert_eq!(got, (1..=50).collect::<Vec<_>>(), "each once, in order");
     // Fan-out works again.
     wait_for("links up", Duration::from_secs(10), || {
-        a.bridge.stats()["link"] == "up" && b.bridge.stats()["link"] == "up"
+        a.bridge.health()["link"] == "up" && b.bridge.health()["link"] == "up"
     })
     .await;
     // Events published while the link was down were not heard remotely (fire and forget);
@@ -194,7 +194,7 @@ async fn redis_restarting_empty_loses_nothing_durable() {
         .expect("fan-out after the restart")
         .expect("open");
     assert_eq!(e.payload["n"], 99);
-    assert!(a.bridge.stats()["reconnects"].as_u64() >= Some(1));
+    assert!(a.bridge.health()["reconnects"].as_u64() >= Some(1));
     a.bridge.close(Duration::from_secs(2)).await;
     b.bridge.close(Duration::from_secs(2)).await;
 }
@@ -211,7 +211,7 @@ async fn a_silent_connection_is_noticed_and_replaced() {
         .expect("join");
     let fan = bus.subscribe("fan", vec![p("news.>")], 1024, Overflow::Block);
     assert!(b.ready(Duration::from_secs(5)).await);
-    let before = b.stats()["reconnects"].as_u64().unwrap_or(0);
+    let before = b.health()["reconnects"].as_u64().unwrap_or(0);
     // Redis freezes for 8 s: every connection stays open, nothing answers.
     let pid = server.child.id().to_string();
     let signal = |sig: &str| {
@@ -224,11 +224,11 @@ async fn a_silent_connection_is_noticed_and_replaced() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     signal("-CONT");
     let t0 = Instant::now();
-    while b.stats()["reconnects"].as_u64().unwrap_or(0) <= before {
+    while b.health()["reconnects"].as_u64().unwrap_or(0) <= before {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the pub/sub link was not replaced: {}",
-            b.stats()
+            b.health()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

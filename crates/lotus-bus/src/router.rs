@@ -45,22 +45,11 @@ impl SubEntry {
     }
 }
 
-/// Where an event being delivered comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// Published on this node.
-    Here,
-    /// Published on another node and brought by the bridge.
-    Remote,
-}
-
-/// Whether `sub` gets an event from `from`; `durable` events reach [`Scope::Group`]
-/// subscribers through the bridge instead.
-fn wants(sub: &SubEntry, from: Origin, durable: bool) -> bool {
-    match sub.scope {
-        Scope::Node => from == Origin::Here,
-        Scope::Cluster => true,
-        Scope::Group => !durable,
+impl SubEntry {
+    /// Whether a `durable` event reaches this subscriber through the bridge (its consumer
+    /// group) rather than directly.
+    fn via_bridge(&self, durable: bool) -> bool {
+        durable && self.scope == Scope::Group
     }
 }
 
@@ -274,6 +263,13 @@ impl LocalBus {
         policy: Overflow,
         scope: Scope,
     ) -> Subscription {
+        // On a shared bus a group subscriber's queue holds durable events that must not be
+        // dropped (they would stay pending in the group): it waits for room instead.
+        let policy = if scope == Scope::Group && self.inner.bridge.get().is_some() {
+            Overflow::Block
+        } else {
+            policy
+        };
         let entry = Arc::new(SubEntry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(name),
@@ -358,7 +354,7 @@ impl LocalBus {
         let mut d = Delivery::default();
         let deadline = tokio::time::Instant::now() + wait;
         for sub in route.iter() {
-            if !wants(sub, Origin::Remote, durable) {
+            if sub.scope == Scope::Node || sub.via_bridge(durable) {
                 continue;
             }
             d.matched += 1;
@@ -421,7 +417,7 @@ impl LocalBus {
     pub async fn publish(&self, ev: Arc<Event>) -> Delivery {
         let (route, mut d, durable) = self.begin(&ev);
         for sub in route.iter() {
-            if !wants(sub, Origin::Here, durable) {
+            if sub.via_bridge(durable) {
                 continue;
             }
             let pushed = match sub.queue.try_push(ev.clone()) {
@@ -442,7 +438,7 @@ impl LocalBus {
         let (route, mut d, durable) = self.begin(&ev);
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(3600));
         for sub in route.iter() {
-            if !wants(sub, Origin::Here, durable) {
+            if sub.via_bridge(durable) {
                 continue;
             }
             self.push_until(sub, ev.clone(), deadline, &mut d).await;
@@ -454,7 +450,7 @@ impl LocalBus {
     pub fn publish_blocking(&self, ev: Arc<Event>) -> Delivery {
         let (route, mut d, durable) = self.begin(&ev);
         for sub in route.iter() {
-            if !wants(sub, Origin::Here, durable) {
+            if sub.via_bridge(durable) {
                 continue;
             }
             self.count(&mut d, sub.queue.push_blocking(ev.clone()));

@@ -683,18 +683,11 @@ impl Actor {
             let limits = &manifest.permissions.limits;
             // A module's durable events come through its consumer group when the bus spans
             // several nodes: each is handled once, by one of the nodes that host the module.
-            // On a shared bus the mailbox holds durable events that must not be dropped
-            // (they would stay pending in Redis): it waits for room instead.
-            let overflow = if self.shared.bus.bridge().is_some() {
-                Overflow::Block
-            } else {
-                limits.overflow
-            };
             let sub = self.shared.bus.subscribe_scoped(
                 &name,
                 allowed,
                 limits.queue,
-                overflow,
+                limits.overflow,
                 Scope::Group,
             );
             *self.slot.queue.lock() = Some(sub.queue().clone());
@@ -872,6 +865,20 @@ impl Actor {
         Ok(())
     }
 
+    /// [`handle_event`](Self::handle_event), then says the event is done with: handled, or
+    /// crashed on (it is not delivered again; a crash would repeat).
+    async fn handle_and_ack(
+        &mut self,
+        inst: &mut Box<dyn Module>,
+        ev: Arc<Event>,
+    ) -> Result<(), String> {
+        let handled = self.handle_event(inst, ev.clone()).await;
+        if let Some(sub) = self.wiring.as_ref().and_then(|w| w.sub.as_ref()) {
+            sub.done(&ev);
+        }
+        handled
+    }
+
     fn error(&self, msg: String) {
         tracing::warn!(module = %self.slot.name(), error = %msg, "handler error");
         self.slot.errors.fetch_add(1, Ordering::Relaxed);
@@ -885,13 +892,7 @@ impl Actor {
             };
             match msg {
                 Err(ev) => {
-                    let handled = self.handle_event(inst, ev.clone()).await;
-                    // Handled, or crashed on: either way it is not delivered again (a crash
-                    // would repeat).
-                    if let Some(sub) = self.wiring.as_ref().and_then(|w| w.sub.as_ref()) {
-                        sub.done(&ev);
-                    }
-                    if let Err(reason) = handled {
+                    if let Err(reason) = self.handle_and_ack(inst, ev).await {
                         return Served::Crash(reason);
                     }
                 }
@@ -1097,11 +1098,7 @@ impl Actor {
             else {
                 break;
             };
-            let handled = self.handle_event(inst, ev.clone()).await;
-            if let Some(sub) = self.wiring.as_ref().and_then(|w| w.sub.as_ref()) {
-                sub.done(&ev);
-            }
-            if handled.is_err() {
+            if self.handle_and_ack(inst, ev).await.is_err() {
                 break;
             }
         }

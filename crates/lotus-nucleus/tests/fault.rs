@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lotus_bus::{LocalBus, SqliteLog};
+use lotus_bus::{Bridge, LocalBus, SqliteLog};
 use lotus_bus_redis::{RedisBridge, RedisBusConfig};
 use lotus_core::{Event, Manifest, Pattern, json};
 use lotus_nucleus::{
@@ -192,8 +192,8 @@ async fn ten_thousand_durable_events_reach_a_restarted_nucleus_once_each_in_orde
             Instant::now() < deadline,
             "lost events: {} of {EVENTS} handled; publisher {}; worker {}",
             HANDLED.lock().len(),
-            p.bridge.stats(),
-            w.bridge.stats()
+            p.bridge.health(),
+            w.bridge.health()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -205,7 +205,7 @@ async fn ten_thousand_durable_events_reach_a_restarted_nucleus_once_each_in_orde
         handled.len(),
         handled.iter().enumerate().find(|(i, n)| *i as u64 != **n)
     );
-    eprintln!("kills {kills:?}; worker {}", w.bridge.stats());
+    eprintln!("kills {kills:?}; worker {}", w.bridge.health());
     for n in [&p, &w] {
         n.nucleus.shutdown().await.expect("shutdown");
         n.bridge.close(Duration::from_secs(2)).await;

@@ -27,6 +27,8 @@ mod group;
 mod link;
 mod log;
 mod nodes;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod writer;
 
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ use uuid::Uuid;
 
 pub use link::redact;
 pub use log::RedisLog;
+pub use nodes::{default_node_id, hostname};
 
 /// How a nucleus joins a Redis bus.
 #[derive(Clone)]
@@ -143,6 +146,30 @@ pub enum RedisBusError {
     /// The bus already has a bridge.
     #[error("this bus is already connected to another bus backend")]
     AlreadyBridged,
+}
+
+/// Whether Redis at `url` answers a `PING` within `limit`.
+pub async fn ping(url: &str, limit: Duration) -> Result<(), RedisBusError> {
+    let unreachable = |reason: String| RedisBusError::Unreachable {
+        url: redact(url),
+        reason,
+    };
+    let client = redis::Client::open(url).map_err(|e| RedisBusError::BadUrl {
+        url: redact(url),
+        reason: e.to_string(),
+    })?;
+    let answer = async {
+        let mut conn = link::connect(&client).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(limit, answer).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        ))),
+    }
 }
 
 /// Counters of the bridge.

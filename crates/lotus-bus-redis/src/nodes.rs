@@ -66,12 +66,30 @@ pub(crate) async fn claim_id(
     })
 }
 
-fn hostname() -> Option<String> {
+/// This machine's host name.
+pub fn hostname() -> Option<String> {
     rustix::system::uname()
         .nodename()
         .to_str()
         .ok()
         .map(str::to_owned)
+}
+
+/// A node id for this machine when none is configured: its host name, with every character
+/// that cannot be in a topic token made `-`.
+pub fn default_node_id() -> String {
+    let id: String = hostname()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() { "node".into() } else { id }
 }
 
 /// What this node reports.

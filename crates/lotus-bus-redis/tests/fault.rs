@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Node, namespace, node, redis};
 use lotus_bus::Bridge;
+use lotus_bus_redis::testing::kill_clients;
 use lotus_core::{Event, Topic};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -38,28 +39,6 @@ fn worker(
             sub.done(&e);
         }
     })
-}
-
-async fn kill_clients(url: &str) -> usize {
-    let client = redis::Client::open(url).expect("url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("chaos connection");
-    let mut killed = 0;
-    for kind in ["normal", "pubsub"] {
-        let n: usize = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg(kind)
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut c)
-            .await
-            .expect("CLIENT KILL");
-        killed += n;
-    }
-    killed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

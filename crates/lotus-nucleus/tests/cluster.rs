@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lotus_bus::{LocalBus, SqliteLog};
+use lotus_bus_redis::testing::{drop_namespace, namespace, redis_url};
 use lotus_bus_redis::{RedisBridge, RedisBusConfig};
 use lotus_core::{Event, Manifest, Pattern, json};
 use lotus_nucleus::{
@@ -43,27 +44,6 @@ impl Gpu {
 }
 
 const GPU: &str = "name: gpu\nversion: 0.1.0\ntype: capability\nentry: gpu\nsubscriptions: [job.run]\npublications: [job.done]\nplacement:\n  labels: [gpu]\n";
-
-async fn redis() -> Option<String> {
-    let url =
-        std::env::var("LOTUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let up = async {
-        let c = redis::Client::open(url.as_str())?;
-        let mut conn = c.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), up).await {
-        Ok(Ok(_)) => Some(url),
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs Redis at {url} (set LOTUS_TEST_REDIS): {other:?}"
-            );
-            eprintln!("skipping: no Redis at {url}");
-            None
-        }
-    }
-}
 
 struct Node {
     nucleus: Nucleus,
@@ -130,8 +110,8 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nuclei_place_modules_and_share_events_and_tools() {
-    let Some(url) = redis().await else { return };
-    let ns = format!("lotus-test-{}", uuid::Uuid::now_v7().simple());
+    let Some(url) = redis_url().await else { return };
+    let ns = namespace();
     let a = node(&url, &ns, "a", &[]).await;
     let b = node(&url, &ns, "b", &["gpu"]).await;
     let c = node(&url, &ns, "c", &["gpu", "big"]).await;
@@ -202,24 +182,7 @@ async fn three_nuclei_place_modules_and_share_events_and_tools() {
         n.nucleus.shutdown().await.expect("shutdown");
         n.bridge.close(Duration::from_secs(2)).await;
     }
-    // Leave nothing on the server.
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("UNLINK")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .expect("unlink");
-    }
+    drop_namespace(&url, &ns).await;
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lotus_bus::{Bridge, LocalBus, SqliteLog};
+use lotus_bus_redis::testing::{drop_namespace, kill_clients, namespace, redis_url};
 use lotus_bus_redis::{RedisBridge, RedisBusConfig};
 use lotus_core::{Event, Manifest, Pattern, json};
 use lotus_nucleus::{
@@ -85,53 +86,10 @@ async fn node(url: &str, ns: &str, name: &str, labels: &[&str]) -> Node {
     }
 }
 
-async fn redis() -> Option<String> {
-    let url =
-        std::env::var("LOTUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let up = async {
-        let c = redis::Client::open(url.as_str())?;
-        let mut conn = c.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), up).await {
-        Ok(Ok(_)) => Some(url),
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs Redis at {url} (set LOTUS_TEST_REDIS): {other:?}"
-            );
-            eprintln!("skipping: no Redis at {url}");
-            None
-        }
-    }
-}
-
-async fn kill_clients(url: &str) -> usize {
-    let client = redis::Client::open(url).expect("url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("chaos connection");
-    let mut killed = 0;
-    for kind in ["normal", "pubsub"] {
-        let n: usize = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg(kind)
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut c)
-            .await
-            .expect("CLIENT KILL");
-        killed += n;
-    }
-    killed
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_durable_events_reach_a_restarted_nucleus_once_each_in_order() {
-    let Some(url) = redis().await else { return };
-    let ns = format!("lotus-test-{}", uuid::Uuid::now_v7().simple());
+    let Some(url) = redis_url().await else { return };
+    let ns = namespace();
     let p = node(&url, &ns, "p", &[]).await;
     let mut w = node(&url, &ns, "w", &["worker"]).await;
     assert_eq!(
@@ -210,21 +168,5 @@ async fn ten_thousand_durable_events_reach_a_restarted_nucleus_once_each_in_orde
         n.nucleus.shutdown().await.expect("shutdown");
         n.bridge.close(Duration::from_secs(2)).await;
     }
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("UNLINK")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .expect("unlink");
-    }
+    drop_namespace(&url, &ns).await;
 }

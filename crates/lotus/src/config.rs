@@ -192,21 +192,7 @@ impl BusConfig {
         if !self.node.is_empty() {
             return self.node.clone();
         }
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
-        let id: String = host
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        if id.is_empty() { "node".into() } else { id }
+        lotus_bus_redis::default_node_id()
     }
 
     /// The Redis backend's settings.

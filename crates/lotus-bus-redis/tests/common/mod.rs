@@ -7,34 +7,9 @@ use std::time::Duration;
 use lotus_bus::{LocalBus, Scope, Subscription};
 use lotus_bus_redis::{RedisBridge, RedisBusConfig};
 use lotus_core::{Overflow, Pattern};
-use uuid::Uuid;
 
-/// The Redis to test against, or `None` (outside CI only) when there is none.
-pub async fn redis() -> Option<String> {
-    let url =
-        std::env::var("LOTUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let up = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut c = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut c).await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), up).await {
-        Ok(Ok(_)) => Some(url),
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs Redis at {url} (set LOTUS_TEST_REDIS): {other:?}"
-            );
-            eprintln!("skipping: no Redis at {url}");
-            None
-        }
-    }
-}
-
-/// A namespace of its own for one test.
-pub fn namespace() -> String {
-    format!("lotus-test-{}", Uuid::now_v7().simple())
-}
+#[allow(unused_imports)]
+pub use lotus_bus_redis::testing::{drop_namespace, namespace, redis_url as redis};
 
 pub fn p(s: &str) -> Pattern {
     Pattern::new(s).expect("pattern")
@@ -71,37 +46,5 @@ impl Node {
     /// Waits until every other node has seen this one's subscriptions.
     pub async fn settle(&self) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Removes every key of a test's namespace (streams, marks, reports).
-pub async fn drop_namespace(url: &str, ns: &str) {
-    let client = redis::Client::open(url).expect("url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connection");
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{ns}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .expect("scan");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .expect("unlink");
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
 }

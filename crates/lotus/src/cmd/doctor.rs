@@ -197,11 +197,12 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
         );
     }
 
-    let streams = home.streams_db();
-    let on_redis = config
+    // The bus (and with it the durable streams) on Redis.
+    let redis_bus = config
         .as_ref()
         .filter(|c| c.bus.backend == crate::config::BusBackend::Redis);
-    if let Some(c) = on_redis {
+    let streams = home.streams_db();
+    if let Some(c) = redis_bus {
         // On the bus's Redis, shared by every node.
         let counts = async {
             super::durable_log(home, c)
@@ -395,39 +396,20 @@ pub async fn run(home: &Home, json: bool) -> Result<()> {
         }
     }
 
-    let redis_bus = config
-        .as_ref()
-        .filter(|c| c.bus.backend == crate::config::BusBackend::Redis);
     if let Some(c) = redis_bus {
         // The bus is configured on Redis: it must answer.
-        let url = lotus_bus_redis::redact(&c.bus.url);
-        let ping = async {
-            let client = redis::Client::open(c.bus.url.as_str())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        };
-        match tokio::time::timeout(Duration::from_secs(2), ping).await {
-            Ok(Ok(_)) => r.add(
+        match lotus_bus_redis::ping(&c.bus.url, Duration::from_secs(2)).await {
+            Ok(()) => r.add(
                 "redis",
                 Status::Ok,
                 format!(
-                    "the bus's Redis answers at {url} (node `{}`)",
+                    "the bus's Redis answers at {} (node `{}`)",
+                    lotus_bus_redis::redact(&c.bus.url),
                     c.bus.node_id()
                 ),
                 None,
             ),
-            Ok(Err(e)) => r.add(
-                "redis",
-                Status::Fail,
-                format!("the bus's Redis at {url}: {e}"),
-                Some("start Redis, fix `[bus] url`, or set `[bus] backend = \"memory\"`"),
-            ),
-            Err(_) => r.add(
-                "redis",
-                Status::Fail,
-                format!("the bus's Redis at {url} did not answer within 2 s"),
-                Some("start Redis, fix `[bus] url`, or set `[bus] backend = \"memory\"`"),
-            ),
+            Err(e) => r.add("redis", Status::Fail, e.to_string(), None),
         }
     } else {
         let redis = tokio::time::timeout(

@@ -34,7 +34,7 @@ fn parse_time(s: &str, flag: &str) -> Result<SystemTime> {
     })
 }
 
-pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
+pub async fn run(home: &Home, config: &Config, cmd: EventsCmd) -> Result<()> {
     match cmd {
         EventsCmd::Tail {
             pattern,
@@ -45,8 +45,7 @@ pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
             for p in pattern.split(',') {
                 Pattern::new(p.trim()).map_err(|e| bad_input(format!("invalid pattern: {e}")))?;
             }
-            let config = Config::load(home.root()).map_err(bad_input)?;
-            let client = Client::new(home, &config)?;
+            let client = Client::new(home, config)?;
             let resp = client.stream(&pattern).await?;
             let mut events = resp.bytes_stream().eventsource();
             let mut seen = 0u64;
@@ -86,8 +85,7 @@ pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
                     ))
                 })?,
             };
-            let config = Config::load(home.root()).map_err(bad_input)?;
-            let client = Client::new(home, &config)?;
+            let client = Client::new(home, config)?;
             let r: PublishResponse = client
                 .post(
                     "/api/v1/events",
@@ -126,7 +124,6 @@ pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
                 .transpose()?;
             q.limit = limit;
             q.newest_first = newest_first;
-            let config = Config::load(home.root()).map_err(bad_input)?;
             let path = home.streams_db();
             if config.bus.backend == crate::config::BusBackend::Memory && !path.exists() {
                 return Err(CliError::new(
@@ -138,7 +135,7 @@ pub async fn run(home: &Home, cmd: EventsCmd) -> Result<()> {
                 )
                 .into());
             }
-            let log = super::durable_log(home, &config).await?;
+            let log = super::durable_log(home, config).await?;
             let rows = log.query(q).await?;
             for r in &rows {
                 if json {

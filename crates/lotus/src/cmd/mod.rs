@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => up::run(home.clone(), load()?, args).await,
         Command::Module(c) => module::run(&home, c).await,
         Command::Tool(c) => tool::run(&home, &load()?, c).await,
-        Command::Events(c) => events::run(&home, c).await,
+        Command::Events(c) => events::run(&home, &load()?, c).await,
         Command::Model(c) => model::run(&home, c).await,
         Command::Key(c) => key::run(&home, c),
         Command::Memory(c) => memory::run(&home, &load()?, c).await,

@@ -2,29 +2,18 @@
 
 use std::time::{Duration, Instant};
 
+use lotus_bus_redis::testing;
 use serde_json::Value;
 
 use super::{Up, run};
 
-/// The Redis to test against, or `None` (outside CI only) when there is none.
-fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("LOTUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let up = redis::Client::open(url.as_str()).and_then(|c| {
-        let mut conn = c.get_connection_with_timeout(Duration::from_secs(2))?;
-        redis::cmd("PING").query::<String>(&mut conn)
-    });
-    match up {
-        Ok(_) => Some(url),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs Redis at {url} (set LOTUS_TEST_REDIS): {e}"
-            );
-            eprintln!("skipping: no Redis at {url}");
-            None
-        }
-    }
+/// Runs one of the shared Redis test helpers from these blocking tests.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
 }
 
 fn home_on_bus(url: &str, ns: &str, node: &str, extra: &str) -> tempfile::TempDir {
@@ -55,8 +44,10 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn two_nuclei_share_one_redis_bus() {
-    let Some(url) = redis_url() else { return };
-    let ns = format!("lotus-cli-{}", uuid::Uuid::now_v7().simple());
+    let Some(url) = block_on(testing::redis_url()) else {
+        return;
+    };
+    let ns = testing::namespace();
     // Only b runs `echo`: what reaches it from a crossed the bus.
     let b = Up::start_in(home_on_bus(&url, &ns, "b", ""), &[]);
     let a = Up::start_in(
@@ -152,20 +143,7 @@ fn two_nuclei_share_one_redis_bus() {
     });
     let (code, err) = b.stop();
     assert_eq!(code, 0, "{err}");
-    // Leave nothing on the server.
-    let mut conn = redis::Client::open(url.as_str())
-        .and_then(|c| c.get_connection())
-        .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query(&mut conn)
-        .expect("keys");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("UNLINK")
-            .arg(&keys)
-            .query(&mut conn)
-            .expect("unlink");
-    }
+    block_on(testing::drop_namespace(&url, &ns));
 }
 
 #[test]

@@ -81,3 +81,20 @@ pub async fn kill_clients(url: &str) -> usize {
     }
     killed
 }
+
+/// Cuts every client ([`kill_clients`]) `rounds` times, `every` apart, in a task of its own;
+/// the task returns how many were cut each time.
+pub fn cut_repeatedly(
+    url: String,
+    rounds: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<Vec<usize>> {
+    tokio::spawn(async move {
+        let mut kills = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            tokio::time::sleep(every).await;
+            kills.push(kill_clients(&url).await);
+        }
+        kills
+    })
+}

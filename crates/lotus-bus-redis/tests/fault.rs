@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Node, namespace, node, redis};
 use lotus_bus::Bridge;
-use lotus_bus_redis::testing::kill_clients;
+use lotus_bus_redis::testing::cut_repeatedly;
 use lotus_core::{Event, Topic};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -74,15 +74,7 @@ async fn ten_thousand_durable_events_survive_cut_connections_and_a_restart() {
             }
         }
     });
-    let chaos_url = url.clone();
-    let chaos = tokio::spawn(async move {
-        let mut kills = Vec::new();
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(180)).await;
-            kills.push(kill_clients(&chaos_url).await);
-        }
-        kills
-    });
+    let chaos = cut_repeatedly(url.clone(), 6, Duration::from_millis(180));
 
     // Stop the worker node a third of the way through, and start it again.
     let deadline = Instant::now() + Duration::from_secs(60);

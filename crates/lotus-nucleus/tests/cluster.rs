@@ -1,17 +1,19 @@
 //! Three nuclei on one real Redis bus: placement, events and tool calls across nodes, and a
 //! durable task handled once though two nodes host its module.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lotus_bus::{LocalBus, SqliteLog};
+use common::Node;
+use lotus_bus::SqliteLog;
 use lotus_bus_redis::testing::{drop_namespace, namespace, redis_url};
-use lotus_bus_redis::{RedisBridge, RedisBusConfig};
 use lotus_core::{Event, Manifest, Pattern, json};
 use lotus_nucleus::{
-    Context, ModuleDef, ModuleError, ModuleState, NativeHost, NativeModule, Nucleus,
-    NucleusBuilder, NucleusSettings, Origin, StateStore,
+    Context, ModuleDef, ModuleError, ModuleState, NativeHost, NativeModule, NucleusBuilder,
+    NucleusSettings, Origin, StateStore,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -45,59 +47,13 @@ impl Gpu {
 
 const GPU: &str = "name: gpu\nversion: 0.1.0\ntype: capability\nentry: gpu\nsubscriptions: [job.run]\npublications: [job.done]\nplacement:\n  labels: [gpu]\n";
 
-struct Node {
-    nucleus: Nucleus,
-    bridge: Arc<RedisBridge>,
-    _dir: tempfile::TempDir,
-}
-
 async fn node(url: &str, ns: &str, name: &'static str, labels: &[&str]) -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bus = LocalBus::new();
-    let mut cfg = RedisBusConfig::new(url, name);
-    cfg.namespace = ns.to_owned();
-    cfg.labels = labels.iter().map(|l| l.to_string()).collect();
-    cfg.durable = vec![Pattern::new("job.run").expect("pattern")];
-    cfg.heartbeat = Duration::from_millis(200);
-    cfg.node_ttl = Duration::from_secs(1);
-    let bridge = RedisBridge::connect(cfg, &bus).await.expect("join the bus");
-    let settings = NucleusSettings {
-        node: name.to_owned(),
-        labels: labels.iter().map(|l| l.to_string()).collect(),
-        tool_timeout: Duration::from_secs(5),
-        ..NucleusSettings::default()
+    let factory: fn() -> Box<dyn lotus_nucleus::Module> = match name {
+        "a" => || Box::new(Gpu { node: "a".into() }),
+        "b" => || Box::new(Gpu { node: "b".into() }),
+        _ => || Box::new(Gpu { node: "c".into() }),
     };
-    let host = NativeHost::new().with_entry(
-        "gpu",
-        NativeModule {
-            manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
-            factory: match name {
-                "a" => || Box::new(Gpu { node: "a".into() }),
-                "b" => || Box::new(Gpu { node: "b".into() }),
-                _ => || Box::new(Gpu { node: "c".into() }),
-            },
-        },
-    );
-    let nucleus = NucleusBuilder::new(settings)
-        .bus(bus)
-        .log(Arc::new(
-            SqliteLog::open(&dir.path().join("streams.db")).expect("log"),
-        ))
-        .state(StateStore::open(&dir.path().join("state.db")).expect("state"))
-        .host(host)
-        .module(ModuleDef {
-            manifest: Arc::new(Manifest::parse(GPU, Path::new("gpu.yaml")).expect("manifest")),
-            origin: Origin::Builtin,
-        })
-        .build()
-        .expect("nucleus");
-    nucleus.start().await;
-    assert!(bridge.ready(Duration::from_secs(5)).await);
-    Node {
-        nucleus,
-        bridge,
-        _dir: dir,
-    }
+    common::node(url, ns, name, labels, "job.run", GPU, factory).await
 }
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

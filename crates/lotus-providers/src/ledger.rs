@@ -29,8 +29,23 @@ pub struct Entry<'a> {
     pub latency: Duration,
 }
 
+/// The costs since a day, and the spending today and this month (UTC).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CostReport {
+    /// The first day, `YYYY-MM-DD`.
+    pub since: String,
+    /// Totals by day, provider, model and module, newest day first.
+    pub rows: Vec<CostRow>,
+    /// USD spent today.
+    pub today_usd: f64,
+    /// USD spent this month.
+    pub month_usd: f64,
+}
+
 /// One line of `lotus provider costs`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CostRow {
     /// UTC day, `YYYY-MM-DD`.
     pub day: String,
@@ -202,6 +217,22 @@ impl Ledger {
             t.month_usd += e.cost_usd;
         }
         Ok(())
+    }
+
+    /// The costs of the last `days` days (today included) and what was spent today and this
+    /// month, as `lotus provider costs` and `GET /api/v1/providers/costs` show them.
+    pub fn report(&self, days: u32) -> Result<CostReport, String> {
+        let since =
+            SystemTime::now() - std::time::Duration::from_secs(86_400 * u64::from(days.max(1) - 1));
+        let (since, _) = utc_day(since);
+        let rows = self.costs(&since)?;
+        let (today_usd, month_usd) = self.spent()?;
+        Ok(CostReport {
+            since,
+            rows,
+            today_usd,
+            month_usd,
+        })
     }
 
     /// Totals by day, provider, model and module, for days from `since` (`YYYY-MM-DD`,

@@ -18,7 +18,7 @@ use crate::ledger::Ledger;
 use crate::ollama::{self, Ollama};
 use crate::openai::OpenAi;
 use crate::router::{Router, RouterConfig};
-use crate::{Provider, Secret};
+use crate::{ErrorKind, Provider, ProviderError, Secret};
 
 /// `[providers]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,7 +143,8 @@ impl ProvidersConfig {
 }
 
 /// What `lotus provider list` shows of one provider.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderStatus {
     /// `openai`, …
     pub name: String,
@@ -403,4 +404,141 @@ pub fn key_vars(provider: &str) -> &'static [&'static str] {
         .iter()
         .find(|p| p.name == provider)
         .map_or(&[], |p| p.key_vars)
+}
+
+/// One provider with whether it answered, as `lotus provider list --json` and
+/// `GET /api/v1/providers` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProviderView {
+    /// What was found.
+    #[serde(flatten)]
+    pub status: ProviderStatus,
+    /// Whether it answered (absent when not checked).
+    pub reachable: Option<bool>,
+    /// Why it did not.
+    pub error: Option<String>,
+    /// How long the check took.
+    pub latency_ms: Option<f64>,
+}
+
+/// Every provider and the default chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProvidersReport {
+    /// Every provider, configured or not.
+    pub providers: Vec<ProviderView>,
+    /// The automatic fallback chain.
+    pub default_chain: Vec<String>,
+}
+
+/// What a test call of one provider did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProviderTest {
+    /// The model that answered (`provider:model`).
+    pub model: String,
+    /// How long its server took to answer the reachability check, when it has one.
+    pub reach_ms: Option<f64>,
+    /// How long the answer took.
+    pub latency_ms: f64,
+    /// What it said (asked to say `OK`).
+    pub text: String,
+    /// Tokens used.
+    pub usage: crate::Usage,
+    /// What the call cost, when the model's price is known.
+    pub cost_usd: Option<f64>,
+}
+
+impl Setup {
+    /// Every provider; with `check`, each configured one is asked whether it answers (at most
+    /// `limit` each, all at once).
+    pub async fn report(&self, check: Option<Duration>) -> ProvidersReport {
+        let mut reach = std::collections::HashMap::new();
+        if let Some(limit) = check {
+            let checks = self.router.providers().map(|p| {
+                let p = p.clone();
+                async move {
+                    let t0 = std::time::Instant::now();
+                    let verdict = match tokio::time::timeout(limit, p.check()).await {
+                        Ok(Ok(())) => Ok(t0.elapsed()),
+                        Ok(Err(e)) => Err(e.message),
+                        Err(_) => Err(format!("no answer within {} s", limit.as_secs_f64())),
+                    };
+                    (p.name().to_owned(), verdict)
+                }
+            });
+            reach.extend(futures_util::future::join_all(checks).await);
+        }
+        let providers = self
+            .status
+            .iter()
+            .map(|s| {
+                let r = reach.get(&s.name);
+                ProviderView {
+                    status: s.clone(),
+                    reachable: r.map(Result::is_ok),
+                    error: r.and_then(|r| r.as_ref().err().cloned()),
+                    latency_ms: r
+                        .and_then(|r| r.as_ref().ok())
+                        .map(|d| d.as_secs_f64() * 1e3),
+                }
+            })
+            .collect();
+        ProvidersReport {
+            providers,
+            default_chain: self.router.config().chain.clone(),
+        }
+    }
+
+    /// Asks `name` (a provider, which answers with its chain model, or a model name or alias)
+    /// to say OK, on behalf of `module` (recorded in the ledger).
+    pub async fn test(&self, name: &str, module: &str) -> Result<ProviderTest, ProviderError> {
+        let not_configured = |m: String| ProviderError::new(name, ErrorKind::NotConfigured, m);
+        let model = match self.status.iter().find(|s| s.name == name) {
+            Some(s) if !s.configured => {
+                return Err(not_configured(format!(
+                    "`{name}` is not configured ({}); see `lotus provider list`",
+                    s.source
+                )));
+            }
+            Some(s) => match &s.model {
+                Some(m) => format!("{name}:{m}"),
+                None => {
+                    return Err(not_configured(format!(
+                        "`{name}` has no model to test with: set [providers.{name}] model"
+                    )));
+                }
+            },
+            None => name.to_owned(),
+        };
+        let m = self.router.catalog().resolve(&model)?;
+        let mut reach_ms = None;
+        if let Some(p) = self.router.providers().find(|p| p.name() == m.provider) {
+            let t0 = std::time::Instant::now();
+            p.check().await?;
+            reach_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let call = crate::router::ChatCall {
+            module: module.to_owned(),
+            chain: vec![model],
+            request: crate::ChatRequest {
+                messages: vec![crate::Message::user("Reply with the single word OK.")],
+                max_tokens: Some(16),
+                temperature: Some(0.0),
+                ..crate::ChatRequest::default()
+            },
+        };
+        let t0 = std::time::Instant::now();
+        let (m, r) = self.router.complete(call).await?;
+        let cost_usd = self.router.catalog().info(&m).map(|i| i.cost(&r.usage));
+        Ok(ProviderTest {
+            model: m.to_string(),
+            reach_ms,
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+            text: r.text.trim().to_owned(),
+            usage: r.usage,
+            cost_usd,
+        })
+    }
 }

@@ -182,6 +182,7 @@ impl ChatRequest {
 
 /// Tokens used by one completion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Prompt tokens (including cached ones).
     pub input_tokens: u64,

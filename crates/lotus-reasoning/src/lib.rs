@@ -11,7 +11,7 @@ pub mod module;
 pub mod protocol;
 
 pub use engine::{Host, Limits, Outcome, Stopped, Task};
-pub use module::{ReasoningModule, TaskRequest};
+pub use module::{ReasoningModule, Role, TaskRequest, Turn};
 
 /// The module's manifest.
 pub const MANIFEST: &str = include_str!("../manifest.yaml");

@@ -34,6 +34,7 @@ result.";
 /// A task, as `cognition.task_request` carries it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRequest {
     /// What the user said.
     pub text: String,
@@ -52,6 +53,35 @@ pub struct TaskRequest {
     /// `false`: no tools for this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<bool>,
+    /// The conversation so far, oldest first, when the caller keeps it (the OpenAI-compatible
+    /// API does): it replaces the session's turns from memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Turn>>,
+    /// The caller's instructions (an OpenAI `system` message), added to the persona.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+}
+
+/// One earlier turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Turn {
+    /// `user` or `assistant`.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+}
+
+/// Who said a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Role {
+    /// The user.
+    User,
+    /// ASH.
+    Assistant,
 }
 
 /// `[modules.reasoning]` settings.
@@ -571,6 +601,8 @@ struct Gathered<'a> {
     hits: &'a [Value],
     turns: &'a [Value],
     learned: Option<&'a str>,
+    /// The caller's instructions.
+    instructions: Option<&'a str>,
 }
 
 /// Builds the messages: system (persona, date, recalled memories within `memory_tokens`),
@@ -587,11 +619,16 @@ fn assemble(
         hits,
         turns,
         learned,
+        instructions,
     } = *memory;
     // The system prompt stays the same from one task to the next (persona, date, the user's
     // profile, which seldom changes), so provider prompt caches hit; what changes (memories,
     // what was just saved) rides with the message.
     let mut system = format!("{}\nToday is {} (UTC).", s.persona, today());
+    if let Some(i) = instructions.map(str::trim).filter(|i| !i.is_empty()) {
+        system.push('\n');
+        system.push_str(i);
+    }
     if let Some(p) = profile.filter(|p| !p.is_empty()) {
         // Entries in key order while they fit in about 150 tokens (the first one, cut, if it
         // alone does not).
@@ -807,6 +844,12 @@ async fn run_task(
         .collect();
 
     // Memory: what it recalls for the message, the session so far; then the message itself.
+    // A conversation the caller keeps replaces the session's turns from memory.
+    let given = req.history.as_ref().map(|h| {
+        h.iter()
+            .map(|t| json!({"role": t.role, "text": t.text}))
+            .collect::<Vec<_>>()
+    });
     let (profile, hits, turns) = tokio::join!(
         memory(&cx, s.memory, "memory.profile", json!({"user": user})),
         memory(
@@ -817,15 +860,17 @@ async fn run_task(
         ),
         memory(
             &cx,
-            s.memory,
+            s.memory && given.is_none(),
             "memory.history",
             json!({"user": user, "session": session, "limit": s.history_turns})
         ),
     );
     let hits = hits.and_then(|v| v.as_array().cloned()).unwrap_or_default();
-    let turns = turns
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default();
+    let turns = given.unwrap_or_else(|| {
+        turns
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    });
     let observed = memory(
         &cx,
         s.memory,
@@ -844,6 +889,7 @@ async fn run_task(
         hits: &hits,
         turns: &turns,
         learned: learned.and_then(|m| m["text"].as_str()),
+        instructions: req.instructions.as_deref(),
     };
     let assembled = match assemble(&s, window, &tools, &gathered, &req.text) {
         Ok(a) => a,

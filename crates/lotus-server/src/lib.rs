@@ -1,44 +1,83 @@
 //! # lotus-server
 //!
-//! The control API of a running nucleus, on loopback by default:
+//! The API of a running nucleus and the web dashboard, on loopback by default.
 //!
-//! | method | path | auth | what |
-//! |---|---|---|---|
-//! | GET | `/api/v1/health` | no | liveness, version, module counts |
-//! | GET | `/api/v1/modules` | yes | every module with state and counters |
-//! | GET | `/api/v1/modules/{name}` | yes | one module |
-//! | POST | `/api/v1/modules/{name}/reload` | yes | swap in the module's current code, live |
-//! | POST | `/api/v1/modules/{name}/load` | yes | load and start a newly installed module folder |
-//! | POST | `/api/v1/modules/{name}/remove` | yes | stop a module and forget it |
-//! | GET | `/api/v1/tools` | yes | every tool with its argument schema |
-//! | POST | `/api/v1/tools/{name}/call` | yes | call a tool; body: the JSON arguments |
-//! | POST | `/api/v1/events` | yes | publish `{topic, payload}` |
-//! | GET | `/api/v1/events/stream?pattern=P` | yes | live events as Server-Sent Events |
-//! | GET | `/api/v1/streams/{stream}` | yes | durable stream query (`since`, `until`, `topic`, `after`, `limit`, `newest_first`) |
-//! | GET | `/api/v1/bus` | yes | bus counters, subscriber queues, backend health (Redis: link, nodes, group lag) |
+//! - `/api/v1/…`: modules, events (publish, live over WebSocket or Server-Sent Events, durable
+//!   streams), tools, memory, providers, chat (streamed over SSE), the bus and health.
+//! - `/v1/chat/completions` and `/v1/models`: the OpenAI API, answered by the reasoning module,
+//!   so anything that speaks it can use ASH as its model.
+//! - `/metrics`: Prometheus (OpenMetrics text).
+//! - `/api/openapi.json`: the OpenAPI document, generated from the handlers and types here.
+//! - `/`: the dashboard, served from the binary.
 //!
-//! Authentication is `Authorization: Bearer TOKEN`. Errors are JSON:
-//! `{"error": {"code": "…", "message": "…"}}` with a stable `code`.
+//! Every endpoint but `GET /api/v1/health` (and the dashboard's static files, which hold no
+//! data) needs `Authorization: Bearer TOKEN`; a browser's WebSocket sends the token as the
+//! subprotocol `bearer.TOKEN`. Errors are JSON: `{"error": {"code": "…", "message": "…"}}` with
+//! a stable `code`.
 
-use std::convert::Infallible;
+mod chat;
+mod dashboard;
+mod error;
+mod events;
+mod logs;
+mod memory;
+mod metrics;
+mod modules;
+mod openai;
+mod providers;
+mod security;
+mod tools;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures_util::Stream;
-use lotus_bus::{StreamName, StreamQuery};
-use lotus_core::{Overflow, Pattern};
-use lotus_nucleus::{ModuleState, Nucleus, NucleusError, ToolError};
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use lotus_nucleus::{ModuleState, Nucleus};
+use lotus_providers::setup::Setup;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use chat::ChatBody;
+pub use error::ApiError;
+pub use events::{PublishRequest, PublishResponse};
+pub use logs::{LogLine, ModuleLogs};
+pub use modules::{Rollback, RollbackRequest};
+use security::BearerScheme;
+pub use tools::CallResponse;
+
+/// What the binary does for the API that the nucleus cannot: rolling back an installed module
+/// (the versions live in the home's module store).
+#[async_trait::async_trait]
+pub trait Admin: Send + Sync {
+    /// Makes version `to` (default: the one before the active one) of module `name` active.
+    async fn rollback(&self, name: &str, to: Option<&str>) -> Result<Rollback, ApiError>;
+}
+
+/// Settings of the API (`[api]` in `lotus.toml`).
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Origins (`scheme://host:port`) other than the API's own that browsers may call it from.
+    pub cors_origins: Vec<String>,
+    /// How long a chat may go without a word from the reasoning module.
+    pub chat_timeout: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            max_body: 2 * 1024 * 1024,
+            cors_origins: Vec::new(),
+            chat_timeout: Duration::from_secs(600),
+        }
+    }
+}
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -51,55 +90,72 @@ pub struct ApiState {
     pub started: Instant,
     /// Set once every module has been started (health says `starting` before).
     pub ready: Arc<AtomicBool>,
+    /// Recent log lines of each module.
+    pub logs: Arc<ModuleLogs>,
+    /// The providers (list, test, costs), when the binary set them up.
+    pub providers: Option<Arc<Setup>>,
+    /// What the binary does for the API.
+    pub admin: Option<Arc<dyn Admin>>,
+    /// Limits and CORS.
+    pub settings: Arc<ApiSettings>,
+    metrics: Arc<metrics::Metrics>,
 }
 
-/// An API error: HTTP status, stable code, message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+impl ApiState {
+    /// The state for `nucleus` with `token`; the rest at defaults.
+    pub fn new(nucleus: Nucleus, token: &str) -> Self {
         Self {
-            status,
-            code,
-            message: message.into(),
+            nucleus,
+            token: Arc::from(token),
+            started: Instant::now(),
+            ready: Arc::new(AtomicBool::new(true)),
+            logs: Arc::new(ModuleLogs::default()),
+            providers: None,
+            admin: None,
+            settings: Arc::new(ApiSettings::default()),
+            metrics: Arc::new(metrics::Metrics::default()),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+    /// Counts from `started`; health says `starting` until `ready` is set.
+    #[must_use]
+    pub fn starting(mut self, started: Instant, ready: Arc<AtomicBool>) -> Self {
+        self.started = started;
+        self.ready = ready;
+        self
     }
-}
 
-impl From<ToolError> for ApiError {
-    fn from(e: ToolError) -> Self {
-        let status = match &e {
-            ToolError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ToolError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-            ToolError::InvalidArguments { .. } => StatusCode::BAD_REQUEST,
-            ToolError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ToolError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ToolError::Crashed { .. } | ToolError::Unavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        };
-        Self::new(status, e.code(), e.to_string())
+    /// Module logs from this collector.
+    #[must_use]
+    pub fn with_logs(mut self, logs: Arc<ModuleLogs>) -> Self {
+        self.logs = logs;
+        self
+    }
+
+    /// The providers.
+    #[must_use]
+    pub fn with_providers(mut self, setup: Arc<Setup>) -> Self {
+        self.providers = Some(setup);
+        self
+    }
+
+    /// What the binary does for the API.
+    #[must_use]
+    pub fn with_admin(mut self, admin: Arc<dyn Admin>) -> Self {
+        self.admin = Some(admin);
+        self
+    }
+
+    /// Limits and CORS.
+    #[must_use]
+    pub fn with_settings(mut self, settings: ApiSettings) -> Self {
+        self.settings = Arc::new(settings);
+        self
     }
 }
 
 /// The health document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     /// `starting` while modules start, then `ok` when every enabled module runs, `degraded`
     /// otherwise.
@@ -114,106 +170,24 @@ pub struct Health {
     pub failed: usize,
     /// The process id.
     pub pid: u32,
+    /// This node, when the bus spans several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
-/// Body of `POST /api/v1/events`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishRequest {
-    /// The topic.
-    pub topic: String,
-    /// The payload (default `null`).
-    #[serde(default)]
-    pub payload: Value,
-}
-
-/// Answer of `POST /api/v1/events`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PublishResponse {
-    /// The event's id.
-    pub id: String,
-    /// Subscribers it reached.
-    pub matched: usize,
-    /// Subscribers whose mailbox stayed full past the deadline and missed it.
-    #[serde(default)]
-    pub timed_out: usize,
-}
-
-/// Answer of a tool call.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallResponse {
-    /// The tool's JSON result.
-    pub result: Value,
-}
-
-/// The router with every endpoint.
-pub fn router(state: ApiState) -> Router {
-    let protected = Router::new()
-        .route("/api/v1/modules", get(modules))
-        .route("/api/v1/modules/{name}", get(module))
-        .route("/api/v1/modules/{name}/reload", post(reload))
-        .route("/api/v1/modules/{name}/load", post(load))
-        .route("/api/v1/modules/{name}/remove", post(remove))
-        .route("/api/v1/tools", get(tools))
-        .route("/api/v1/tools/{name}/call", post(call_tool))
-        .route("/api/v1/events", post(publish))
-        .route("/api/v1/events/stream", get(stream))
-        .route("/api/v1/streams/{stream}", get(query_stream))
-        .route("/api/v1/bus", get(bus))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .merge(protected)
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see /api/v1/health",
-            )
-        })
-        .with_state(state)
-}
-
-async fn auth(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if constant_time_eq::constant_time_eq(t.as_bytes(), st.token.as_bytes()) => {
-            next.run(req).await
-        }
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is wrong; it is in $LOTUS_HOME/token",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing `Authorization: Bearer TOKEN`; the token is in $LOTUS_HOME/token",
-        )
-        .into_response(),
-    }
-}
-
+/// Liveness, version and module counts; the only endpoint without a token.
+#[utoipa::path(get, path = "/api/v1/health", tag = "system", security(()),
+    responses((status = 200, description = "Health", body = Health)))]
 async fn health(State(st): State<ApiState>) -> Json<Health> {
+    // This node's modules: another node's failures are its own health's business.
+    let node = st.nucleus.bus().bridge().map(|b| b.node().to_owned());
     let mods = st.nucleus.modules();
-    let running = mods
-        .iter()
-        .filter(|m| m.state == ModuleState::Running)
-        .count();
-    let failed = mods
-        .iter()
-        .filter(|m| m.state == ModuleState::Failed)
-        .count();
+    let count = |s: ModuleState| {
+        mods.iter()
+            .filter(|m| m.state == s && m.node == node)
+            .count()
+    };
+    let (running, failed) = (count(ModuleState::Running), count(ModuleState::Failed));
     Json(Health {
         status: if !st.ready.load(Ordering::Acquire) {
             "starting"
@@ -228,227 +202,117 @@ async fn health(State(st): State<ApiState>) -> Json<Health> {
         running,
         failed,
         pid: std::process::id(),
+        node,
     })
 }
 
-async fn modules(State(st): State<ApiState>) -> impl IntoResponse {
-    Json(st.nucleus.modules())
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "system",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(openapi))
 }
 
-async fn module(
-    State(st): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    st.nucleus.module(&name).map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no module named `{name}`; `lotus module list` shows them"),
-        )
-    })
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "LOTUS API", description = "The API of a running LOTUS nucleus: modules, events, tools, memory, providers, chat, and an OpenAI-compatible endpoint answered by ASH."),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+    tags(
+        (name = "system", description = "Health, bus, metrics and this document"),
+        (name = "modules", description = "Installed and built-in modules"),
+        (name = "events", description = "The event bus and the durable streams"),
+        (name = "tools", description = "The tool registry"),
+        (name = "memory", description = "ASH's memory"),
+        (name = "providers", description = "LLM providers and what they cost"),
+        (name = "chat", description = "Talking to ASH"),
+        (name = "openai", description = "The OpenAI API, answered by ASH"),
+    )
+)]
+struct ApiDoc;
+
+/// The API's routes and their OpenAPI document.
+fn api() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(modules::list))
+        .routes(routes!(modules::get_one))
+        .routes(routes!(modules::reload))
+        .routes(routes!(modules::load))
+        .routes(routes!(modules::remove))
+        .routes(routes!(modules::enable))
+        .routes(routes!(modules::disable))
+        .routes(routes!(modules::rollback))
+        .routes(routes!(modules::logs))
+        .routes(routes!(tools::list))
+        .routes(routes!(tools::call))
+        .routes(routes!(events::publish))
+        .routes(routes!(events::sse))
+        .routes(routes!(events::ws))
+        .routes(routes!(events::query_stream))
+        .routes(routes!(events::bus))
+        .routes(routes!(memory::recall))
+        .routes(routes!(memory::remember))
+        .routes(routes!(memory::forget))
+        .routes(routes!(memory::stats))
+        .routes(routes!(providers::list))
+        .routes(routes!(providers::test))
+        .routes(routes!(providers::costs))
+        .routes(routes!(chat::chat))
+        .routes(routes!(openai::models))
+        .routes(routes!(openai::completions))
+        .routes(routes!(metrics::metrics))
+        .split_for_parts()
 }
 
-fn module_error(e: NucleusError) -> ApiError {
-    let (status, code) = match &e {
-        NucleusError::NoSuchModule(_) => (StatusCode::NOT_FOUND, "not_found"),
-        NucleusError::NotRunning { .. } => (StatusCode::CONFLICT, "not_running"),
-        NucleusError::AlreadyLoaded(_) => (StatusCode::CONFLICT, "already_loaded"),
-        NucleusError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
-        _ => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
-    };
-    ApiError::new(status, code, e.to_string())
+/// The OpenAPI document (as served at `/api/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api();
+    let (_, extra) = OpenApiRouter::<ApiState>::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    doc.merge(extra);
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
 }
 
-async fn reload(
-    State(st): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    st.nucleus
-        .reload(&name)
-        .await
-        .map(Json)
-        .map_err(module_error)
-}
-
-async fn load(
-    State(st): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    st.nucleus.load(&name).await.map(Json).map_err(module_error)
-}
-
-async fn remove(
-    State(st): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    st.nucleus
-        .remove(&name)
-        .await
-        .map(|()| Json(json!({"removed": name})))
-        .map_err(module_error)
-}
-
-async fn tools(State(st): State<ApiState>) -> impl IntoResponse {
-    Json(st.nucleus.tools())
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return serde_json::from_str("null").map_err(|e| {
+/// The router with every endpoint, the dashboard and the security layers.
+pub fn router(state: ApiState) -> axum::Router {
+    let (protected, _) = api();
+    let protected = protected
+        .route("/api/openapi.json", axum::routing::get(openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::auth,
+        ));
+    let app = axum::Router::new()
+        .route("/api/v1/health", axum::routing::get(health))
+        .merge(protected)
+        .merge(dashboard::routes())
+        .fallback(|| async {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("{what}: the body is empty ({e})"),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; /api/openapi.json lists them",
             )
-        });
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("{what} is not valid JSON: {e}"),
-        )
-    })
-}
-
-async fn call_tool(
-    State(st): State<ApiState>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Result<Json<CallResponse>, ApiError> {
-    let args: Value = parse_json(&body, "the tool arguments")?;
-    let result = st.nucleus.call_tool(&name, args).await?;
-    Ok(Json(CallResponse { result }))
-}
-
-async fn publish(State(st): State<ApiState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
-    let req: PublishRequest = parse_json(&body, "the event (`{\"topic\": …, \"payload\": …}`)")?;
-    let (ev, d) = st
-        .nucleus
-        .publish("api", &req.topic, req.payload)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.to_string()))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(PublishResponse {
-            id: ev.id.to_string(),
-            matched: d.matched,
-            timed_out: d.timed_out,
-        }),
-    ))
-}
-
-#[derive(Deserialize)]
-struct StreamParams {
-    #[serde(default)]
-    pattern: Option<String>,
-}
-
-fn parse_pattern(p: &str) -> Result<Pattern, ApiError> {
-    Pattern::new(p)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_pattern", e.to_string()))
-}
-
-async fn stream(
-    State(st): State<ApiState>,
-    Query(q): Query<StreamParams>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let patterns = q
-        .pattern
-        .as_deref()
-        .unwrap_or(">")
-        .split(',')
-        .map(|p| parse_pattern(p.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Drop-oldest: a slow client never holds up the system; it is told what it missed.
-    let sub = st
-        .nucleus
-        .bus()
-        .subscribe("api:stream", patterns, 4096, Overflow::DropOldest);
-    let as_sse = |ev: &lotus_core::Event| {
-        SseEvent::default()
-            .event("event")
-            .data(serde_json::to_string(ev).unwrap_or_default())
+        })
+        .layer(DefaultBodyLimit::max(state.settings.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::origin,
+        ))
+        .layer(axum::middleware::from_fn(security::headers));
+    let app = match security::cors(&state.settings) {
+        Some(cors) => app.layer(cors),
+        None => app,
     };
-    // State: the subscription, drops already reported, and an event held back while a `lagged`
-    // notice goes first.
-    let stream = futures_util::stream::unfold(
-        (sub, 0u64, None::<Arc<lotus_core::Event>>),
-        move |(sub, seen_dropped, held)| async move {
-            if let Some(ev) = held {
-                return Some((Ok(as_sse(&ev)), (sub, seen_dropped, None)));
-            }
-            let ev = sub.recv().await?;
-            let dropped = sub.queue().dropped();
-            if dropped > seen_dropped {
-                let notice = SseEvent::default()
-                    .event("lagged")
-                    .data(json!({"dropped": dropped - seen_dropped}).to_string());
-                Some((Ok(notice), (sub, dropped, Some(ev))))
-            } else {
-                Some((Ok(as_sse(&ev)), (sub, dropped, None)))
-            }
-        },
-    );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-#[derive(Deserialize)]
-struct QueryParams {
-    since: Option<String>,
-    until: Option<String>,
-    topic: Option<String>,
-    after: Option<i64>,
-    limit: Option<usize>,
-    newest_first: Option<bool>,
-}
-
-fn parse_time(s: &str, key: &str) -> Result<SystemTime, ApiError> {
-    lotus_core::event::parse_time_or_ago(s).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_time",
-            format!("`{key}={s}`: expected an RFC 3339 time or a duration ago such as `10m`"),
-        )
-    })
-}
-
-async fn query_stream(
-    State(st): State<ApiState>,
-    Path(stream): Path<String>,
-    Query(p): Query<QueryParams>,
-) -> Result<impl IntoResponse, ApiError> {
-    let name: StreamName = stream.parse().map_err(|e: lotus_bus::LogError| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-    })?;
-    let mut q = StreamQuery::new(name);
-    q.since = p
-        .since
-        .as_deref()
-        .map(|s| parse_time(s, "since"))
-        .transpose()?;
-    q.until = p
-        .until
-        .as_deref()
-        .map(|s| parse_time(s, "until"))
-        .transpose()?;
-    q.topic = p.topic.as_deref().map(parse_pattern).transpose()?;
-    q.after_seq = p.after;
-    q.limit = p.limit.unwrap_or(100).min(10_000);
-    q.newest_first = p.newest_first.unwrap_or(false);
-    let rows =
-        st.nucleus.log().query(q).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
-        })?;
-    Ok(Json(rows))
-}
-
-async fn bus(State(st): State<ApiState>) -> impl IntoResponse {
-    let b = st.nucleus.bus();
-    let backend = b
-        .bridge()
-        .map_or_else(|| json!({"backend": "memory"}), |br| br.health());
-    Json(json!({"stats": b.stats(), "subscribers": b.subscribers(), "backend": backend}))
+    app.with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

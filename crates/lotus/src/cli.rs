@@ -52,12 +52,33 @@ pub enum Command {
     Key(KeyCmd),
     /// Check what runs, what is configured and what is missing.
     Doctor(JsonFlag),
+    /// Print a sign-in link to the dashboard of the running nucleus (and open it with --open).
+    Dashboard(DashboardArgs),
+    /// Print the API token (made if there is none); --new replaces it.
+    Token(TokenArgs),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCmd),
     /// Show the configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+}
+
+/// `lotus dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Open the link in the default browser too.
+    #[arg(long)]
+    pub open: bool,
+}
+
+/// `lotus token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Replace the token with a new random one (a running nucleus keeps the old one until it
+    /// restarts).
+    #[arg(long)]
+    pub new: bool,
 }
 
 /// `--json`.
@@ -193,6 +214,16 @@ pub enum ModuleCmd {
     },
     /// Swap in the module's current code and manifest, live (no event lost or handled twice).
     Reload {
+        /// The module.
+        name: String,
+    },
+    /// Start a module that is off, and keep it on across restarts.
+    Enable {
+        /// The module.
+        name: String,
+    },
+    /// Stop a module, and keep it off across restarts.
+    Disable {
         /// The module.
         name: String,
     },

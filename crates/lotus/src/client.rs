@@ -48,6 +48,11 @@ impl Client {
         })
     }
 
+    /// `http://ADDR` of the running nucleus.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
         if e.is_connect() || e.is_timeout() {
             CliError::new(
@@ -83,9 +88,10 @@ impl Client {
             .unwrap_or_else(|| format!("HTTP {status}"));
         let exit = match code {
             "invalid_json" | "invalid_arguments" | "invalid_topic" | "invalid_pattern"
-            | "invalid_time" => ExitCode::BadInput,
+            | "invalid_time" | "payload_too_large" | "not_configured" | "unsupported" => {
+                ExitCode::BadInput
+            }
             "not_found" => ExitCode::NotFound,
-            "not_running" | "reload_failed" => ExitCode::Failure,
             _ => ExitCode::Failure,
         };
         CliError::new(exit, message).into()
@@ -127,6 +133,23 @@ impl Client {
             .post(&format!("/api/v1/tools/{name}/call"), args)
             .await?;
         Ok(r.result)
+    }
+
+    /// POSTs `body` to `path` and hands back the answer to read as it comes (a stream).
+    pub async fn open(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(Self::error_of(resp).await)
+        }
     }
 
     /// Opens the live event stream (SSE) for `pattern`.

@@ -41,15 +41,59 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Address of the control API; loopback unless you mean it.
+    /// Address of the API and the dashboard; loopback unless you mean it (another address
+    /// needs an API token made beforehand: `lotus token --new`).
     pub listen: SocketAddr,
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API from a browser, besides
+    /// the dashboard itself. None by default.
+    pub cors_origins: Vec<String>,
+    /// How long a chat may wait for a word from the reasoning module.
+    #[serde(with = "humantime_serde")]
+    pub chat_timeout: Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
+        let s = lotus_server::ApiSettings::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7077)),
+            max_body: s.max_body,
+            cors_origins: s.cors_origins,
+            chat_timeout: s.chat_timeout,
         }
+    }
+}
+
+impl ApiConfig {
+    /// The server's settings, or what is wrong with them.
+    pub fn settings(&self) -> Result<lotus_server::ApiSettings, String> {
+        if self.max_body < 1024 {
+            return Err(format!(
+                "[api] max_body = {} is too small: use at least 1024 bytes",
+                self.max_body
+            ));
+        }
+        for o in &self.cors_origins {
+            let ok = url::Url::parse(o).ok().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !o.ends_with('/')
+                    && u.query().is_none()
+            });
+            if !ok {
+                return Err(format!(
+                    "[api] cors_origins: `{o}` is not an origin; write `scheme://host[:port]`, e.g. `http://localhost:3000` (no path, no `*`)"
+                ));
+            }
+        }
+        Ok(lotus_server::ApiSettings {
+            max_body: self.max_body,
+            cors_origins: self.cors_origins.clone(),
+            chat_timeout: self.chat_timeout,
+        })
     }
 }
 

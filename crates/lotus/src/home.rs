@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
+/// The environment variable that may hold the API token instead of `$LOTUS_HOME/token`.
+pub const TOKEN_VAR: &str = "LOTUS_API_TOKEN";
+
 /// The folders and files of one LOTUS home.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -123,8 +126,60 @@ impl Home {
         Ok(())
     }
 
-    /// The API token, created (random, mode 0600) if there is none yet.
+    /// The API token from `LOTUS_API_TOKEN`, when it is set: it wins over the token file.
+    fn token_from_env() -> Result<Option<String>> {
+        match std::env::var(TOKEN_VAR) {
+            Ok(t) if t.trim().len() >= 32 => Ok(Some(t.trim().to_owned())),
+            Ok(_) => bail!(
+                "{TOKEN_VAR} is too short: use at least 32 characters (`lotus token --new` makes a strong one)"
+            ),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Whether there is an API token yet (`LOTUS_API_TOKEN`, or the token file).
+    pub fn has_token(&self) -> Result<bool> {
+        Ok(Self::token_from_env()?.is_some() || self.token_file().exists())
+    }
+
+    fn random_token() -> Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Replaces the token file with a new random token (mode 0600); the old one stops working
+    /// when the nucleus next starts.
+    pub fn new_token(&self) -> Result<String> {
+        self.ensure()?;
+        let token = Self::random_token()?;
+        let path = self.token_file();
+        let tmp = path.with_extension("new");
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot replace the token file {}", path.display()))?;
+        Ok(token)
+    }
+
+    /// The API token (`LOTUS_API_TOKEN`, else the token file), the file created (random, mode
+    /// 0600) if there is none yet.
     pub fn ensure_token(&self) -> Result<String> {
+        if let Some(t) = Self::token_from_env()? {
+            return Ok(t);
+        }
         let path = self.token_file();
         if path.exists() {
             #[cfg(unix)]
@@ -138,10 +193,7 @@ impl Home {
             }
             return self.read_token();
         }
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = Self::random_token()?;
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -159,6 +211,9 @@ impl Home {
 
     /// The API token, for clients.
     pub fn read_token(&self) -> Result<String> {
+        if let Some(t) = Self::token_from_env()? {
+            return Ok(t);
+        }
         let path = self.token_file();
         let t = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the API token {}", path.display()))?;

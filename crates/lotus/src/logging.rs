@@ -22,7 +22,12 @@ fn filter(level: &str) -> Result<EnvFilter> {
 }
 
 /// Logging for `lotus up`: stderr plus the daily log file. Keep the guard alive.
-pub fn init_up(cfg: &LogConfig, home: &Home) -> Result<Option<WorkerGuard>> {
+/// The modules' lines also go to `modules` (for the API's `/modules/{name}/logs`).
+pub fn init_up(
+    cfg: &LogConfig,
+    home: &Home,
+    modules: &std::sync::Arc<lotus_server::ModuleLogs>,
+) -> Result<Option<WorkerGuard>> {
     let filter = filter(&cfg.level)?;
     let (file, guard) = if cfg.file {
         let (w, g) = tracing_appender::non_blocking(tracing_appender::rolling::daily(
@@ -33,7 +38,13 @@ pub fn init_up(cfg: &LogConfig, home: &Home) -> Result<Option<WorkerGuard>> {
     } else {
         (None, None)
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    // The modules' own lines are kept at info and above whatever the log level says, so the
+    // dashboard shows them when stderr and the file are quieter.
+    let registry = tracing_subscriber::registry().with(
+        modules
+            .layer()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
     match cfg.format {
         LogFormat::Text => {
             let stderr = tracing_subscriber::fmt::layer()
@@ -45,7 +56,9 @@ pub fn init_up(cfg: &LogConfig, home: &Home) -> Result<Option<WorkerGuard>> {
                     .with_ansi(false)
                     .with_writer(w.with_max_level(tracing::Level::TRACE))
             });
-            registry.with(stderr).with(file).try_init()
+            registry
+                .with(stderr.and_then(file).with_filter(filter))
+                .try_init()
         }
         LogFormat::Json => {
             let stderr = tracing_subscriber::fmt::layer()
@@ -56,7 +69,9 @@ pub fn init_up(cfg: &LogConfig, home: &Home) -> Result<Option<WorkerGuard>> {
                     .json()
                     .with_writer(w.with_max_level(tracing::Level::TRACE))
             });
-            registry.with(stderr).with(file).try_init()
+            registry
+                .with(stderr.and_then(file).with_filter(filter))
+                .try_init()
         }
     }
     .map_err(|e| anyhow!("cannot set up logging: {e}"))?;

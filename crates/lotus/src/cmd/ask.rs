@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use lotus_core::{Event, Overflow, Pattern};
+use lotus_core::{Overflow, Pattern};
 use lotus_nucleus::Nucleus;
-use lotus_server::PublishResponse;
+use lotus_server::ChatBody;
 use serde_json::{Value, json};
 
 use super::target::Target;
@@ -71,9 +71,9 @@ impl Printer {
         }
     }
 
-    fn on(&mut self, ev: &Event) -> Result<Seen> {
-        let p = &ev.payload;
-        match ev.topic.as_str() {
+    /// What a task said on `topic`.
+    fn on(&mut self, topic: &str, p: &Value) -> Result<Seen> {
+        match topic {
             "action.response.delta" if !self.json => {
                 let mut out = std::io::stdout();
                 out.write_all(p["delta"].as_str().unwrap_or_default().as_bytes())?;
@@ -227,6 +227,7 @@ fn task(args: &AskArgs) -> Result<TaskRequest> {
         model: args.model.clone(),
         max_steps: args.max_steps,
         tools: args.no_tools.then_some(false),
+        ..TaskRequest::default()
     })
 }
 
@@ -249,7 +250,7 @@ pub(crate) async fn task_on(
 ) -> Result<Value> {
     let payload = serde_json::to_value(task)?;
     match target {
-        Target::Remote(client) => remote(target, client, payload, printer).await,
+        Target::Remote(client) => remote(target, client, task, printer).await,
         Target::Local(nucleus, _) => local(target, nucleus, payload, printer).await,
     }
 }
@@ -257,36 +258,44 @@ pub(crate) async fn task_on(
 async fn remote(
     target: &Target,
     client: &Client,
-    payload: Value,
+    task: &TaskRequest,
     printer: &mut Printer,
 ) -> Result<Value> {
-    // Listen first, so nothing the task says is missed.
-    let resp = client.stream(ANSWER_TOPICS).await?;
-    let mut events = resp.bytes_stream().eventsource();
-    let published: PublishResponse = client
-        .post(
-            "/api/v1/events",
-            &json!({"topic": "cognition.task_request", "payload": payload}),
-        )
+    let body = ChatBody {
+        text: task.text.clone(),
+        session: task.session.clone(),
+        user: task.user.clone(),
+        model: task.model.clone(),
+        max_steps: task.max_steps,
+        tools: task.tools,
+        stream: None,
+    };
+    let resp = client
+        .open("/api/v1/chat", &serde_json::to_value(&body)?)
         .await?;
-    if published.matched == 0 {
-        return Err(CliError::new(
-            ExitCode::Failure,
-            "the running nucleus has no reasoning module: enable it in lotus.toml ([modules.reasoning] enabled = true) and restart `lotus up`",
-        )
-        .into());
-    }
+    let mut events = resp.bytes_stream().eventsource();
     while let Some(item) = events.next().await {
-        let item = item.context("the event stream broke")?;
-        if item.event != "event" {
-            continue;
-        }
-        let ev: Event = serde_json::from_str(&item.data)
-            .context("the nucleus sent an event that is not valid")?;
-        if ev.correlation_id.map(|c| c.to_string()).as_deref() != Some(published.id.as_str()) {
-            continue;
-        }
-        match printer.on(&ev)? {
+        let item = item.context("the answer's stream broke")?;
+        let p: Value = serde_json::from_str(&item.data)
+            .context("the nucleus sent an event that is not valid JSON")?;
+        let topic = match item.event.as_str() {
+            "step" => "cognition.step",
+            "delta" => "action.response.delta",
+            "approval" => "cognition.approval_request",
+            "done" => "action.response",
+            "error" => {
+                return Err(CliError::new(
+                    ExitCode::Failure,
+                    p["message"]
+                        .as_str()
+                        .unwrap_or("the task failed")
+                        .to_owned(),
+                )
+                .into());
+            }
+            _ => continue,
+        };
+        match printer.on(topic, &p)? {
             Seen::Done(r) => return Ok(r),
             Seen::Approval(request) => on_approval(target, &request).await?,
             Seen::Nothing => {}
@@ -319,7 +328,7 @@ async fn local(
         if e.correlation_id != Some(ev.id) {
             continue;
         }
-        match printer.on(&e)? {
+        match printer.on(e.topic.as_str(), &e.payload)? {
             Seen::Done(r) => return Ok(r),
             Seen::Approval(request) => on_approval(target, &request).await?,
             Seen::Nothing => {}

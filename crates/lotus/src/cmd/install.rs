@@ -348,7 +348,23 @@ pub async fn history(home: &Home, name: &str, json: bool) -> Result<()> {
 
 pub async fn rollback(home: &Home, name: &str, to: Option<&str>) -> Result<()> {
     let config = Config::load(home.root()).map_err(bad_input)?;
-    let registry = Registry::open(home, &config).await?;
+    let (version, hash) = roll_back(home, &config, name, to).await?;
+    println!("rolled `{name}` back to {version} ({hash})");
+    if let Some(said) = notify(home, &config, name).await? {
+        println!("{said}");
+    }
+    Ok(())
+}
+
+/// Makes version `to` (default: the one before the active one) of `name` active in the module
+/// store and records it: its version and hash. The running nucleus is not told.
+pub(crate) async fn roll_back(
+    home: &Home,
+    config: &Config,
+    name: &str,
+    to: Option<&str>,
+) -> Result<(String, String)> {
+    let registry = Registry::open(home, config).await?;
     let entries = registry.history(home, name).await?;
     let current = active_hash(home, name);
     let target = match to {
@@ -384,12 +400,5 @@ pub async fn rollback(home: &Home, name: &str, to: Option<&str>) -> Result<()> {
     registry
         .record(home, name, Some(&m), "rollback", &target.hash)
         .await?;
-    println!(
-        "rolled `{name}` back to {} ({})",
-        target.version, target.hash
-    );
-    if let Some(said) = notify(home, &config, name).await? {
-        println!("{said}");
-    }
-    Ok(())
+    Ok((target.version, target.hash))
 }

@@ -7,6 +7,7 @@ mod bench_bus_redis;
 mod bench_reasoning;
 mod bench_vectors;
 mod chat;
+mod dashboard;
 mod doctor;
 mod events;
 mod install;
@@ -50,6 +51,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Memory(c) => memory::run(&home, &load()?, c).await,
         Command::Provider(c) => provider::run(&home, &load()?, c).await,
         Command::Doctor(f) => doctor::run(&home, f.json).await,
+        Command::Dashboard(a) => dashboard::run(&home, &load()?, &a),
+        Command::Token(a) => dashboard::token(&home, &a),
         Command::Bench(c) => bench::run(&home, c).await,
         Command::Config(ConfigCmd::Show { defaults }) => {
             if defaults {

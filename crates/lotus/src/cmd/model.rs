@@ -46,7 +46,7 @@ pub async fn pull(home: &Home, name: &str, file: Option<&std::path::Path>) -> Re
     })
     .await?
     .map_err(|e| CliError::new(ExitCode::Failure, e))?;
-    println!(
+    eprintln!(
         "installed in {} ({:.1} s)",
         dir.display(),
         t0.elapsed().as_secs_f64()

@@ -44,6 +44,8 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
                 r.module, r.from_version, r.to_version, r.swap_us, r.total_ms
             );
         }
+        ModuleCmd::Enable { name } => switch(home, &name, "enable").await?,
+        ModuleCmd::Disable { name } => switch(home, &name, "disable").await?,
         ModuleCmd::Validate { path } => {
             validate(home, &path)?;
         }
@@ -59,6 +61,28 @@ pub async fn run(home: &Home, cmd: ModuleCmd) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&Manifest::json_schema())?
         ),
+    }
+    Ok(())
+}
+
+/// `enable` or `disable` a module of the running nucleus.
+async fn switch(home: &Home, name: &str, verb: &str) -> Result<()> {
+    let client = Client::new(home, &load(home)?)?;
+    let m: ModuleInfo = client
+        .post(
+            &format!("/api/v1/modules/{name}/{verb}"),
+            &serde_json::Value::Null,
+        )
+        .await?;
+    match (&m.last_error, m.state) {
+        (Some(e), lotus_nucleus::ModuleState::Failed) => {
+            return Err(crate::exit::CliError::new(
+                crate::exit::ExitCode::Failure,
+                format!("{name} is enabled but failed to start: {e}"),
+            )
+            .into());
+        }
+        _ => println!("{name} is {} (and stays so across restarts)", m.state),
     }
     Ok(())
 }

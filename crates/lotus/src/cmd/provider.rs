@@ -320,57 +320,24 @@ pub async fn run(home: &Home, cfg: &Config, cmd: ProviderCmd) -> Result<()> {
 
 async fn list(home: &Home, cfg: &Config, json: bool, offline: bool) -> Result<()> {
     let setup = router(home, cfg).await?;
-    let mut reach = std::collections::HashMap::new();
-    if !offline {
-        let checks = setup.router.providers().map(|p| {
-            let p = p.clone();
-            async move {
-                let t0 = Instant::now();
-                let out = tokio::time::timeout(Duration::from_secs(5), p.check()).await;
-                let verdict = match out {
-                    Ok(Ok(())) => Ok(t0.elapsed()),
-                    Ok(Err(e)) => Err(e.message),
-                    Err(_) => Err("no answer within 5 s".to_owned()),
-                };
-                (p.name().to_owned(), verdict)
-            }
-        });
-        reach.extend(futures_util::future::join_all(checks).await);
-    }
-    let chain = setup.router.config().chain.clone();
+    let report = setup
+        .report((!offline).then_some(Duration::from_secs(5)))
+        .await;
     if json {
-        let providers: Vec<_> = setup
-            .status
-            .iter()
-            .map(|s| {
-                let r = reach.get(&s.name);
-                json!({
-                    "name": s.name,
-                    "configured": s.configured,
-                    "base_url": s.base_url,
-                    "source": s.source,
-                    "model": s.model,
-                    "reachable": r.map(|r| r.is_ok()),
-                    "error": r.and_then(|r| r.as_ref().err()),
-                    "latency_ms": r.and_then(|r| r.as_ref().ok()).map(|d| d.as_secs_f64() * 1e3),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"providers": providers, "default_chain": chain}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     println!(
         "{:<11} {:<11} {:<10} {:<28} {:<44} BASE URL",
         "PROVIDER", "CONFIGURED", "REACHABLE", "MODEL", "SOURCE"
     );
-    for s in &setup.status {
-        let reachable = match reach.get(&s.name) {
-            None => "-".to_owned(),
-            Some(Ok(d)) => format!("yes {:.0}ms", d.as_secs_f64() * 1e3),
-            Some(Err(_)) => "no".to_owned(),
+    for p in &report.providers {
+        let s = &p.status;
+        let reachable = match (p.reachable, p.latency_ms) {
+            (None, _) => "-".to_owned(),
+            (Some(true), Some(ms)) => format!("yes {ms:.0}ms"),
+            (Some(true), None) => "yes".to_owned(),
+            (Some(false), _) => "no".to_owned(),
         };
         println!(
             "{:<11} {:<11} {:<10} {:<28} {:<44} {}",
@@ -381,10 +348,11 @@ async fn list(home: &Home, cfg: &Config, json: bool, offline: bool) -> Result<()
             super::clip(&s.source, 44),
             s.base_url
         );
-        if let Some(Err(e)) = reach.get(&s.name) {
+        if let Some(e) = &p.error {
             println!("  └ {}", super::clip(e, 110));
         }
     }
+    let chain = &report.default_chain;
     if chain.is_empty() {
         println!(
             "\ndefault chain: none — set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENROUTER_API_KEY, or point OLLAMA_HOST at an Ollama server"
@@ -404,62 +372,16 @@ async fn list(home: &Home, cfg: &Config, json: bool, offline: bool) -> Result<()
 
 async fn test(home: &Home, cfg: &Config, name: &str) -> Result<()> {
     let setup = router(home, cfg).await?;
-    // A provider name tests its chain model; anything else is a model name or alias.
-    let model = match setup.status.iter().find(|s| s.name == name) {
-        Some(s) if !s.configured => {
-            return Err(CliError::new(
-                ExitCode::BadInput,
-                format!(
-                    "`{name}` is not configured ({}); see `lotus provider list`",
-                    s.source
-                ),
-            )
-            .into());
-        }
-        Some(s) => match &s.model {
-            Some(m) => format!("{name}:{m}"),
-            None => {
-                return Err(CliError::new(
-                    ExitCode::BadInput,
-                    format!("`{name}` has no model to test with: set [providers.{name}] model"),
-                )
-                .into());
-            }
-        },
-        None => name.to_owned(),
-    };
-    let m = setup
-        .router
-        .catalog()
-        .resolve(&model)
-        .map_err(|e| failure(&e))?;
-    if let Some(p) = setup.router.providers().find(|p| p.name() == m.provider) {
-        let t0 = Instant::now();
-        p.check().await.map_err(|e| failure(&e))?;
+    let t = setup.test(name, "cli").await.map_err(|e| failure(&e))?;
+    if let Some(ms) = t.reach_ms {
         println!(
-            "reached {} in {:.0} ms",
-            m.provider,
-            t0.elapsed().as_secs_f64() * 1e3
+            "reached {} in {ms:.0} ms",
+            t.model.split(':').next().unwrap_or_default()
         );
     }
-    let call = ChatCall {
-        module: "cli".into(),
-        chain: vec![model.clone()],
-        request: ChatRequest {
-            messages: vec![Message::user("Reply with the single word OK.")],
-            max_tokens: Some(16),
-            temperature: Some(0.0),
-            ..ChatRequest::default()
-        },
-    };
-    let t0 = Instant::now();
-    let (m, r) = setup.router.complete(call).await.map_err(|e| failure(&e))?;
     println!(
-        "{m} answered in {:.0} ms: {:?} ({} in, {} out tokens)",
-        t0.elapsed().as_secs_f64() * 1e3,
-        r.text.trim(),
-        r.usage.input_tokens,
-        r.usage.output_tokens
+        "{} answered in {:.0} ms: {:?} ({} in, {} out tokens)",
+        t.model, t.latency_ms, t.text, t.usage.input_tokens, t.usage.output_tokens
     );
     Ok(())
 }
@@ -467,24 +389,14 @@ async fn test(home: &Home, cfg: &Config, name: &str) -> Result<()> {
 fn costs(home: &Home, days: u32, json: bool) -> Result<()> {
     let ledger =
         Ledger::open(&home.ledger_db()).map_err(|e| CliError::new(ExitCode::Failure, e))?;
-    let since =
-        std::time::SystemTime::now() - Duration::from_secs(86_400 * u64::from(days.max(1) - 1));
-    let (since_day, _) = lotus_providers::ledger::utc_day(since);
-    let rows = ledger
-        .costs(&since_day)
-        .map_err(|e| CliError::new(ExitCode::Failure, e))?;
-    let (today, month) = ledger
-        .spent()
+    let report = ledger
+        .report(days)
         .map_err(|e| CliError::new(ExitCode::Failure, e))?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "since": since_day, "rows": rows, "today_usd": today, "month_usd": month,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let (rows, since_day) = (&report.rows, &report.since);
     if rows.is_empty() {
         println!("no provider calls since {since_day}");
     } else {
@@ -492,7 +404,7 @@ fn costs(home: &Home, days: u32, json: bool) -> Result<()> {
             "{:<10} {:<10} {:<32} {:<12} {:>6} {:>6} {:>10} {:>10} {:>11}",
             "DAY", "PROVIDER", "MODEL", "MODULE", "CALLS", "FAILED", "IN TOK", "OUT TOK", "USD"
         );
-        for r in &rows {
+        for r in rows {
             println!(
                 "{:<10} {:<10} {:<32} {:<12} {:>6} {:>6} {:>10} {:>10} {:>11.6}",
                 r.day,
@@ -509,7 +421,10 @@ fn costs(home: &Home, days: u32, json: bool) -> Result<()> {
         let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
         println!("total since {since_day}: ${total:.6}");
     }
-    println!("spent today: ${today:.6}; this month: ${month:.6} (UTC)");
+    println!(
+        "spent today: ${:.6}; this month: ${:.6} (UTC)",
+        report.today_usd, report.month_usd
+    );
     Ok(())
 }
 

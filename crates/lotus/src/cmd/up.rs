@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow};
 use lotus_bus::LocalBus;
 use lotus_bus_redis::RedisBridge;
-use lotus_nucleus::{NucleusBuilder, StateStore};
+use lotus_nucleus::{ModuleState, Nucleus, NucleusBuilder, StateStore};
+
+use crate::exit::ExitCode;
 
 use crate::cli::UpArgs;
 use crate::config::Config;
@@ -38,7 +40,17 @@ async fn terminated() {
 pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     let t0 = Instant::now();
     home.ensure()?;
-    let _log_guard = crate::logging::init_up(&config.log, &home)?;
+    let module_logs = Arc::new(lotus_server::ModuleLogs::default());
+    let _log_guard = crate::logging::init_up(&config.log, &home, &module_logs)?;
+    let api_settings = config.api.settings().map_err(crate::exit::bad_input)?;
+    let listen = args.listen.unwrap_or(config.api.listen);
+    // Reachable from other machines only with a token made on purpose beforehand.
+    if !listen.ip().is_loopback() && !home.has_token()? {
+        return Err(crate::exit::bad_input(format!(
+            "{listen} is reachable from other machines, and this home has no API token yet: make one with `lotus token --new` (or set {} to 32+ random characters), then start again",
+            crate::home::TOKEN_VAR
+        )));
+    }
     let _lock = home.lock()?;
     let token = home.ensure_token()?;
 
@@ -60,9 +72,10 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         }
     };
     let log = super::durable_log(&home, &config).await?;
+    let providers = Arc::new(providers);
     let builder = NucleusBuilder::new(config.nucleus_settings())
         .bus(bus)
-        .router(providers.router)
+        .router(providers.router.clone())
         .log(log)
         .state(state)
         .host(host)
@@ -74,23 +87,27 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     );
     let nucleus = builder.build()?;
 
-    let listen = args.listen.unwrap_or(config.api.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow!("cannot listen on {listen}: {e}; pick another address with --listen or `[api] listen` in lotus.toml")
     })?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "the control API is reachable from other machines; every endpoint but /api/v1/health requires the token");
+        tracing::warn!(%addr, "the API is reachable from other machines; every endpoint but /api/v1/health requires the token");
     }
 
     // The API comes up first: clients can watch modules start (health says `starting`).
-    let state = lotus_server::ApiState {
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(HomeAdmin {
+        home: home.clone(),
+        config: config.clone(),
         nucleus: nucleus.clone(),
-        token: Arc::from(token.as_str()),
-        started: t0,
-        ready: Arc::new(AtomicBool::new(false)),
-    };
-    let ready = state.ready.clone();
+    });
+    let state = lotus_server::ApiState::new(nucleus.clone(), &token)
+        .starting(t0, ready.clone())
+        .with_logs(module_logs)
+        .with_providers(providers)
+        .with_admin(admin)
+        .with_settings(api_settings);
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(lotus_server::serve(listener, state, async {
         let _ = api_stopped.await;
@@ -136,10 +153,14 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         tracing::error!(module = %name, "not running: {why}");
     }
     eprintln!(
-        "lotus {} is up in {} ms: API http://{addr} (token in {}){}; modules: {}. Ctrl-C stops it.",
+        "lotus {} is up in {} ms: dashboard and API http://{addr} (`lotus dashboard` prints a sign-in link; token in {}){}; modules: {}. Ctrl-C stops it.",
         env!("CARGO_PKG_VERSION"),
         t0.elapsed().as_millis(),
-        home.token_file().display(),
+        if std::env::var_os(crate::home::TOKEN_VAR).is_some() {
+            format!("${}", crate::home::TOKEN_VAR)
+        } else {
+            home.token_file().display().to_string()
+        },
         bridge.as_ref().map_or_else(String::new, |b| format!(
             "; node `{}` on the redis bus {}",
             b.node_id(),
@@ -174,4 +195,50 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
     result.context("the durable streams could not be flushed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// What the API asks of the home: rolling a module back in its store, then onto the nucleus.
+struct HomeAdmin {
+    home: Home,
+    config: Config,
+    nucleus: Nucleus,
+}
+
+#[async_trait::async_trait]
+impl lotus_server::Admin for HomeAdmin {
+    async fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<lotus_server::Rollback, lotus_server::ApiError> {
+        use axum::http::StatusCode;
+        let (version, hash) = super::install::roll_back(&self.home, &self.config, name, to)
+            .await
+            .map_err(|e| {
+                let (status, code) = match e.downcast_ref::<crate::exit::CliError>().map(|c| c.code)
+                {
+                    Some(ExitCode::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+                    Some(ExitCode::BadInput) => (StatusCode::BAD_REQUEST, "invalid_arguments"),
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "rollback_failed"),
+                };
+                lotus_server::ApiError::new(status, code, format!("{e:#}"))
+            })?;
+        // A running module is swapped live; one that is not is loaded.
+        let running = self
+            .nucleus
+            .module(name)
+            .is_some_and(|m| m.state == ModuleState::Running);
+        let reload = if running {
+            Some(self.nucleus.reload(name).await?)
+        } else {
+            self.nucleus.load(name).await?;
+            None
+        };
+        Ok(lotus_server::Rollback {
+            module: name.to_owned(),
+            version,
+            hash,
+            reload,
+        })
+    }
 }

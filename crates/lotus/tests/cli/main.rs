@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo::CommandCargoExt;
 use serde_json::{Value, json};
 
+mod api;
 mod cluster;
 
 fn lotus(home: &Path) -> Command {

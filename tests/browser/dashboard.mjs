@@ -15,6 +15,8 @@ const TOKEN = process.env.LOTUS_TOKEN || '';
 const SHOTS = process.env.LOTUS_SCREENSHOTS || 'dashboard-screenshots';
 const PROMPT = process.env.LOTUS_CHAT_PROMPT || '';
 const EXPECT = process.env.LOTUS_CHAT_EXPECT || '';
+// Optional: a prompt whose answer needs a dangerous tool (the scripted provider asks for one).
+const APPROVAL_PROMPT = process.env.LOTUS_APPROVAL_PROMPT || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const T = Math.min(Number(process.env.LOTUS_STEP_TIMEOUT_MS) || 20000, 20000);
 
@@ -143,6 +145,24 @@ try {
     await shot(page, 'chat.png');
   });
 
+  if (APPROVAL_PROMPT) {
+    await step('a dangerous call waits for approval and runs once allowed', async () => {
+      const answers = await tid('chat-answer').count();
+      await tid('chat-input').fill(APPROVAL_PROMPT);
+      await tid('chat-send').click();
+      await visible(tid('chat-approval').last(), 'the approval card (chat-approval)');
+      await shot(page, 'approval.png');
+      await tid('approval-allow').last().click();
+      await until(async () => {
+        if ((await tid('chat-answer').count()) <= answers) return '';
+        return tid('chat-answer').last().textContent();
+      }, (t) => typeof t === 'string' && t.includes(EXPECT), `the answer after the approval to contain ${JSON.stringify(EXPECT)}`);
+      await visible(tid('chat-meta').last(), 'the footer of the answer after the approval');
+      const steps = await tid('chat-steps').last().textContent();
+      if (!/forget/.test(steps || '')) throw new Error(`the steps do not show the approved call: ${steps}`);
+    });
+  }
+
   await step('modules: echo reloads and comes back running, logs open', async () => {
     await tid('nav-modules').click();
     await visible(tid('module-row-echo'), 'the row of the echo module');
@@ -154,6 +174,9 @@ try {
     await tid('module-logs-echo').click();
     await visible(tid('logs-panel'), 'the logs panel');
     await until(() => tid('logs-panel').textContent(), (t) => t && !t.includes('Loading…'), 'the logs to load');
+    await until(() => tid('log-line').count(), (n) => n > 0, 'a log line of echo (it was just reloaded)');
+    // The panel slides in: let it settle before the picture.
+    await tid('logs-panel').evaluate((el) => Promise.all(el.getAnimations({ subtree: true }).map((a) => a.finished)));
     await shot(page, 'modules.png');
   });
 

@@ -1864,23 +1864,7 @@ impl Nucleus {
                 sh.settings.labels.join(", ")
             )));
         }
-        // The same resolution as at start, against the modules running now.
-        let running: Vec<Arc<Manifest>> = sh
-            .slots
-            .read()
-            .values()
-            .filter(|s| s.state() == ModuleState::Running)
-            .map(|s| s.def().manifest)
-            .collect();
-        let resolution = deps::resolve(
-            running
-                .iter()
-                .map(|m| &**m)
-                .chain(std::iter::once(&manifest)),
-        );
-        if let Some(why) = resolution.errors.get(name) {
-            return Err(refused(why.clone()));
-        }
+        self.resolvable(&manifest).map_err(refused)?;
         sh.broken.write().retain(|b| b.name != name);
         let settings = sh
             .settings
@@ -1948,6 +1932,29 @@ impl Nucleus {
             )
             .await?;
         Ok(())
+    }
+
+    /// Whether `manifest` can start next to the modules running now (the same resolution as at
+    /// start): why not, when it cannot.
+    fn resolvable(&self, manifest: &Manifest) -> Result<(), String> {
+        let running: Vec<Arc<Manifest>> = self
+            .shared
+            .slots
+            .read()
+            .values()
+            .filter(|s| s.state() == ModuleState::Running)
+            .map(|s| s.def().manifest)
+            .collect();
+        let resolution = deps::resolve(
+            running
+                .iter()
+                .map(|m| &**m)
+                .chain(std::iter::once(manifest)),
+        );
+        match resolution.errors.get(manifest.name.as_str()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
     }
 
     /// The running modules that depend on `name`.
@@ -2033,22 +2040,7 @@ impl Nucleus {
                 manifest.runtime
             )));
         }
-        let running: Vec<Arc<Manifest>> = sh
-            .slots
-            .read()
-            .values()
-            .filter(|s| s.state() == ModuleState::Running)
-            .map(|s| s.def().manifest)
-            .collect();
-        let resolution = deps::resolve(
-            running
-                .iter()
-                .map(|m| &**m)
-                .chain(std::iter::once(&*manifest)),
-        );
-        if let Some(why) = resolution.errors.get(name) {
-            return Err(refused(why.clone()));
-        }
+        self.resolvable(&manifest).map_err(refused)?;
         self.switch(name, true).await?;
         slot.set_state(ModuleState::Starting);
         {

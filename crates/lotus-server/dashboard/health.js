@@ -27,7 +27,7 @@ async function refresh() {
     const bus = await api('/api/v1/bus');
     fillKv($('#bus-stats'), bus?.stats ?? {});
     fillKv($('#bus-backend'), bus?.backend ?? {});
-    $('#bus-subscribers').replaceChildren(genericTable(bus?.subscribers ?? []));
+    $('#bus-subscribers').replaceChildren(genericTable(bus?.subscribers ?? [], ['name', 'patterns', 'policy', 'depth', 'capacity']));
   } catch (e) {
     $('#bus-subscribers').replaceChildren(h('p', { class: 'error-text pad', text: e.message }));
   }

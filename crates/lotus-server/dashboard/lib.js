@@ -243,11 +243,15 @@ export function fillKv(dl, obj) {
   }
 }
 
-/** A table from an array of objects, columns = the union of their keys. */
-export function genericTable(rows) {
+/** A table from an array of objects, columns = the union of their keys, `first` ones leading. */
+export function genericTable(rows, first = []) {
   if (!Array.isArray(rows) || !rows.length) return h('p', { class: 'empty small', text: 'None.' });
   const cols = [];
   for (const r of rows) for (const k of Object.keys(r || {})) if (!cols.includes(k)) cols.push(k);
+  cols.sort((a, b) => {
+    const [i, j] = [first.indexOf(a), first.indexOf(b)];
+    return (i < 0 ? first.length : i) - (j < 0 ? first.length : j);
+  });
   const num = (k) => rows.every((r) => r[k] == null || typeof r[k] === 'number');
   return h('table', { class: 'table' },
     h('thead', null, h('tr', null, cols.map((c) => h('th', { class: num(c) ? 'num' : '', text: c.replace(/_/g, ' ') })))),

@@ -7,44 +7,25 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lotus_bus::Subscription;
 use lotus_core::{Event, Overflow, Pattern};
 use lotus_reasoning::TaskRequest;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{ErrorBody, parse_json};
 use crate::{ApiError, ApiState};
 
-/// Body of `POST /api/v1/chat`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ChatBody {
-    /// What the user says.
-    pub text: String,
-    /// The session, so its earlier turns are in context (a new one when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    /// Whose memories (the memory module's default user when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// A model (name or alias) instead of the reasoning module's chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Overrides the step limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_steps: Option<u32>,
-    /// `false`: no tools for this task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<bool>,
+/// Query of `POST /api/v1/chat`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct ChatParams {
     /// `false`: one JSON answer at the end instead of the event stream.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
+    stream: Option<bool>,
 }
 
 /// The topics a task answers on.
@@ -165,24 +146,19 @@ fn sse(name: &str, data: &Value) -> SseEvent {
 /// A task for ASH. Streamed (the default) as Server-Sent Events: `step` (a reasoning step),
 /// `delta` (`{step, delta}`: a piece of the answer), `approval` (a dangerous call waits:
 /// answer with the tool `reasoning.approve`), `done` (the final response), `error`. With
-/// `"stream": false`, the final response as JSON.
-#[utoipa::path(post, path = "/api/v1/chat", tag = "chat", request_body = ChatBody,
+/// `?stream=false`, the final response as JSON.
+#[utoipa::path(post, path = "/api/v1/chat", tag = "chat", request_body = TaskRequest, params(ChatParams),
     responses((status = 200, description = "the events, or the final response", content_type = "text/event-stream"),
         (status = 400, body = ErrorBody),
         (status = 503, description = "no reasoning module", body = ErrorBody)))]
-pub(crate) async fn chat(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let body: ChatBody = parse_json(&body, "the chat request (`{\"text\": …}`)")?;
-    let task = TaskRequest {
-        text: body.text,
-        user: body.user,
-        session: body.session,
-        model: body.model,
-        max_steps: body.max_steps,
-        tools: body.tools,
-        ..TaskRequest::default()
-    };
+pub(crate) async fn chat(
+    State(st): State<ApiState>,
+    Query(p): Query<ChatParams>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let task: TaskRequest = parse_json(&body, "the task (`{\"text\": …, \"session\"?: …}`)")?;
     let task = Task::start(&st, &task).await?;
-    if body.stream == Some(false) {
+    if p.stream == Some(false) {
         return Ok(Json(task.finish().await?).into_response());
     }
     let events = futures_util::stream::unfold(Some(task), |task| async move {

@@ -42,7 +42,6 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use chat::ChatBody;
 pub use error::ApiError;
 pub use events::{PublishRequest, PublishResponse};
 pub use logs::{LogLine, ModuleLogs};

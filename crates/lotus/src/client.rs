@@ -116,15 +116,7 @@ impl Client {
 
     /// POST a JSON body to `path`.
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        Self::decode(resp).await
+        Self::decode(self.open(path, body).await?).await
     }
 
     /// Calls tool `name` with `args` in the running nucleus; its result.

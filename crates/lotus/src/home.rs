@@ -11,6 +11,23 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that may hold the API token instead of `$LOTUS_HOME/token`.
 pub const TOKEN_VAR: &str = "LOTUS_API_TOKEN";
 
+/// Creates `path` (it must not exist) readable by its owner only, holding `contents`.
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// The folders and files of one LOTUS home.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -157,18 +174,7 @@ impl Home {
         let path = self.token_file();
         let tmp = path.with_extension("new");
         let _ = std::fs::remove_file(&tmp);
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
+        write_private(&tmp, &token)?;
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("cannot replace the token file {}", path.display()))?;
         Ok(token)
@@ -194,18 +200,7 @@ impl Home {
             return self.read_token();
         }
         let token = Self::random_token()?;
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(&path)
-            .with_context(|| format!("cannot create the token file {}", path.display()))?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
+        write_private(&path, &token)?;
         Ok(token)
     }
 

@@ -10,7 +10,6 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use lotus_core::{Overflow, Pattern};
 use lotus_nucleus::Nucleus;
-use lotus_server::ChatBody;
 use serde_json::{Value, json};
 
 use super::target::Target;
@@ -261,17 +260,8 @@ async fn remote(
     task: &TaskRequest,
     printer: &mut Printer,
 ) -> Result<Value> {
-    let body = ChatBody {
-        text: task.text.clone(),
-        session: task.session.clone(),
-        user: task.user.clone(),
-        model: task.model.clone(),
-        max_steps: task.max_steps,
-        tools: task.tools,
-        stream: None,
-    };
     let resp = client
-        .open("/api/v1/chat", &serde_json::to_value(&body)?)
+        .open("/api/v1/chat", &serde_json::to_value(task)?)
         .await?;
     let mut events = resp.bytes_stream().eventsource();
     while let Some(item) = events.next().await {

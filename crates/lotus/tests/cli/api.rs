@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use super::{Up, fixture, install_test_model, run};
+use super::{Up, install_test_model, openai_wanting_key, run};
 
 /// `lotus up` in `home` with `env`, started off the async runtime.
 async fn up_with(home: tempfile::TempDir, env: Vec<(String, String)>) -> Up {
@@ -118,21 +118,15 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("(no error code)")
 }
 
+/// The key the scripted OpenAI stand-in wants.
+const KEY: &str = "sk-test-api-000";
+
 /// An OpenAI stand-in that answers every chat "The capital of France is Paris." (streamed, with
 /// usage) and lists no models.
 async fn scripted_openai() -> wiremock::MockServer {
     use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let openai = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-type", "text/event-stream")
-                .set_body_string(fixture("openai-text.sse")),
-        )
-        .mount(&openai)
-        .await;
+    use wiremock::{Mock, ResponseTemplate};
+    let openai = openai_wanting_key(KEY).await;
     Mock::given(method("GET"))
         .and(path("/v1/models"))
         .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"object":"list","data":[]}"#))
@@ -144,7 +138,7 @@ async fn scripted_openai() -> wiremock::MockServer {
 /// The environment of a `lotus up` whose only provider is `openai`.
 fn scripted_env(openai: &wiremock::MockServer) -> Vec<(String, String)> {
     [
-        ("OPENAI_API_KEY", "sk-test-api-000"),
+        ("OPENAI_API_KEY", KEY),
         ("OPENAI_BASE_URL", &format!("{}/v1", openai.uri())),
         // The local models stay (memory embeds with them); the chain is the stand-in alone.
         ("LOTUS_PROVIDERS__DEFAULT", "[\"openai:gpt-4o-mini\"]"),
@@ -580,8 +574,8 @@ async fn chat_providers_metrics_and_the_openai_api_answer_with_a_scripted_provid
     assert_eq!(events.last().map(|e| e.0.as_str()), Some("done"));
     let (status, v) = api
         .post(
-            "/api/v1/chat",
-            r#"{"text": "Again?", "stream": false, "session": "s1"}"#,
+            "/api/v1/chat?stream=false",
+            r#"{"text": "Again?", "session": "s1"}"#,
         )
         .await;
     assert_eq!(
@@ -1000,6 +994,27 @@ async fn the_dashboard_works_in_chromium() {
         return;
     };
     let openai = scripted_openai().await;
+    // Asked to forget, the model calls the dangerous memory.forget once (it waits for approval).
+    {
+        use wiremock::matchers::{body_string_contains, method, path};
+        use wiremock::{Mock, ResponseTemplate};
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .and(body_string_contains("Forget what I drink"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-type", "text/event-stream")
+                    .set_body_string(
+                        super::fixture("openai-tool.sse")
+                            .replace("get_weather", "memory__forget")
+                            .replace("\"city\"", "\"subject\""),
+                    ),
+            )
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&openai)
+            .await;
+    }
     let home = tempfile::tempdir().expect("tempdir");
     if !tokio::task::block_in_place(|| install_test_model(home.path(), "minilm")) {
         return;
@@ -1016,6 +1031,7 @@ async fn the_dashboard_works_in_chromium() {
         .env("LOTUS_SCREENSHOTS", &shots)
         .env("LOTUS_CHAT_PROMPT", "What is the capital of France?")
         .env("LOTUS_CHAT_EXPECT", "Paris")
+        .env("LOTUS_APPROVAL_PROMPT", "Forget what I drink.")
         .env("CHROMIUM", chromium);
     let out = tokio::task::spawn_blocking(move || node.output().expect("node"))
         .await
@@ -1026,7 +1042,15 @@ async fn the_dashboard_works_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the browser test failed:\n{said}");
-    for page in ["chat", "modules", "events", "memory", "providers", "health"] {
+    for page in [
+        "chat",
+        "approval",
+        "modules",
+        "events",
+        "memory",
+        "providers",
+        "health",
+    ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "no screenshot of {page}:\n{said}"

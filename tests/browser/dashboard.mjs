@@ -197,14 +197,28 @@ try {
     await shot(page, 'events.png');
   });
 
-  await step('memory: recall runs', async () => {
+  await step('memory: remembered, recalled, then forgotten', async () => {
     await tid('nav-memory').click();
-    await tid('memory-query').fill('editor');
+    await tid('remember-text').fill('my favourite editor is Helix');
+    await tid('remember-submit').click();
+    await visible(tid('toast').filter({ hasText: /remembered/i }).last(), 'a toast saying it was remembered');
+    await tid('memory-query').fill('which editor do I like');
     await tid('memory-query').press('Enter');
     const st = await until(() => tid('memory-results').getAttribute('data-state'), (s) => s === 'done' || s === 'error', 'the recall to finish');
-    if (st === 'error') console.log(`   note: recall answered an error: ${(await tid('memory-results').textContent()).trim()}`);
-    else console.log(`   ${await tid('memory-hit').count()} hit(s)`);
+    if (st === 'error') throw new Error(`recall failed: ${(await tid('memory-results').textContent()).trim()}`);
+    const hit = tid('memory-hit').filter({ hasText: 'my favourite editor is Helix' }).first();
+    await visible(hit, 'the remembered text among the hits');
     await shot(page, 'memory.png');
+    await hit.getByTestId('memory-forget').click();
+    await tid('confirm-ok').click();
+    await until(() => tid('memory-hit').filter({ hasText: 'my favourite editor is Helix' }).count(), (n) => n === 0, 'the forgotten memory to leave the list');
+    // Recalled again, it is gone from the memory itself, not only from the page.
+    const again = page.waitForResponse((r) => r.url().includes('/api/v1/memory/recall'), { timeout: T });
+    await tid('memory-query').press('Enter');
+    await again;
+    await until(() => tid('memory-results').getAttribute('data-state'), (s) => s === 'done', 'the second recall');
+    const left = await tid('memory-hit').filter({ hasText: 'my favourite editor is Helix' }).count();
+    if (left) throw new Error('the forgotten memory is recalled again');
   });
 
   await step('providers: the table lists providers', async () => {

@@ -429,6 +429,9 @@ pub(crate) struct Shared {
     recorder_subs: Mutex<Vec<Subscription>>,
     /// Tool calls from other nodes (when the bus has a bridge).
     cluster: Mutex<Option<Subscription>>,
+    /// Held while a module is switched on or off: one switch at a time, so two enables never
+    /// start two actors and no saved switch is lost.
+    switching: tokio::sync::Mutex<()>,
 }
 
 fn topic(s: &'static str) -> Topic {
@@ -1391,6 +1394,7 @@ impl NucleusBuilder {
                 recorders: Mutex::new(Vec::new()),
                 recorder_subs: Mutex::new(Vec::new()),
                 cluster: Mutex::new(None),
+                switching: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -1477,7 +1481,10 @@ impl Nucleus {
         *sh.broken.write() = broken;
 
         // `enable`/`disable` from the API or the CLI outlast a restart and win over the files.
-        let switched = self.switches().await;
+        let switched = self.switches().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read which modules were switched on or off; using lotus.toml");
+            BTreeMap::new()
+        });
         let mut enabled = Vec::new();
         {
             let mut slots = sh.slots.write();
@@ -1909,19 +1916,21 @@ impl Nucleus {
     }
 
     /// The modules switched on or off with [`Nucleus::enable`] and [`Nucleus::disable`].
-    async fn switches(&self) -> BTreeMap<String, bool> {
-        match self.shared.state.get(SWITCHES.0, SWITCHES.1).await {
-            Ok(Some(v)) => serde_json::from_value(v).unwrap_or_default(),
-            Ok(None) => BTreeMap::new(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read which modules were switched on or off; using lotus.toml");
-                BTreeMap::new()
-            }
+    async fn switches(&self) -> Result<BTreeMap<String, bool>, NucleusError> {
+        match self.shared.state.get(SWITCHES.0, SWITCHES.1).await? {
+            Some(v) => serde_json::from_value(v).map_err(|e| {
+                NucleusError::Setup(format!(
+                    "the saved module switches are damaged ({e}); `lotus module enable|disable` writes them again once the state entry nucleus/switched is deleted"
+                ))
+            }),
+            None => Ok(BTreeMap::new()),
         }
     }
 
+    /// Saves `name` as on or off (the caller holds `switching`). A list that cannot be read is
+    /// never overwritten.
     async fn switch(&self, name: &str, on: bool) -> Result<(), NucleusError> {
-        let mut all = self.switches().await;
+        let mut all = self.switches().await?;
         all.insert(name.to_owned(), on);
         self.shared
             .state
@@ -1979,6 +1988,7 @@ impl Nucleus {
     /// Stops a module and keeps it off, also after a restart (until [`Nucleus::enable`]).
     /// Refused while a running module depends on it. A module that is already off stays off.
     pub async fn disable(&self, name: &str) -> Result<ModuleInfo, NucleusError> {
+        let _one = self.shared.switching.lock().await;
         let slot = self.shared.slot(name)?;
         if slot.state() == ModuleState::Elsewhere {
             return Err(NucleusError::Refused {
@@ -2013,6 +2023,7 @@ impl Nucleus {
     /// restart. Its dependencies must run. A module that runs already is left as it is.
     pub async fn enable(&self, name: &str) -> Result<ModuleInfo, NucleusError> {
         let sh = &self.shared;
+        let _one = sh.switching.lock().await;
         let slot = sh.slot(name)?;
         let refused = |reason: String| NucleusError::Refused {
             module: name.to_owned(),

@@ -227,7 +227,9 @@ class Turn {
   }
 
   done(d) {
-    if (!this.gotDelta && typeof d.text === 'string') this.text = d.text;
+    // The response holds the whole answer: it wins over the pieces (some may have been text
+    // before a tool call, or lost by a tab that fell behind).
+    if (typeof d.text === 'string' && (d.text || !this.gotDelta)) this.text = d.text;
     if (d.stopped === 'error') this.error(d.error || 'The task failed.');
     else if (d.stopped && d.stopped !== 'answer') this.extra.append(h('div', { class: 'note', text: `stopped: ${d.stopped.replace(/_/g, ' ')}` }));
     const usage = d.usage || {};

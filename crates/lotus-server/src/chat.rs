@@ -13,6 +13,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lotus_bus::Subscription;
 use lotus_core::{Event, Overflow, Pattern};
+use lotus_nucleus::ModuleState;
 use lotus_reasoning::TaskRequest;
 use serde::Deserialize;
 use serde_json::Value;
@@ -26,6 +27,15 @@ use crate::{ApiError, ApiState};
 pub(crate) struct ChatParams {
     /// `false`: one JSON answer at the end instead of the event stream.
     stream: Option<bool>,
+}
+
+/// Where tasks go.
+const TASK_TOPIC: &str = "cognition.task_request";
+
+fn no_reasoning() -> ApiError {
+    ApiError::unavailable(
+        "no reasoning module runs: enable it in lotus.toml ([modules.reasoning] enabled = true) or with POST /api/v1/modules/reasoning/enable",
+    )
 }
 
 /// The topics a task answers on.
@@ -64,26 +74,34 @@ impl Task {
                 "say something: `text` is empty",
             ));
         }
+        // The recorders take every task too: ask whether a module that handles tasks runs (here
+        // or on another node), rather than whether the task reached anyone.
+        let handled = st.nucleus.modules().iter().any(|m| {
+            m.state == ModuleState::Running
+                && m.subscriptions
+                    .iter()
+                    .any(|p| Pattern::new(p).is_ok_and(|p| p.matches_str(TASK_TOPIC)))
+        });
+        if !handled {
+            return Err(no_reasoning());
+        }
         let patterns = ANSWER_TOPICS
             .iter()
             .filter_map(|t| Pattern::new(t).ok())
             .collect();
-        // Every piece of the answer matters: the queue waits rather than drop.
+        // A client that stops reading must not hold up ASH for everyone: its queue drops the
+        // oldest (every chat's events pass through it). The final response carries the whole
+        // answer anyway.
         let sub = st
             .nucleus
             .bus()
-            .subscribe("api:chat", patterns, 65_536, Overflow::Block);
+            .subscribe("api:chat", patterns, 65_536, Overflow::DropOldest);
         let payload = serde_json::to_value(task).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
-        let (ev, d) = st
-            .nucleus
-            .publish("api", "cognition.task_request", payload)
-            .await?;
+        let (ev, d) = st.nucleus.publish("api", TASK_TOPIC, payload).await?;
         if d.matched == 0 {
-            return Err(ApiError::unavailable(
-                "no reasoning module runs: enable it in lotus.toml ([modules.reasoning] enabled = true) or with POST /api/v1/modules/reasoning/enable",
-            ));
+            return Err(no_reasoning());
         }
         Ok(Self {
             sub,

@@ -85,11 +85,7 @@ fn observe(st: &ApiState, name: &str, patterns: Vec<Pattern>) -> Subscription {
     responses((status = 202, body = PublishResponse), (status = 400, body = ErrorBody)))]
 pub(crate) async fn publish(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     let req: PublishRequest = parse_json(&body, "the event (`{\"topic\": …, \"payload\": …}`)")?;
-    let (ev, d) = st
-        .nucleus
-        .publish("api", &req.topic, req.payload)
-        .await
-        .map_err(|e| ApiError::bad("invalid_topic", e.to_string()))?;
+    let (ev, d) = st.nucleus.publish("api", &req.topic, req.payload).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(PublishResponse {

@@ -259,6 +259,7 @@ fn api() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(providers::costs))
         .routes(routes!(chat::chat))
         .routes(routes!(openai::models))
+        .routes(routes!(openai::model))
         .routes(routes!(openai::completions))
         .routes(routes!(metrics::metrics))
         .split_for_parts()

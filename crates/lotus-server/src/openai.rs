@@ -5,12 +5,12 @@
 //! session's turns, `system` and `developer` messages add to the persona.
 
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lotus_reasoning::{Role, TaskRequest, Turn};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,10 @@ pub(crate) struct CompletionRequest {
     /// Only 1.
     #[serde(default)]
     n: Option<u32>,
+    /// Only `{"type": "text"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -102,6 +106,14 @@ fn task_of(req: &CompletionRequest) -> Result<TaskRequest, ApiError> {
     }
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad("unsupported", "only `n: 1` is supported"));
+    }
+    if let Some(f) = &req.response_format
+        && f["type"] != "text"
+    {
+        return Err(ApiError::bad(
+            "unsupported",
+            format!("`response_format` {f} is not supported; ASH answers in text"),
+        ));
     }
     let Some((last, earlier)) = req.messages.split_last() else {
         return Err(ApiError::bad("invalid_arguments", "`messages` is empty"));
@@ -180,7 +192,9 @@ pub(crate) async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_json(&body, "the chat completion request")?;
-    let task = Task::start(&st, &task_of(&req)?).await?;
+    let task = task_of(&req)?;
+    known_model(&st, &req.model)?;
+    let task = Task::start(&st, &task).await?;
     let id = format!("chatcmpl-{}", Uuid::now_v7().simple());
     let created = now_s();
     let model = req.model.clone();
@@ -247,7 +261,16 @@ pub(crate) async fn completions(
                             return Some((data(&v), (None, said, queue)));
                         }
                         Ok(Some(_)) => {}
-                        Ok(None) => return None,
+                        Ok(None) => {
+                            queue.push(json!("[DONE]"));
+                            let e = ApiError::unavailable(
+                                "the nucleus is stopping; the answer was cut short",
+                            );
+                            return Some((
+                                data(&json!({"error": e.body()["error"]})),
+                                (None, said, queue),
+                            ));
+                        }
                         Err(e) => {
                             queue.push(json!("[DONE]"));
                             return Some((
@@ -260,7 +283,54 @@ pub(crate) async fn completions(
             }
         },
     );
-    Ok(Sse::new(stream).into_response())
+    // Tool steps and approvals can be quiet for a while: comments keep proxies from hanging up.
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// A 404 for a model the catalog does not know (`ash` always is).
+fn known_model(st: &ApiState, model: &str) -> Result<(), ApiError> {
+    if model == ASH {
+        return Ok(());
+    }
+    match &st.providers {
+        Some(setup) => setup
+            .router
+            .catalog()
+            .resolve(model)
+            .map(drop)
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "model_not_found",
+                    format!(
+                        "model `{model}`: {e}; GET /v1/models lists them (`ash` is ASH's own chain)"
+                    ),
+                )
+            }),
+        None => Ok(()),
+    }
+}
+
+/// One model.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
+    params(("model" = String, Path, description = "`ash`, or a model name or alias")),
+    responses((status = 200, description = "`{\"id\", \"object\": \"model\", \"created\", \"owned_by\"}`", body = Object),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn model(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    known_model(&st, &id)?;
+    let owner = st
+        .providers
+        .as_ref()
+        .and_then(|s| s.router.catalog().resolve(&id).ok())
+        .map_or_else(|| "lotus".to_owned(), |m| m.provider.to_string());
+    Ok(Json(
+        json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
+    ))
 }
 
 /// The models: `ash` (the reasoning module's chain) and the models of the default chain.

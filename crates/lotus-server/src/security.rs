@@ -102,7 +102,8 @@ pub(crate) fn cors(settings: &ApiSettings) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            // The origins are fixed; their clients' own headers (an SDK's) may come along.
+            .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
             .max_age(std::time::Duration::from_secs(600)),
     )
 }

@@ -23,7 +23,15 @@ impl Client {
     /// sent to the address a live nucleus wrote: never to whatever else listens on a port.
     pub fn new(home: &Home, config: &Config) -> Result<Self> {
         let run = home.run_info().filter(|r| pid_alive(r.pid));
-        let listen = run.as_ref().map_or(config.api.listen, |r| r.listen);
+        let mut listen = run.as_ref().map_or(config.api.listen, |r| r.listen);
+        // A nucleus on every address is reached here on loopback.
+        if listen.ip().is_unspecified() {
+            listen.set_ip(if listen.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
         let not_running = || {
             CliError::new(
                 ExitCode::NotRunning,

@@ -75,23 +75,26 @@ impl ApiConfig {
                 self.max_body
             ));
         }
+        let mut origins = Vec::new();
         for o in &self.cors_origins {
-            let ok = url::Url::parse(o).ok().is_some_and(|u| {
+            let parsed = url::Url::parse(o).ok().filter(|u| {
                 matches!(u.scheme(), "http" | "https")
                     && u.host().is_some()
                     && u.path() == "/"
                     && !o.ends_with('/')
                     && u.query().is_none()
             });
-            if !ok {
+            let Some(u) = parsed else {
                 return Err(format!(
                     "[api] cors_origins: `{o}` is not an origin; write `scheme://host[:port]`, e.g. `http://localhost:3000` (no path, no `*`)"
                 ));
-            }
+            };
+            // As browsers send it: lowercase host, no default port.
+            origins.push(u.origin().ascii_serialization());
         }
         Ok(lotus_server::ApiSettings {
             max_body: self.max_body,
-            cors_origins: self.cors_origins.clone(),
+            cors_origins: origins,
             chat_timeout: self.chat_timeout,
         })
     }

@@ -145,13 +145,23 @@ impl Home {
 
     /// The API token from `LOTUS_API_TOKEN`, when it is set: it wins over the token file.
     fn token_from_env() -> Result<Option<String>> {
-        match std::env::var(TOKEN_VAR) {
-            Ok(t) if t.trim().len() >= 32 => Ok(Some(t.trim().to_owned())),
-            Ok(_) => bail!(
+        let Ok(t) = std::env::var(TOKEN_VAR) else {
+            return Ok(None);
+        };
+        let t = t.trim();
+        if t.len() < 32 {
+            bail!(
                 "{TOKEN_VAR} is too short: use at least 32 characters (`lotus token --new` makes a strong one)"
-            ),
-            Err(_) => Ok(None),
+            );
         }
+        // It travels in headers and as a WebSocket subprotocol: URL-safe characters only.
+        if !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        {
+            bail!("{TOKEN_VAR} may hold only letters, digits and - _ . ~");
+        }
+        Ok(Some(t.to_owned()))
     }
 
     /// Whether there is an API token yet (`LOTUS_API_TOKEN`, or the token file).

@@ -745,6 +745,30 @@ async fn chat_providers_metrics_and_the_openai_api_answer_with_a_scripted_provid
         assert_eq!((status, code(&v)), (400, expect), "{body}: {v}");
     }
 
+    // Models the catalog does not know, and formats ASH does not answer in, are refused first.
+    let (status, v) = api.get("/v1/models/ash").await;
+    assert_eq!((status, &v["id"]), (200, &json!("ash")));
+    let (status, v) = api.get("/v1/models/openai:gpt-4o-mini").await;
+    assert_eq!((status, &v["owned_by"]), (200, &json!("openai")), "{v}");
+    let (status, v) = api.get("/v1/models/gpt-4o").await;
+    assert_eq!((status, code(&v)), (404, "model_not_found"), "{v}");
+    let (status, v) = api
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}).to_string(),
+        )
+        .await;
+    assert_eq!((status, code(&v)), (404, "model_not_found"), "{v}");
+    let (status, v) = api
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "ash", "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!((status, code(&v)), (400, "unsupported"), "{v}");
+
     // The official Python client.
     if python_has("openai") {
         let out = Command::new("python3")
@@ -794,6 +818,27 @@ async fn chat_providers_metrics_and_the_openai_api_answer_with_a_scripted_provid
         .and_then(|v| v.parse::<f64>().ok())
         .expect("a value");
     assert!(handled >= 4.0, "{handled}");
+
+    // Without a reasoning module, a chat is refused at once (the recorders still take tasks).
+    let (status, _) = api.post("/api/v1/modules/reasoning/disable", "").await;
+    assert_eq!(status, 200);
+    let t0 = std::time::Instant::now();
+    let (status, v) = api.post("/api/v1/chat", r#"{"text": "hello?"}"#).await;
+    assert_eq!((status, code(&v)), (503, "unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("reasoning")
+    );
+    let (status, v) = api
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "ash", "messages": [{"role": "user", "content": "x"}]}).to_string(),
+        )
+        .await;
+    assert_eq!((status, code(&v)), (503, "unavailable"), "{v}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
 }
 
 /// Whether python3 can import `module` (required in CI; elsewhere the check is skipped).
@@ -844,6 +889,13 @@ async fn the_api_is_guarded_cors_limited_and_serves_the_dashboard() {
         .expect("run");
     assert_eq!(short.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32"));
+    let odd = super::lotus(home.path())
+        .args(["token"])
+        .env("LOTUS_API_TOKEN", "a/b+c=d e".repeat(5))
+        .output()
+        .expect("run");
+    assert_eq!(odd.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&odd.stderr).contains("letters, digits"));
 
     // Limits and origins from lotus.toml; a bad origin is named.
     std::fs::write(
@@ -859,7 +911,7 @@ async fn the_api_is_guarded_cors_limited_and_serves_the_dashboard() {
     );
     std::fs::write(
         home.path().join("lotus.toml"),
-        "[api]\ncors_origins = [\"http://localhost:3000\"]\nmax_body = 4096\n",
+        "[api]\ncors_origins = [\"http://LocalHost:3000\"]\nmax_body = 4096\n",
     )
     .expect("config");
     let up = up_with(home, vec![]).await;
@@ -885,13 +937,22 @@ async fn the_api_is_guarded_cors_limited_and_serves_the_dashboard() {
         .request(reqwest::Method::OPTIONS, up.url("/api/v1/modules"))
         .header("origin", "http://localhost:3000")
         .header("access-control-request-method", "GET")
-        .header("access-control-request-headers", "authorization")
+        .header(
+            "access-control-request-headers",
+            "authorization, x-stainless-os",
+        )
         .send()
         .await
         .expect("preflight");
     assert_eq!(
         pre.headers()["access-control-allow-origin"],
         "http://localhost:3000"
+    );
+    assert!(
+        pre.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("ascii")
+            .contains("x-stainless-os")
     );
     let r = http
         .get(up.url("/api/v1/modules"))

@@ -1046,3 +1046,58 @@ async fn modules_reach_llms_through_their_manifest_chain() {
         "{rows:?}"
     );
 }
+
+/// Switching a module off and on: its dependents hold it on, two enables at once start one
+/// actor (each event handled once), and the choice outlasts a restart.
+#[tokio::test]
+async fn modules_switched_off_and_on_stay_so_and_start_once() {
+    const NEEDS_ECHO: &str = "name: needy\nversion: 0.1.0\ntype: capability\nentry: counter\ndependencies:\n  modules: [\"echo\"]\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = kernel(dir.path(), &[ECHO, NEEDS_ECHO]);
+    n.start().await;
+    let err = n.disable("echo").await.expect_err("needy depends on echo");
+    assert!(err.to_string().contains("needy"), "{err}");
+    let info = n.disable("needy").await.expect("disable needy");
+    assert_eq!(info.state, ModuleState::Disabled);
+    let info = n.disable("echo").await.expect("now echo");
+    assert_eq!(info.state, ModuleState::Disabled);
+    assert!(
+        n.call_tool("echo.echo", json!({"text": "x"}))
+            .await
+            .is_err()
+    );
+    let err = n.enable("needy").await.expect_err("echo is off");
+    assert!(err.to_string().contains("echo"), "{err}");
+
+    // Two enables at once: one actor, so a request is answered once.
+    let (a, b) = tokio::join!(n.enable("echo"), n.enable("echo"));
+    assert_eq!(a.expect("enable").state, ModuleState::Running);
+    assert_eq!(b.expect("enable").state, ModuleState::Running);
+    let replies = watch(&n, "echo.reply");
+    n.publish("test", "echo.request", json!({"n": 1}))
+        .await
+        .expect("publish");
+    assert_eq!(next(&replies).await.payload, json!({"n": 1}));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), replies.recv())
+            .await
+            .is_err(),
+        "a second actor answered too"
+    );
+    n.shutdown().await.expect("shutdown");
+
+    // After a restart: echo on (switched on), needy off (switched off), whatever the manifests say.
+    let n = kernel(dir.path(), &[ECHO, NEEDS_ECHO]);
+    let report = n.start().await;
+    assert_eq!(report.started, ["echo"]);
+    assert_eq!(
+        n.module("needy").expect("needy").state,
+        ModuleState::Disabled
+    );
+    assert_eq!(
+        n.enable("needy").await.expect("enable").state,
+        ModuleState::Running
+    );
+    assert!(n.enable("ghost").await.is_err());
+    n.shutdown().await.expect("shutdown");
+}

@@ -78,6 +78,111 @@ pub struct Manifest {
     /// Where the module may run when several nuclei share one bus (any node when absent).
     #[serde(default, skip_serializing_if = "Placement::is_anywhere")]
     pub placement: Placement,
+    /// For `runtime: mcp`: the MCP server whose tools the module offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpServer>,
+}
+
+/// The MCP server of a `runtime: mcp` module: a program spoken to over stdio (`command`), or a
+/// server reached over streamable HTTP (`url`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// stdio: the program to start (found on `PATH`), e.g. `npx` or `uvx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// stdio: environment variables for it. A value `${NAME}` is taken from LOTUS's own
+    /// environment when the server starts, so secrets stay out of the manifest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// stdio: its working directory, relative to the module's folder (default: the folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Streamable HTTP: the server's endpoint, e.g. `https://example.org/mcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Streamable HTTP: the environment variable that holds the bearer token for `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+/// Whether `s` is an environment variable name (`A-Z`, `a-z`, digits and `_`, not starting
+/// with a digit).
+fn is_env_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl McpServer {
+    /// What is wrong with it: `(key, message)`.
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((format!("mcp.{key}"), message));
+        match (&self.command, &self.url) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "mcp".into(),
+                    "give `command` (a server spoken to over stdio) or `url` (streamable HTTP), not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    "mcp".into(),
+                    "needs `command` (a server spoken to over stdio, e.g. `npx`) or `url` (streamable HTTP)".into(),
+                ));
+            }
+            (Some(c), None) => {
+                if c.trim().is_empty() {
+                    return bad("command", "must name a program, e.g. `npx`".into());
+                }
+                if self.token_env.is_some() {
+                    return bad(
+                        "token_env",
+                        "is for `url` servers; give a stdio server its token in `env`".into(),
+                    );
+                }
+            }
+            (None, Some(u)) => {
+                let rest = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return bad(
+                        "url",
+                        format!("`{u}` is not an http(s) URL, e.g. `https://example.org/mcp`"),
+                    );
+                }
+                for (key, given) in [
+                    ("args", !self.args.is_empty()),
+                    ("env", !self.env.is_empty()),
+                    ("cwd", self.cwd.is_some()),
+                ] {
+                    if given {
+                        return bad(key, "is for `command` servers, not `url` ones".into());
+                    }
+                }
+            }
+        }
+        if let Some(k) = self.env.keys().find(|k| !is_env_name(k)) {
+            return bad(
+                "env",
+                format!("`{k}` is not an environment variable name (letters, digits, `_`)"),
+            );
+        }
+        if let Some(t) = &self.token_env
+            && !is_env_name(t)
+        {
+            return bad(
+                "token_env",
+                format!("`{t}` is not an environment variable name, e.g. `GITHUB_TOKEN`"),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The nodes a module may run on: a node must be one of `nodes` (if any are listed) and carry
@@ -612,6 +717,22 @@ impl std::error::Error for ManifestError {}
 
 /// Everything in the manifest that serde alone cannot check.
 fn validate(m: &Manifest) -> Result<(), (String, String)> {
+    match (&m.mcp, m.runtime) {
+        (None, Runtime::Mcp) => {
+            return Err((
+                "mcp".into(),
+                "a `mcp` module needs `mcp:` with `command` (a server spoken to over stdio, e.g. `npx`) or `url` (streamable HTTP)".into(),
+            ));
+        }
+        (Some(s), Runtime::Mcp) => s.check()?,
+        (Some(_), other) => {
+            return Err((
+                "mcp".into(),
+                format!("only `runtime: mcp` modules take `mcp:` (this one is `{other}`)"),
+            ));
+        }
+        (None, _) => {}
+    }
     if m.runtime == Runtime::Wasm && m.entry.is_none() {
         return Err((
             "entry".into(),

@@ -12,7 +12,8 @@ pub mod topic;
 
 pub use event::Event;
 pub use manifest::{
-    HostGrant, Manifest, ManifestError, ModuleName, Overflow, Placement, Priority, Runtime,
+    HostGrant, Manifest, ManifestError, McpServer, ModuleName, Overflow, Placement, Priority,
+    Runtime,
 };
 pub use tool::ToolSpec;
 pub use topic::{Pattern, PatternToken, Topic, TopicError};

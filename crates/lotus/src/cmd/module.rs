@@ -87,6 +87,15 @@ async fn switch(home: &Home, name: &str, verb: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `program` names a file, or one found on `PATH`.
+fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
 fn load(home: &Home) -> Result<Config> {
     Config::load(home.root()).map_err(bad_input)
 }
@@ -126,7 +135,19 @@ pub(super) fn validate(home: &Home, path: &std::path::Path) -> Result<Manifest> 
                 check_component(home, &file, &m)?;
             }
         }
-        Runtime::Mcp | Runtime::Process => {
+        Runtime::Mcp => match m.mcp.as_ref().and_then(|s| s.command.as_deref()) {
+            Some(program) => {
+                if !on_path(program) {
+                    eprintln!(
+                        "warning: `{program}` is not on PATH here; the server will not start until it is installed"
+                    );
+                }
+            }
+            None => eprintln!(
+                "note: this lotus runs stdio MCP servers (`mcp.command`); servers over streamable HTTP (`mcp.url`) are not supported yet"
+            ),
+        },
+        Runtime::Process => {
             eprintln!(
                 "note: this lotus cannot run `{}` modules yet; the manifest itself is valid",
                 m.runtime

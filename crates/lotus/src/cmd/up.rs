@@ -79,6 +79,7 @@ pub async fn run(home: Home, config: Config, args: UpArgs) -> Result<()> {
         .log(log)
         .state(state)
         .host(host)
+        .host(lotus_mcp::McpHost::new())
         .modules_dir(home.modules());
     #[cfg(feature = "wasm")]
     let builder = builder.host(

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 mod api;
 mod cluster;
+mod mcp;
 
 fn lotus(home: &Path) -> Command {
     let mut c = Command::cargo_bin("lotus").expect("lotus binary");

@@ -299,6 +299,9 @@ pub struct RedisBridge {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// How many times joining is tried again after the connection was cut (100, 200, 400 ms apart).
+const JOIN_RETRIES: u32 = 3;
+
 impl RedisBridge {
     /// Connects `bus` to the Redis bus: checks that Redis answers and that no live nucleus
     /// uses this node id, then starts the link's tasks and sets itself as the bus's bridge.
@@ -313,14 +316,37 @@ impl RedisBridge {
             url: redact(&cfg.url),
             reason: e.to_string(),
         })?;
-        let mut conn = link::connect(&client)
-            .await
-            .map_err(|e| RedisBusError::Unreachable {
-                url: redact(&cfg.url),
-                reason: e.to_string(),
-            })?;
         let instance = Uuid::now_v7();
-        nodes::claim_id(&mut conn, &cfg, instance).await?;
+        // A connection cut while joining (Redis restarting, a client kill) is tried again a
+        // few times; a node id another node holds is not.
+        let mut attempt = 0;
+        let unreachable = |e: redis::RedisError| RedisBusError::Unreachable {
+            url: redact(&cfg.url),
+            reason: e.to_string(),
+        };
+        let mut conn = loop {
+            // Refused or timed out: Redis is not there, say so at once.
+            let mut conn = match link::connect(&client).await {
+                Ok(c) => c,
+                Err(e) if e.is_connection_dropped() && attempt < JOIN_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "joining the redis bus again");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(unreachable(e)),
+            };
+            match nodes::claim_id(&mut conn, &cfg, instance).await {
+                Ok(()) => break conn,
+                // Connected, then cut: try again.
+                Err(RedisBusError::Unreachable { reason, .. }) if attempt < JOIN_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, %reason, "joining the redis bus again");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let (out, out_rx) = mpsc::unbounded_channel();
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {

@@ -206,7 +206,7 @@ impl Module for McpModule {
 
     fn call_tool<'a>(
         &'a mut self,
-        _cx: &'a Context,
+        cx: &'a Context,
         tool: &'a str,
         args: Value,
     ) -> BoxFuture<'a, Result<Value, ToolError>> {
@@ -228,7 +228,15 @@ impl Module for McpModule {
                 .await
                 .map_err(|e| ToolError::Failed {
                     tool: tool.to_owned(),
-                    message: e.to_string(),
+                    message: if self.service.is_transport_closed() {
+                        format!(
+                            "the MCP server of `{}` stopped ({e}); its last words are in `GET /api/v1/modules/{}/logs`",
+                            cx.name(),
+                            cx.name()
+                        )
+                    } else {
+                        e.to_string()
+                    },
                 })?;
             let (out, text) = result_json(&r);
             if r.is_error == Some(true) {

@@ -77,9 +77,6 @@ impl Client {
     }
 
     async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
-        if !resp.status().is_success() {
-            return Err(Self::error_of(resp).await);
-        }
         let body = resp.bytes().await?;
         serde_json::from_slice(&body)
             .map_err(|e| anyhow!("unexpected answer from the nucleus: {e}"))
@@ -105,21 +102,28 @@ impl Client {
         CliError::new(exit, message).into()
     }
 
+    /// Sends `req` with the token; the answer when it is a success, else the API's error.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(Self::error_of(resp).await)
+        }
+    }
+
     /// GET `path` (with query pairs).
     pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        Self::decode(resp).await
+        let req = self.http.get(format!("{}{path}", self.base)).query(query);
+        Self::decode(self.send(req).await?).await
     }
 
     /// POST a JSON body to `path`.
@@ -137,36 +141,17 @@ impl Client {
 
     /// POSTs `body` to `path` and hands back the answer to read as it comes (a stream).
     pub async fn open(&self, path: &str, body: &Value) -> Result<reqwest::Response> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
-            .map_err(|e| self.unreachable(&e))?;
-        if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(Self::error_of(resp).await)
-        }
     }
 
     /// Opens the live event stream (SSE) for `pattern`.
     pub async fn stream(&self, pattern: &str) -> Result<reqwest::Response> {
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/api/v1/events/stream", self.base))
-            .bearer_auth(&self.token)
-            .query(&[("pattern", pattern)])
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(Self::error_of(resp).await)
-        }
+            .query(&[("pattern", pattern)]);
+        self.send(req).await
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use super::{Up, install_test_model, openai_wanting_key, run};
+use super::{Up, install_test_model, openai_wanting_key, python_has, run};
 
 /// `lotus up` in `home` with `env`, started off the async runtime.
 async fn up_with(home: tempfile::TempDir, env: Vec<(String, String)>) -> Up {
@@ -839,22 +839,6 @@ async fn chat_providers_metrics_and_the_openai_api_answer_with_a_scripted_provid
         .await;
     assert_eq!((status, code(&v)), (503, "unavailable"), "{v}");
     assert!(t0.elapsed() < std::time::Duration::from_secs(5));
-}
-
-/// Whether python3 can import `module` (required in CI; elsewhere the check is skipped).
-fn python_has(module: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs the Python package `{module}`: pip install -r tests/python/requirements.txt"
-        );
-        eprintln!("skipping the {module} client: pip install -r tests/python/requirements.txt");
-    }
-    ok
 }
 
 #[tokio::test(flavor = "multi_thread")]

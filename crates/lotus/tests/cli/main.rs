@@ -981,6 +981,22 @@ fn fixture(name: &str) -> String {
     .expect("fixture")
 }
 
+/// Whether python3 can import `module` (required in CI; elsewhere the check is skipped).
+fn python_has(module: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs the Python package `{module}`: pip install -r tests/python/requirements.txt"
+        );
+        eprintln!("skipping the {module} client: pip install -r tests/python/requirements.txt");
+    }
+    ok
+}
+
 fn pip_works() -> bool {
     let ok = Command::new("python3")
         .args(["-m", "pip", "--version"])

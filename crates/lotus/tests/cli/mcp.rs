@@ -2,19 +2,11 @@
 
 use serde_json::Value;
 
-use super::{Up, run};
+use super::{Up, python_has, run};
 
 #[test]
 fn a_stdio_mcp_server_folder_offers_its_tools_under_lotus_up() {
-    let has = std::process::Command::new("python3")
-        .args(["-c", "import mcp_server_time"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs mcp-server-time: pip install -r tests/python/requirements.txt"
-        );
+    if !python_has("mcp_server_time") {
         return;
     }
     let home = tempfile::tempdir().expect("tempdir");
